@@ -51,6 +51,14 @@ pub trait BackendFactory: Send + Sync {
     /// What the backend can load.
     fn capabilities(&self) -> Capabilities;
 
+    /// A cheap check, without loading a model, that `device` can be used by this
+    /// backend (used to plan and list). The default assumes it can; `load` has
+    /// the last word.
+    fn probe(&self, device: Device) -> Result<(), BackendError> {
+        let _ = device;
+        Ok(())
+    }
+
     /// Loads the model on `device`. A missing device is
     /// [`crate::ErrorKind::DeviceUnavailable`]; bad weights are
     /// [`crate::ErrorKind::InvalidModel`] naming the tensor or key.

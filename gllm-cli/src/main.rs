@@ -1,1 +1,110 @@
-fn main() {}
+//! `gllm`: embeddings, reranking and text generation from the command line.
+
+mod chat;
+mod cli;
+mod output;
+mod progress;
+
+use std::io::Write;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::StreamExt;
+use gllm_runtime::{GenerateRequest, Runtime, StreamEvent};
+
+use cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let manifest_path = cli.manifest.clone();
+    let open = || {
+        Runtime::from_manifest_file(&manifest_path)
+            .with_context(|| format!("manifest {}", manifest_path.display()))
+    };
+    match cli.command {
+        Command::Models => output::print_models(&open()?),
+        Command::Embed { model, json, texts } => {
+            if texts.is_empty() {
+                bail!("give at least one TEXT to embed");
+            }
+            let runtime = open()?;
+            let handle = progress::loading(&model, runtime.embedder(&model)).await?;
+            let rows = handle.embed(texts).await?;
+            output::print_embeddings(&model, &rows, json)
+        }
+        Command::Rerank {
+            model,
+            query,
+            top_n,
+            return_documents,
+            json,
+            documents,
+        } => {
+            let runtime = open()?;
+            let handle = progress::loading(&model, runtime.reranker(&model)).await?;
+            let results = handle
+                .rerank(query, documents, top_n, return_documents)
+                .await?;
+            output::print_rerank(&model, &results, json)
+        }
+        Command::Generate {
+            model,
+            sampling,
+            json,
+            prompt,
+        } => {
+            let runtime = open()?;
+            let handle = progress::loading(&model, runtime.generator(&model)).await?;
+            let params = sampling.apply(handle.default_params());
+            let mut stream = Box::pin(handle.generate_stream(GenerateRequest { prompt, params }));
+            let mut stdout = std::io::stdout();
+            while let Some(event) = stream.next().await {
+                match event? {
+                    StreamEvent::Delta(d) => {
+                        if !json {
+                            stdout.write_all(d.as_bytes())?;
+                            stdout.flush()?;
+                        }
+                    }
+                    StreamEvent::Done(g) => {
+                        if json {
+                            output::print_generation(&g)?;
+                        } else {
+                            writeln!(stdout)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Chat {
+            model,
+            sampling,
+            system,
+            json,
+            message,
+        } => {
+            let runtime = open()?;
+            let handle = progress::loading(&model, runtime.generator(&model)).await?;
+            let params = sampling.apply(handle.default_params());
+            let session = handle.chat_session(system);
+            tokio::task::spawn_blocking(move || chat::run(session, params, message, json))
+                .await
+                .context("chat worker failed")?
+        }
+    }
+}

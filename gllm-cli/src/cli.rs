@@ -1,0 +1,143 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use gllm_runtime::SamplingParams;
+
+/// gllm: local text embeddings, reranking and text generation, in pure Rust.
+#[derive(Parser, Debug)]
+#[command(name = "gllm", version, about)]
+pub struct Cli {
+    /// The model manifest.
+    #[arg(long, global = true, env = "GLLM_MANIFEST", default_value = "models.toml")]
+    pub manifest: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the manifest's models, where each would load, and why other candidates are skipped.
+    Models,
+    /// Embed texts.
+    Embed {
+        /// Model id from the manifest.
+        #[arg(long)]
+        model: String,
+        /// Print JSON: {"model", "data": [{"index", "embedding"}], "usage": {"prompt_tokens"}}.
+        #[arg(long)]
+        json: bool,
+        /// Texts to embed.
+        texts: Vec<String>,
+    },
+    /// Score documents against a query with a cross-encoder, best first.
+    Rerank {
+        /// Model id from the manifest.
+        #[arg(long)]
+        model: String,
+        /// The query.
+        #[arg(long)]
+        query: String,
+        /// Keep only the N best documents.
+        #[arg(long)]
+        top_n: Option<usize>,
+        /// Include each document's text in the results.
+        #[arg(long)]
+        return_documents: bool,
+        /// Print JSON: {"model", "results": [{"index", "score", "logit"}]}.
+        #[arg(long)]
+        json: bool,
+        /// Documents to score.
+        documents: Vec<String>,
+    },
+    /// Generate a continuation of PROMPT (streamed).
+    Generate {
+        /// Model id from the manifest.
+        #[arg(long)]
+        model: String,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Print {"text", "token_ids", "finish_reason"} at the end instead of streaming text.
+        #[arg(long)]
+        json: bool,
+        /// The prompt.
+        prompt: String,
+    },
+    /// Chat with a model through its chat template (interactive without MESSAGE).
+    Chat {
+        /// Model id from the manifest.
+        #[arg(long)]
+        model: String,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// A system message.
+        #[arg(long)]
+        system: Option<String>,
+        /// Print {"text", "token_ids", "finish_reason"} per answer instead of streaming text.
+        #[arg(long)]
+        json: bool,
+        /// One message to answer; without it, read messages from standard input.
+        message: Option<String>,
+    },
+}
+
+/// Sampling flags; each one left out keeps the model's default (generation_config.json).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SamplingArgs {
+    /// Most new tokens.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// 0 = greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Keep the K most likely tokens (0 = off).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling mass.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Drop tokens below MIN_P × the best one's probability.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// transformers-style repetition penalty (1 = off).
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Seed for reproducible sampling.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop at this string (repeatable); it is not printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    /// The model's defaults with these flags applied.
+    pub fn apply(&self, mut p: SamplingParams) -> SamplingParams {
+        if let Some(v) = self.max_tokens {
+            p.max_tokens = v;
+        }
+        if let Some(v) = self.temperature {
+            p.temperature = v;
+        }
+        if let Some(v) = self.top_k {
+            p.top_k = v;
+        }
+        if let Some(v) = self.top_p {
+            p.top_p = v;
+        }
+        if let Some(v) = self.min_p {
+            p.min_p = v;
+        }
+        if let Some(v) = self.repetition_penalty {
+            p.repetition_penalty = v;
+        }
+        if self.seed.is_some() {
+            p.seed = self.seed;
+        }
+        if !self.stop.is_empty() {
+            p.stop = self.stop.clone();
+        }
+        p
+    }
+}

@@ -1,0 +1,138 @@
+//! The generation loop: prompt ids in, text deltas out, with sampling, EOS and
+//! stop strings, context limits, prefix reuse of a sequence's KV cache, and
+//! device fallback underneath (see [`ServedModel::feed`]).
+
+use crate::error::{Result, RuntimeError};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::served::{Sequence, ServedModel};
+use crate::stream::{IncrementalDecoder, StopMatcher};
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// An EOS token or a stop string.
+    Stop,
+    /// `max_tokens` reached, or the model's context is full.
+    Length,
+    /// The consumer went away (stream dropped).
+    Cancelled,
+}
+
+impl FinishReason {
+    /// `stop`, `length` or `cancelled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Generation {
+    /// The generated text (the concatenation of every streamed delta).
+    pub text: String,
+    /// The generated token ids (an EOS token that ended generation is not included).
+    pub token_ids: Vec<u32>,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+}
+
+/// Runs one generation on `seq`. `on_delta` receives each piece of text; when it
+/// returns `false` the generation is cancelled.
+pub(crate) fn run(
+    model: &ServedModel,
+    seq: &mut Sequence,
+    prompt: &[u32],
+    params: &SamplingParams,
+    on_delta: &mut dyn FnMut(&str) -> bool,
+) -> Result<Generation> {
+    params.validate().map_err(RuntimeError::InvalidRequest)?;
+    if prompt.is_empty() {
+        return Err(RuntimeError::InvalidRequest(
+            "the prompt is empty: give at least one token of text".into(),
+        ));
+    }
+    let info = model.active().info;
+    let context = info.max_positions.max(2);
+    // Keep the end of an over-long prompt, leaving room for at least one new token.
+    let prompt = &prompt[prompt.len().saturating_sub(context - 1)..];
+    if let Some(bad) = prompt.iter().find(|t| **t as usize >= info.vocab_size) {
+        return Err(RuntimeError::InvalidRequest(format!(
+            "token id {bad} is outside the model's vocabulary ({})",
+            info.vocab_size
+        )));
+    }
+
+    // Reuse the longest shared prefix of what the cache holds; feed at least one token.
+    let common = seq
+        .tokens()
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(prompt.len() - 1);
+    seq.truncate(common);
+
+    let tok = &model.text.tokenizer;
+    let mut sampler = Sampler::new(params.clone());
+    let mut decoder = IncrementalDecoder::new(true);
+    let mut stops = StopMatcher::new(params.stop.clone());
+    let mut text = String::new();
+    let mut output: Vec<u32> = Vec::new();
+    let mut emit = |piece: &str, text: &mut String| -> bool {
+        if piece.is_empty() {
+            return true;
+        }
+        text.push_str(piece);
+        on_delta(piece)
+    };
+
+    let mut logits = model.feed(seq, &prompt[common..])?;
+    let mut stop_string_hit = false;
+    let finish = loop {
+        let next = sampler.sample(&mut logits, prompt, &output);
+        if model.text.eos_ids.contains(&next) {
+            break FinishReason::Stop;
+        }
+        output.push(next);
+        let delta = decoder
+            .push(tok, next)
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+        let (piece, stopped) = stops.push(&delta);
+        if !emit(&piece, &mut text) {
+            break FinishReason::Cancelled;
+        }
+        if stopped {
+            stop_string_hit = true;
+            break FinishReason::Stop;
+        }
+        if output.len() >= params.max_tokens || prompt.len() + output.len() >= context {
+            break FinishReason::Length;
+        }
+        logits = model.feed(seq, &[next])?;
+    };
+
+    if finish != FinishReason::Cancelled && !stop_string_hit {
+        let rest = decoder
+            .flush(tok)
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+        let (piece, stopped) = stops.push(&rest);
+        emit(&piece, &mut text);
+        if !stopped {
+            let tail = stops.finish();
+            emit(&tail, &mut text);
+        }
+    }
+    Ok(Generation {
+        text,
+        token_ids: output,
+        finish_reason: finish,
+        prompt_tokens: prompt.len(),
+    })
+}

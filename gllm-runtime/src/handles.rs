@@ -1,0 +1,437 @@
+//! Async handles over loaded models: cheap to clone, usable from many tasks.
+//! Model work runs on tokio's blocking threads, never on the async workers.
+
+use std::sync::{Arc, Mutex};
+
+use futures::Stream;
+use gllm_api::{EncodedInput, Task};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::{Result, RuntimeError};
+use crate::generate;
+pub use crate::chat_template::ChatMessage;
+pub use crate::generate::{FinishReason, Generation};
+use crate::sampling::SamplingParams;
+use crate::served::{ActiveBackend, Sequence, ServedModel};
+
+/// Inputs per backend call for embed/rerank (sorted by length, so padding stays small).
+const BATCH_SIZE: usize = 32;
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("model worker failed: {e}")))?
+}
+
+fn check_task(model: &ServedModel, task: Task, wanted: &'static str) -> Result<()> {
+    if model.entry.task != task {
+        return Err(RuntimeError::WrongTask {
+            id: model.entry.id.clone(),
+            actual: model.entry.task,
+            wanted,
+        });
+    }
+    Ok(())
+}
+
+/// Runs `f` over `inputs` in length-sorted batches and returns the rows in input order.
+fn batched<T: Send>(
+    model: &ServedModel,
+    inputs: &[EncodedInput],
+    f: impl Fn(&dyn gllm_api::InferenceBackend, &[EncodedInput]) -> std::result::Result<Vec<T>, gllm_api::BackendError>,
+) -> Result<Vec<T>> {
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].ids.len()));
+    let mut out: Vec<Option<T>> = (0..inputs.len()).map(|_| None).collect();
+    for chunk in order.chunks(BATCH_SIZE) {
+        let batch: Vec<EncodedInput> = chunk.iter().map(|&i| inputs[i].clone()).collect();
+        let rows = model.run(|b| f(b, &batch))?;
+        if rows.len() != chunk.len() {
+            return Err(RuntimeError::Internal(format!(
+                "backend returned {} rows for {} inputs",
+                rows.len(),
+                chunk.len()
+            )));
+        }
+        for (&i, row) in chunk.iter().zip(rows) {
+            out[i] = Some(row);
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// One embedding.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Embedding {
+    /// The vector.
+    pub embedding: Vec<f32>,
+    /// Tokens of the input after truncation (special tokens included).
+    pub tokens: usize,
+}
+
+/// Embeds texts with one model.
+#[derive(Clone)]
+pub struct EmbedderHandle {
+    pub(crate) model: Arc<ServedModel>,
+}
+
+impl EmbedderHandle {
+    pub(crate) fn new(model: Arc<ServedModel>) -> Result<Self> {
+        check_task(&model, Task::Embed, "embed")?;
+        Ok(Self { model })
+    }
+
+    /// The backend and device in use.
+    pub fn active(&self) -> ActiveBackend {
+        self.model.active()
+    }
+
+    /// Embeds texts (truncated to the model's length); one row per text, in order.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
+        let this = self.clone();
+        blocking(move || this.embed_blocking(&texts)).await
+    }
+
+    /// [`EmbedderHandle::embed`] on the calling thread.
+    pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Embedding>> {
+        let inputs = texts
+            .iter()
+            .map(|t| self.model.text.tokenizer.encode(t, true))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+        self.embed_encoded(&inputs)
+    }
+
+    /// Embeds already tokenized inputs.
+    pub fn embed_encoded(&self, inputs: &[EncodedInput]) -> Result<Vec<Embedding>> {
+        let rows = batched(&self.model, inputs, |b, batch| b.embed(batch))?;
+        Ok(rows
+            .into_iter()
+            .zip(inputs)
+            .map(|(embedding, i)| Embedding {
+                embedding,
+                tokens: i.ids.len(),
+            })
+            .collect())
+    }
+
+    /// Tokenizes without embedding (for counting tokens).
+    pub fn tokenize(&self, text: &str) -> Result<EncodedInput> {
+        self.model
+            .text
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))
+    }
+}
+
+/// One reranked document.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RerankResult {
+    /// Position of the document in the request.
+    pub index: usize,
+    /// The activated score (sigmoid for a one-label cross-encoder).
+    pub score: f32,
+    /// The raw logit.
+    pub logit: f32,
+    /// The document, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<String>,
+}
+
+/// Scores documents against a query with one cross-encoder.
+#[derive(Clone)]
+pub struct RerankerHandle {
+    pub(crate) model: Arc<ServedModel>,
+}
+
+impl RerankerHandle {
+    pub(crate) fn new(model: Arc<ServedModel>) -> Result<Self> {
+        check_task(&model, Task::Rerank, "rerank")?;
+        Ok(Self { model })
+    }
+
+    /// The backend and device in use.
+    pub fn active(&self) -> ActiveBackend {
+        self.model.active()
+    }
+
+    /// Scores every document, sorted by score (best first), cut to `top_n`.
+    pub async fn rerank(
+        &self,
+        query: String,
+        documents: Vec<String>,
+        top_n: Option<usize>,
+        return_documents: bool,
+    ) -> Result<Vec<RerankResult>> {
+        let this = self.clone();
+        blocking(move || this.rerank_blocking(&query, &documents, top_n, return_documents)).await
+    }
+
+    /// [`RerankerHandle::rerank`] on the calling thread.
+    pub fn rerank_blocking(
+        &self,
+        query: &str,
+        documents: &[String],
+        top_n: Option<usize>,
+        return_documents: bool,
+    ) -> Result<Vec<RerankResult>> {
+        let tok = &self.model.text.tokenizer;
+        let pairs = documents
+            .iter()
+            .map(|d| tok.encode_pair(query, d))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+        let rows = batched(&self.model, &pairs, |b, batch| b.rerank(batch))?;
+        let act = self.model.text.activation;
+        let mut results = rows
+            .into_iter()
+            .enumerate()
+            .map(|(index, row)| {
+                let logit = *row.first().ok_or_else(|| {
+                    RuntimeError::Internal("backend returned an empty logit row".into())
+                })?;
+                Ok(RerankResult {
+                    index,
+                    score: act.apply(logit),
+                    logit,
+                    document: return_documents.then(|| documents[index].clone()),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        results.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+        if let Some(n) = top_n {
+            results.truncate(n);
+        }
+        Ok(results)
+    }
+
+    /// The pair encoding of (query, document), as the backend receives it.
+    pub fn encode_pair(&self, query: &str, document: &str) -> Result<EncodedInput> {
+        self.model
+            .text
+            .tokenizer
+            .encode_pair(query, document)
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))
+    }
+}
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    /// Prompt text (tokenized with the tokenizer's special tokens).
+    pub prompt: String,
+    /// Sampling and stop parameters.
+    pub params: SamplingParams,
+}
+
+/// An event of a generation stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// New text; all deltas concatenate to the full text.
+    Delta(String),
+    /// The end, with the whole result.
+    Done(Generation),
+}
+
+/// Generates text with one decoder model.
+#[derive(Clone)]
+pub struct GeneratorHandle {
+    pub(crate) model: Arc<ServedModel>,
+}
+
+impl GeneratorHandle {
+    pub(crate) fn new(model: Arc<ServedModel>) -> Result<Self> {
+        check_task(&model, Task::Generate, "generate text")?;
+        Ok(Self { model })
+    }
+
+    /// The backend and device in use.
+    pub fn active(&self) -> ActiveBackend {
+        self.model.active()
+    }
+
+    /// The model's sampling defaults (from generation_config.json).
+    pub fn default_params(&self) -> SamplingParams {
+        self.model.text.defaults.clone()
+    }
+
+    /// Token ids that end generation.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.model.text.eos_ids
+    }
+
+    /// Tokenizes a prompt as `generate` does.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .model
+            .text
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?
+            .ids)
+    }
+
+    /// Decodes ids to text.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.model
+            .text
+            .tokenizer
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))
+    }
+
+    /// Renders a conversation with the model's chat template.
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self.model.text.chat_template.as_ref().ok_or_else(|| {
+            RuntimeError::ModelFiles {
+                id: self.model.entry.id.clone(),
+                message: "the model has no chat template".into(),
+            }
+        })?;
+        tmpl.render(messages, add_generation_prompt)
+            .map_err(RuntimeError::Template)
+    }
+
+    /// The token ids of a rendered conversation (no special tokens added: the template has them).
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let text = self.render_chat(messages, true)?;
+        Ok(self
+            .model
+            .text
+            .tokenizer
+            .encode(&text, false)
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?
+            .ids)
+    }
+
+    /// Generates from prompt ids on the calling thread; `on_delta` gets each piece of text.
+    pub fn generate_ids_blocking(
+        &self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        on_delta: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let mut seq = Sequence::default();
+        generate::run(&self.model, &mut seq, prompt, params, on_delta)
+    }
+
+    /// Generates the whole text.
+    pub async fn generate(&self, request: GenerateRequest) -> Result<Generation> {
+        let this = self.clone();
+        blocking(move || {
+            let ids = this.encode_prompt(&request.prompt)?;
+            this.generate_ids_blocking(&ids, &request.params, &mut |_| true)
+        })
+        .await
+    }
+
+    /// Streams text deltas, then a [`StreamEvent::Done`]. Dropping the stream cancels the generation.
+    pub fn generate_stream(&self, request: GenerateRequest) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
+        let this = self.clone();
+        self.stream_with(move |on_delta| {
+            let ids = this.encode_prompt(&request.prompt)?;
+            this.generate_ids_blocking(&ids, &request.params, on_delta)
+        })
+    }
+
+    /// Answers a conversation (rendered with the chat template).
+    pub async fn chat(&self, messages: Vec<ChatMessage>, params: SamplingParams) -> Result<Generation> {
+        let this = self.clone();
+        blocking(move || {
+            let ids = this.encode_chat(&messages)?;
+            this.generate_ids_blocking(&ids, &params, &mut |_| true)
+        })
+        .await
+    }
+
+    /// Streams the answer to a conversation.
+    pub fn chat_stream(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: SamplingParams,
+    ) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
+        let this = self.clone();
+        self.stream_with(move |on_delta| {
+            let ids = this.encode_chat(&messages)?;
+            this.generate_ids_blocking(&ids, &params, on_delta)
+        })
+    }
+
+    fn stream_with(
+        &self,
+        work: impl FnOnce(&mut dyn FnMut(&str) -> bool) -> Result<Generation> + Send + 'static,
+    ) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::task::spawn_blocking(move || {
+            let sender = tx.clone();
+            let mut on_delta =
+                |d: &str| sender.blocking_send(Ok(StreamEvent::Delta(d.to_string()))).is_ok();
+            let end = work(&mut on_delta).map(StreamEvent::Done);
+            let _ = tx.blocking_send(end);
+        });
+        ReceiverStream::new(rx)
+    }
+
+    /// A multi-turn conversation that keeps its KV cache between turns.
+    pub fn chat_session(&self, system: Option<String>) -> ChatSession {
+        ChatSession {
+            handle: self.clone(),
+            messages: system
+                .map(|s| vec![ChatMessage::new("system", s)])
+                .unwrap_or_default(),
+            seq: Arc::new(Mutex::new(Sequence::default())),
+        }
+    }
+}
+
+/// A conversation whose KV cache is reused from turn to turn: each turn feeds only
+/// the tokens that the previous turns did not already put in the cache.
+#[derive(Clone)]
+pub struct ChatSession {
+    handle: GeneratorHandle,
+    messages: Vec<ChatMessage>,
+    seq: Arc<Mutex<Sequence>>,
+}
+
+impl ChatSession {
+    /// The conversation so far.
+    pub fn messages(&self) -> &[ChatMessage] {
+        &self.messages
+    }
+
+    /// Tokens held in the KV cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.seq.lock().map(|s| s.tokens().len()).unwrap_or(0)
+    }
+
+    /// Sends a user message and generates the answer on the calling thread.
+    pub fn send_blocking(
+        &mut self,
+        user: &str,
+        params: &SamplingParams,
+        on_delta: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        self.messages.push(ChatMessage::new("user", user));
+        let ids = match self.handle.encode_chat(&self.messages) {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.messages.pop();
+                return Err(e);
+            }
+        };
+        let mut seq = self
+            .seq
+            .lock()
+            .map_err(|_| RuntimeError::Internal("chat session poisoned".into()))?;
+        let result = generate::run(&self.handle.model, &mut seq, &ids, params, on_delta);
+        match &result {
+            Ok(g) => self.messages.push(ChatMessage::new("assistant", g.text.clone())),
+            Err(_) => {
+                self.messages.pop();
+            }
+        }
+        result
+    }
+}

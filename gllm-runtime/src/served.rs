@@ -1,0 +1,337 @@
+//! A model being served: its candidates (backend × device, in preference order),
+//! the backend in use, and GPU → CPU fallback at load and in the middle of a request.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use gllm_api::{BackendError, Device, DeviceKind, InferenceBackend, KvCache, ModelInfo};
+
+use crate::error::{Result, RuntimeError};
+use crate::manifest::ModelEntry;
+use crate::model_files::{ModelFiles, TextSide};
+use crate::registry::BackendEntry;
+
+/// One (backend, device) pair to try.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub backend: BackendEntry,
+    pub device: Device,
+}
+
+/// Which backend serves a model now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveBackend {
+    /// The backend's name.
+    pub backend: String,
+    /// The device it runs on.
+    pub device: Device,
+    /// How many times this model fell back to another device since it was loaded.
+    pub fallbacks: u64,
+    /// What the backend reports about the model.
+    pub info: ModelInfo,
+}
+
+struct Active {
+    backend: Arc<dyn InferenceBackend>,
+    candidate: usize,
+    epoch: u64,
+}
+
+/// A loaded model with its text side.
+pub(crate) struct ServedModel {
+    pub entry: ModelEntry,
+    pub files: ModelFiles,
+    pub text: TextSide,
+    candidates: Vec<Candidate>,
+    active: RwLock<Active>,
+    fallbacks: AtomicU64,
+}
+
+/// Why a candidate was skipped or failed, for `gllm models` and errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// Backend name.
+    pub backend: String,
+    /// Device.
+    pub device: Device,
+    /// `None` when it loaded; else why not.
+    pub failure: Option<String>,
+}
+
+/// Runs backend code, turning a panic into an error (on a GPU: the device is unusable).
+pub(crate) fn contain<T>(
+    device: Device,
+    f: impl FnOnce() -> std::result::Result<T, BackendError>,
+) -> std::result::Result<T, BackendError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(match device.kind {
+                DeviceKind::Gpu => {
+                    BackendError::device_unavailable(format!("backend panicked on {device}: {msg}"))
+                }
+                DeviceKind::Cpu => BackendError::internal(format!("backend panicked: {msg}")),
+            })
+        }
+    }
+}
+
+/// Tries candidates from `start` on, skipping `skip_device`; returns the first that loads.
+/// Device errors move on; any other error stops (corrupt weights must not be masked).
+fn load_first(
+    files: &ModelFiles,
+    candidates: &[Candidate],
+    start: usize,
+    skip_device: Option<Device>,
+    attempts: &mut Vec<Attempt>,
+) -> std::result::Result<(usize, Arc<dyn InferenceBackend>), (BackendError, usize)> {
+    let mut last = BackendError::device_unavailable("no candidate left");
+    for (i, c) in candidates.iter().enumerate().skip(start) {
+        if Some(c.device) == skip_device {
+            continue;
+        }
+        match contain(c.device, || c.backend.factory.load(&files.spec, c.device)) {
+            Ok(b) => {
+                attempts.push(Attempt {
+                    backend: c.backend.name().to_string(),
+                    device: c.device,
+                    failure: None,
+                });
+                return Ok((i, Arc::from(b)));
+            }
+            Err(e) => {
+                attempts.push(Attempt {
+                    backend: c.backend.name().to_string(),
+                    device: c.device,
+                    failure: Some(e.to_string()),
+                });
+                if !e.is_device_error() && e.kind != gllm_api::ErrorKind::Unsupported {
+                    return Err((e, i));
+                }
+                last = e;
+            }
+        }
+    }
+    Err((last, candidates.len()))
+}
+
+impl ServedModel {
+    /// Loads the model on the first candidate that works.
+    pub fn load(
+        entry: ModelEntry,
+        files: ModelFiles,
+        text: TextSide,
+        candidates: Vec<Candidate>,
+        attempts: &mut Vec<Attempt>,
+    ) -> Result<Self> {
+        match load_first(&files, &candidates, 0, None, attempts) {
+            Ok((candidate, backend)) => Ok(Self {
+                entry,
+                files,
+                text,
+                candidates,
+                active: RwLock::new(Active {
+                    backend,
+                    candidate,
+                    epoch: 0,
+                }),
+                fallbacks: AtomicU64::new(0),
+            }),
+            Err((e, i)) if !e.is_device_error() && e.kind != gllm_api::ErrorKind::Unsupported => {
+                let c = &candidates[i];
+                Err(RuntimeError::Backend {
+                    id: entry.id.clone(),
+                    backend: c.backend.name().to_string(),
+                    device: c.device.to_string(),
+                    source: e,
+                })
+            }
+            Err(_) => Err(RuntimeError::NoCandidate {
+                id: entry.id.clone(),
+                reasons: format_attempts(attempts),
+            }),
+        }
+    }
+
+    fn current(&self) -> (Arc<dyn InferenceBackend>, u64, usize) {
+        let a = self.active.read().unwrap_or_else(|p| p.into_inner());
+        (a.backend.clone(), a.epoch, a.candidate)
+    }
+
+    /// The backend in use.
+    pub fn active(&self) -> ActiveBackend {
+        let (backend, _, idx) = self.current();
+        let c = &self.candidates[idx];
+        ActiveBackend {
+            backend: c.backend.name().to_string(),
+            device: c.device,
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            info: backend.info(),
+        }
+    }
+
+    /// Moves to the next device after a device error seen at `epoch` (no-op when
+    /// another request already moved on).
+    fn fail_over(&self, epoch: u64, cause: &BackendError) -> Result<()> {
+        let mut a = self.active.write().unwrap_or_else(|p| p.into_inner());
+        if a.epoch != epoch {
+            return Ok(());
+        }
+        let failed = self.candidates[a.candidate].clone();
+        let mut attempts = Vec::new();
+        match load_first(
+            &self.files,
+            &self.candidates,
+            a.candidate + 1,
+            Some(failed.device),
+            &mut attempts,
+        ) {
+            Ok((candidate, backend)) => {
+                let next = &self.candidates[candidate];
+                eprintln!(
+                    "gllm: model `{}`: {} on {} failed ({cause}); continuing with {} on {}",
+                    self.entry.id,
+                    failed.backend.name(),
+                    failed.device,
+                    next.backend.name(),
+                    next.device
+                );
+                *a = Active {
+                    backend,
+                    candidate,
+                    epoch: epoch + 1,
+                };
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(_) => Err(RuntimeError::Backend {
+                id: self.entry.id.clone(),
+                backend: failed.backend.name().to_string(),
+                device: failed.device.to_string(),
+                source: BackendError::new(
+                    cause.kind,
+                    format!(
+                        "{}; no other device could take over:\n{}",
+                        cause.message,
+                        format_attempts(&attempts)
+                    ),
+                ),
+            }),
+        }
+    }
+
+    fn backend_error(&self, candidate: usize, e: BackendError) -> RuntimeError {
+        let c = &self.candidates[candidate];
+        RuntimeError::Backend {
+            id: self.entry.id.clone(),
+            backend: c.backend.name().to_string(),
+            device: c.device.to_string(),
+            source: e,
+        }
+    }
+
+    /// Runs a stateless request (embed, rerank); on a device error, moves to the
+    /// next device and runs the same request there. Request errors are not retried.
+    pub fn run<T>(
+        &self,
+        f: impl Fn(&dyn InferenceBackend) -> std::result::Result<T, BackendError>,
+    ) -> Result<T> {
+        loop {
+            let (backend, epoch, idx) = self.current();
+            let device = self.candidates[idx].device;
+            match contain(device, || f(backend.as_ref())) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_device_error() => self.fail_over(epoch, &e)?,
+                Err(e) => return Err(self.backend_error(idx, e)),
+            }
+        }
+    }
+
+    /// Appends `tokens` to a sequence and returns the next-token logits. If the
+    /// device fails, the sequence is re-prefilled (every token it held, then
+    /// `tokens`) on the next device: the caller sees no difference.
+    pub fn feed(&self, seq: &mut Sequence, tokens: &[u32]) -> Result<Vec<f32>> {
+        loop {
+            let (backend, epoch, idx) = self.current();
+            let device = self.candidates[idx].device;
+            let result = contain(device, || {
+                let fresh = !matches!(&seq.cache, Some((e, _)) if *e == epoch);
+                if fresh {
+                    seq.cache = None;
+                    let mut cache = backend.new_cache()?;
+                    let mut all = seq.tokens.clone();
+                    all.extend_from_slice(tokens);
+                    let logits = backend.forward(cache.as_mut(), &all)?;
+                    seq.cache = Some((epoch, cache));
+                    Ok(logits)
+                } else {
+                    let (_, cache) = seq.cache.as_mut().ok_or_else(|| {
+                        BackendError::internal("sequence cache disappeared")
+                    })?;
+                    backend.forward(cache.as_mut(), tokens)
+                }
+            });
+            match result {
+                Ok(logits) => {
+                    seq.tokens.extend_from_slice(tokens);
+                    return Ok(logits);
+                }
+                Err(e) => {
+                    // The cache may hold part of `tokens`: never reuse it.
+                    seq.cache = None;
+                    if e.is_device_error() {
+                        self.fail_over(epoch, &e)?;
+                    } else {
+                        return Err(self.backend_error(idx, e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The state of one generated sequence: its KV cache (on the backend that made it)
+/// and the tokens it holds.
+#[derive(Default)]
+pub(crate) struct Sequence {
+    cache: Option<(u64, Box<dyn KvCache>)>,
+    tokens: Vec<u32>,
+}
+
+impl Sequence {
+    /// The tokens the sequence holds.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Keeps the first `len` tokens (to reuse a shared prefix).
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.tokens.len() {
+            return;
+        }
+        self.tokens.truncate(len);
+        if let Some((_, cache)) = self.cache.as_mut()
+            && cache.truncate(len).is_err()
+        {
+            self.cache = None;
+        }
+    }
+}
+
+/// One line per attempt: `backend on device: reason`.
+pub(crate) fn format_attempts(attempts: &[Attempt]) -> String {
+    attempts
+        .iter()
+        .map(|a| match &a.failure {
+            Some(f) => format!("  - {} on {}: {f}", a.backend, a.device),
+            None => format!("  - {} on {}: loaded", a.backend, a.device),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,143 @@
+//! Streaming text: turning generated token ids into UTF-8 text deltas, and
+//! holding back text that may be the start of a stop string.
+
+use crate::tokenizer::{TextTokenizer, TokenizerError};
+
+/// Decodes a growing list of token ids into text deltas that are always valid
+/// UTF-8 and concatenate to the decode of the whole list, also when a character's
+/// bytes are split across tokens (byte-level BPE).
+#[derive(Debug, Clone, Default)]
+pub struct IncrementalDecoder {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+    skip_special: bool,
+}
+
+impl IncrementalDecoder {
+    /// A decoder; `skip_special` drops special tokens from the text.
+    pub fn new(skip_special: bool) -> Self {
+        Self {
+            skip_special,
+            ..Self::default()
+        }
+    }
+
+    /// Adds one token and returns the text it completes (possibly empty, when it
+    /// ends in the middle of a character).
+    pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<String, TokenizerError> {
+        self.ids.push(id);
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
+        let text = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
+        if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&prefix) {
+            let delta = text[prefix.len()..].to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(delta)
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    /// Text not yet returned (an incomplete character at the end, decoded lossily).
+    pub fn flush(&mut self, tok: &TextTokenizer) -> Result<String, TokenizerError> {
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
+        let text = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        Ok(text.get(prefix.len()..).unwrap_or("").to_string())
+    }
+}
+
+/// Finds stop strings in streamed text. Text that could still become a stop
+/// string is held back; the stop string itself is never emitted.
+#[derive(Debug, Clone, Default)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+}
+
+impl StopMatcher {
+    /// A matcher for these stop strings (none: everything passes through).
+    pub fn new(stops: Vec<String>) -> Self {
+        Self {
+            stops,
+            pending: String::new(),
+        }
+    }
+
+    /// Adds text; returns what may be emitted now, and whether a stop string was hit
+    /// (then nothing after it is ever emitted).
+    pub fn push(&mut self, delta: &str) -> (String, bool) {
+        if self.stops.is_empty() {
+            return (delta.to_string(), false);
+        }
+        self.pending.push_str(delta);
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min();
+        if let Some(pos) = hit {
+            let out = self.pending[..pos].to_string();
+            self.pending.clear();
+            return (out, true);
+        }
+        // Emit up to the first position from which the rest may begin a stop string.
+        let cut = self
+            .pending
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| {
+                let tail = &self.pending[i..];
+                self.stops.iter().any(|s| s.starts_with(tail))
+            })
+            .unwrap_or(self.pending.len());
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        (out, false)
+    }
+
+    /// The text held back, at the end of generation.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_string_split_across_deltas_is_not_emitted() {
+        let mut m = StopMatcher::new(vec!["</end>".into()]);
+        let mut out = String::new();
+        let mut stopped = false;
+        for d in ["Hello <", "/e", "nd> world"] {
+            let (o, s) = m.push(d);
+            out.push_str(&o);
+            if s {
+                stopped = true;
+                break;
+            }
+        }
+        assert!(stopped);
+        assert_eq!(out, "Hello ");
+    }
+
+    #[test]
+    fn held_back_text_is_released_when_it_cannot_match() {
+        let mut m = StopMatcher::new(vec!["STOP".into()]);
+        assert_eq!(m.push("abc ST"), ("abc ".to_string(), false));
+        assert_eq!(m.push("ay"), ("STay".to_string(), false));
+        assert_eq!(m.push("S"), (String::new(), false));
+        assert_eq!(m.finish(), "S");
+    }
+
+    #[test]
+    fn multibyte_text_is_cut_on_char_boundaries() {
+        let mut m = StopMatcher::new(vec!["世界!".into()]);
+        assert_eq!(m.push("你好世"), ("你好".to_string(), false));
+        assert_eq!(m.push("界!再见"), (String::new(), true));
+    }
+}
