@@ -87,5 +87,7 @@ inventory::collect!(Registration);
 
 /// Every factory registered by a crate linked into this program.
 pub fn registered_factories() -> impl Iterator<Item = &'static dyn BackendFactory> {
-    inventory::iter::<Registration>.into_iter().map(|r| r.factory)
+    inventory::iter::<Registration>
+        .into_iter()
+        .map(|r| r.factory)
 }

@@ -39,7 +39,12 @@ pub fn run(
     Ok(())
 }
 
-fn turn(session: &mut ChatSession, params: &SamplingParams, message: &str, json: bool) -> Result<()> {
+fn turn(
+    session: &mut ChatSession,
+    params: &SamplingParams,
+    message: &str,
+    json: bool,
+) -> Result<()> {
     let mut stdout = std::io::stdout();
     let mut on_delta = |d: &str| {
         if json {

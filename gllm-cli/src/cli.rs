@@ -10,7 +10,12 @@ use gllm_runtime::SamplingParams;
 #[command(name = "gllm", version, about)]
 pub struct Cli {
     /// The model manifest.
-    #[arg(long, global = true, env = "GLLM_MANIFEST", default_value = "models.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "GLLM_MANIFEST",
+        default_value = "models.toml"
+    )]
     pub manifest: PathBuf,
     #[command(subcommand)]
     pub command: Command,

@@ -6,7 +6,10 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Awaits `load` with a spinner naming the model.
-pub async fn loading<T>(model: &str, load: impl Future<Output = gllm_runtime::Result<T>>) -> gllm_runtime::Result<T> {
+pub async fn loading<T>(
+    model: &str,
+    load: impl Future<Output = gllm_runtime::Result<T>>,
+) -> gllm_runtime::Result<T> {
     let bar = ProgressBar::new_spinner();
     if let Ok(style) = ProgressStyle::with_template("{spinner} loading {msg} ({elapsed})") {
         bar.set_style(style);

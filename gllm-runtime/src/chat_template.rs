@@ -68,6 +68,17 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, String> {
+        self.render_with(messages, add_generation_prompt, &serde_json::Map::new())
+    }
+
+    /// [`ChatTemplate::render`] with extra template variables, as transformers'
+    /// `apply_chat_template(..., **kwargs)` passes them (e.g. `enable_thinking`).
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, String> {
         let tmpl = self
             .env
             .get_template("chat")
@@ -77,6 +88,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
+            ..Value::from_serialize(kwargs)
         })
         .map_err(|e| format!("cannot render: {e:#}"))
     }
@@ -98,8 +110,18 @@ fn strftime_now(format: String) -> Result<Value, Error> {
 /// A small strftime for the directives chat templates use (%Y %m %d %B %b %H %M %S %%).
 fn format_utc(secs: i64, fmt: &str) -> String {
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -153,7 +175,10 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
         Some(n) => {
             let pad = vec![b' '; n];
             let fmt = serde_json::ser::PrettyFormatter::with_indent(&pad);
-            serde::Serialize::serialize(&json, &mut serde_json::Serializer::with_formatter(&mut buf, fmt))
+            serde::Serialize::serialize(
+                &json,
+                &mut serde_json::Serializer::with_formatter(&mut buf, fmt),
+            )
         }
         None => serde::Serialize::serialize(
             &json,
@@ -161,7 +186,9 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
         ),
     };
     result.map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
-    Ok(Value::from_safe_string(String::from_utf8_lossy(&buf).into_owned()))
+    Ok(Value::from_safe_string(
+        String::from_utf8_lossy(&buf).into_owned(),
+    ))
 }
 
 /// Python's default `json.dumps` separators: `", "` and `": "`.
@@ -173,14 +200,22 @@ impl serde_json::ser::Formatter for PythonFormatter {
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first { Ok(()) } else { writer.write_all(b", ") }
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
     }
     fn begin_object_key<W: ?Sized + std::io::Write>(
         &mut self,
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first { Ok(()) } else { writer.write_all(b", ") }
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
     }
     fn begin_object_value<W: ?Sized + std::io::Write>(
         &mut self,
@@ -197,7 +232,10 @@ mod tests {
     #[test]
     fn strftime_formats_a_known_date() {
         // 2024-02-29 13:05:09 UTC
-        assert_eq!(format_utc(1_709_211_909, "%d %B %Y %H:%M:%S"), "29 February 2024 13:05:09");
+        assert_eq!(
+            format_utc(1_709_211_909, "%d %B %Y %H:%M:%S"),
+            "29 February 2024 13:05:09"
+        );
         assert_eq!(format_utc(0, "%Y-%m-%d %b %%"), "1970-01-01 Jan %");
     }
 

@@ -163,7 +163,8 @@ impl<R: Read> Reader<R> {
             .read_exact(&mut buf)
             .map_err(|e| format!("truncated file: {e}"))?;
         // Token strings of some tokenizers hold invalid UTF-8 fragments: keep them lossily.
-        Ok(String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        Ok(String::from_utf8(buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
     fn value(&mut self, ty: u32, depth: u32) -> Result<MetaValue, String> {
         Ok(match ty {

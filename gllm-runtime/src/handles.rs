@@ -8,9 +8,9 @@ use gllm_api::{EncodedInput, Task};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+pub use crate::chat_template::ChatMessage;
 use crate::error::{Result, RuntimeError};
 use crate::generate;
-pub use crate::chat_template::ChatMessage;
 pub use crate::generate::{FinishReason, Generation};
 use crate::sampling::SamplingParams;
 use crate::served::{ActiveBackend, Sequence, ServedModel};
@@ -39,7 +39,10 @@ fn check_task(model: &ServedModel, task: Task, wanted: &'static str) -> Result<(
 fn batched<T: Send>(
     model: &ServedModel,
     inputs: &[EncodedInput],
-    f: impl Fn(&dyn gllm_api::InferenceBackend, &[EncodedInput]) -> std::result::Result<Vec<T>, gllm_api::BackendError>,
+    f: impl Fn(
+        &dyn gllm_api::InferenceBackend,
+        &[EncodedInput],
+    ) -> std::result::Result<Vec<T>, gllm_api::BackendError>,
 ) -> Result<Vec<T>> {
     let mut order: Vec<usize> = (0..inputs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].ids.len()));
@@ -283,13 +286,20 @@ impl GeneratorHandle {
     }
 
     /// Renders a conversation with the model's chat template.
-    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.model.text.chat_template.as_ref().ok_or_else(|| {
-            RuntimeError::ModelFiles {
-                id: self.model.entry.id.clone(),
-                message: "the model has no chat template".into(),
-            }
-        })?;
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let tmpl =
+            self.model
+                .text
+                .chat_template
+                .as_ref()
+                .ok_or_else(|| RuntimeError::ModelFiles {
+                    id: self.model.entry.id.clone(),
+                    message: "the model has no chat template".into(),
+                })?;
         tmpl.render(messages, add_generation_prompt)
             .map_err(RuntimeError::Template)
     }
@@ -328,7 +338,10 @@ impl GeneratorHandle {
     }
 
     /// Streams text deltas, then a [`StreamEvent::Done`]. Dropping the stream cancels the generation.
-    pub fn generate_stream(&self, request: GenerateRequest) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
+    pub fn generate_stream(
+        &self,
+        request: GenerateRequest,
+    ) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
         let this = self.clone();
         self.stream_with(move |on_delta| {
             let ids = this.encode_prompt(&request.prompt)?;
@@ -337,7 +350,11 @@ impl GeneratorHandle {
     }
 
     /// Answers a conversation (rendered with the chat template).
-    pub async fn chat(&self, messages: Vec<ChatMessage>, params: SamplingParams) -> Result<Generation> {
+    pub async fn chat(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: SamplingParams,
+    ) -> Result<Generation> {
         let this = self.clone();
         blocking(move || {
             let ids = this.encode_chat(&messages)?;
@@ -366,8 +383,11 @@ impl GeneratorHandle {
         let (tx, rx) = mpsc::channel(64);
         tokio::task::spawn_blocking(move || {
             let sender = tx.clone();
-            let mut on_delta =
-                |d: &str| sender.blocking_send(Ok(StreamEvent::Delta(d.to_string()))).is_ok();
+            let mut on_delta = |d: &str| {
+                sender
+                    .blocking_send(Ok(StreamEvent::Delta(d.to_string())))
+                    .is_ok()
+            };
             let end = work(&mut on_delta).map(StreamEvent::Done);
             let _ = tx.blocking_send(end);
         });
@@ -427,7 +447,9 @@ impl ChatSession {
             .map_err(|_| RuntimeError::Internal("chat session poisoned".into()))?;
         let result = generate::run(&self.handle.model, &mut seq, &ids, params, on_delta);
         match &result {
-            Ok(g) => self.messages.push(ChatMessage::new("assistant", g.text.clone())),
+            Ok(g) => self
+                .messages
+                .push(ChatMessage::new("assistant", g.text.clone())),
             Err(_) => {
                 self.messages.pop();
             }

@@ -144,11 +144,9 @@ impl Ctx<'_> {
     }
     fn err_at(&self, span: Option<Range<usize>>, msg: impl std::fmt::Display) -> RuntimeError {
         match span {
-            Some(s) => RuntimeError::Manifest(format!(
-                "{}:{}: {msg}",
-                self.origin,
-                self.line_of(s.start)
-            )),
+            Some(s) => {
+                RuntimeError::Manifest(format!("{}:{}: {msg}", self.origin, self.line_of(s.start)))
+            }
             None => RuntimeError::Manifest(format!("{}: {msg}", self.origin)),
         }
     }
@@ -173,9 +171,8 @@ impl Manifest {
         known_backends: &[String],
     ) -> Result<Self> {
         let ctx = Ctx { origin, text };
-        let doc: RawDoc = toml::from_str(text).map_err(|e| {
-            ctx.err_at(e.span(), e.message().trim_end().replace('\n', "; "))
-        })?;
+        let doc: RawDoc = toml::from_str(text)
+            .map_err(|e| ctx.err_at(e.span(), e.message().trim_end().replace('\n', "; ")))?;
 
         let defaults: RawDefaults = match doc.defaults {
             Some(t) => {
@@ -183,13 +180,18 @@ impl Manifest {
                 toml::Value::Table(t.into_inner())
                     .try_into()
                     .map_err(|e: toml::de::Error| {
-                        ctx.err_at(Some(span), format!("[defaults]: {}", e.message().trim_end()))
+                        ctx.err_at(
+                            Some(span),
+                            format!("[defaults]: {}", e.message().trim_end()),
+                        )
                     })?
             }
             None => RawDefaults::default(),
         };
         let default_devices = match &defaults.devices {
-            Some(d) => parse_devices(d).map_err(|m| ctx.err_at(None, format!("[defaults]: {m}")))?,
+            Some(d) => {
+                parse_devices(d).map_err(|m| ctx.err_at(None, format!("[defaults]: {m}")))?
+            }
             None => DEFAULT_DEVICES.to_vec(),
         };
         if let Some(b) = &defaults.backends {
@@ -197,7 +199,9 @@ impl Manifest {
                 .map_err(|m| ctx.err_at(None, format!("[defaults]: {m}")))?;
         }
         let default_dtype = match &defaults.dtype {
-            Some(d) => Some(parse_dtype(d).map_err(|m| ctx.err_at(None, format!("[defaults]: {m}")))?),
+            Some(d) => {
+                Some(parse_dtype(d).map_err(|m| ctx.err_at(None, format!("[defaults]: {m}")))?)
+            }
             None => None,
         };
 
@@ -249,10 +253,7 @@ impl Manifest {
                 (Some(p), None) => {
                     let resolved = resolve_path(base_dir, p);
                     if !resolved.exists() {
-                        return Err(at(format!(
-                            "`path`: {} does not exist",
-                            resolved.display()
-                        )));
+                        return Err(at(format!("`path`: {} does not exist", resolved.display())));
                     }
                     ModelSource::Path(resolved)
                 }
@@ -284,9 +285,12 @@ impl Manifest {
                 .clone()
                 .or_else(|| defaults.backends.clone())
                 .unwrap_or_default();
-            check_backends(&backends, known_backends).map_err(|m| at(format!("`backends`: {m}")))?;
+            check_backends(&backends, known_backends)
+                .map_err(|m| at(format!("`backends`: {m}")))?;
             if raw.backends.as_ref().is_some_and(Vec::is_empty) {
-                return Err(at("`backends` is empty; leave it out to allow every backend".into()));
+                return Err(at(
+                    "`backends` is empty; leave it out to allow every backend".into(),
+                ));
             }
             let devices = match &raw.devices {
                 Some(d) => parse_devices(d).map_err(|m| at(format!("`devices`: {m}")))?,
@@ -364,7 +368,9 @@ fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
         "f32" => Ok(DType::F32),
         "f16" => Ok(DType::F16),
         "bf16" => Ok(DType::Bf16),
-        other => Err(format!("unknown dtype `{other}` (expected f32, f16 or bf16)")),
+        other => Err(format!(
+            "unknown dtype `{other}` (expected f32, f16 or bf16)"
+        )),
     }
 }
 

@@ -84,8 +84,9 @@ pub(crate) fn resolve(entry: &ModelEntry) -> Result<ModelFiles> {
     let id = entry.id.as_str();
     let path = match &entry.source {
         ModelSource::Path(p) => p.clone(),
-        ModelSource::Hf { repo, revision } => hf_cache_snapshot(repo, revision)
-            .map_err(|m| files_err(id, m))?,
+        ModelSource::Hf { repo, revision } => {
+            hf_cache_snapshot(repo, revision).map_err(|m| files_err(id, m))?
+        }
     };
     let is_gguf = path.is_file()
         && path
@@ -280,15 +281,17 @@ fn generation_side(
                 .map_err(|e| files_err(id, format!("cannot read {}: {e}", jinja.display())))?,
         )
     } else {
-        let from_cfg = tok_cfg.and_then(|c| c.get("chat_template")).and_then(|t| match t {
-            Value::String(s) => Some(s.clone()),
-            Value::Array(list) => list
-                .iter()
-                .find(|e| e.get("name").and_then(Value::as_str) == Some("default"))
-                .and_then(|e| e.get("template").and_then(Value::as_str))
-                .map(str::to_string),
-            _ => None,
-        });
+        let from_cfg = tok_cfg
+            .and_then(|c| c.get("chat_template"))
+            .and_then(|t| match t {
+                Value::String(s) => Some(s.clone()),
+                Value::Array(list) => list
+                    .iter()
+                    .find(|e| e.get("name").and_then(Value::as_str) == Some("default"))
+                    .and_then(|e| e.get("template").and_then(Value::as_str))
+                    .map(str::to_string),
+                _ => None,
+            });
         from_cfg.or_else(|| {
             gguf.and_then(|m| m.str("tokenizer.chat_template"))
                 .map(str::to_string)
@@ -306,7 +309,11 @@ fn generation_side(
     let ids_of = |v: Option<&Value>| -> Vec<u32> {
         match v {
             Some(Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as u32)
+                .collect(),
             _ => Vec::new(),
         }
     };
@@ -372,7 +379,12 @@ fn rerank_activation(config: &Value) -> Activation {
                 .get("id2label")
                 .and_then(Value::as_object)
                 .map(|m| m.len())
-                .or_else(|| config.get("num_labels").and_then(Value::as_u64).map(|n| n as usize))
+                .or_else(|| {
+                    config
+                        .get("num_labels")
+                        .and_then(Value::as_u64)
+                        .map(|n| n as usize)
+                })
                 .unwrap_or(1);
             if labels == 1 {
                 Activation::Sigmoid

@@ -90,7 +90,11 @@ impl Runtime {
     }
 
     /// Candidates device-first: every allowed backend on the first device, then the next device.
-    fn candidates(&self, entry: &ModelEntry, spec: &gllm_api::ModelSpec) -> (Vec<Candidate>, Vec<CandidateReport>) {
+    fn candidates(
+        &self,
+        entry: &ModelEntry,
+        spec: &gllm_api::ModelSpec,
+    ) -> (Vec<Candidate>, Vec<CandidateReport>) {
         let mut usable = Vec::new();
         let mut report = Vec::new();
         let backends: Vec<_> = if entry.backends.is_empty() {

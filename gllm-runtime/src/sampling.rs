@@ -59,7 +59,10 @@ impl SamplingParams {
     /// Checks the ranges; the message names the parameter.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(format!("temperature must be >= 0, got {}", self.temperature));
+            return Err(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -74,10 +77,16 @@ impl SamplingParams {
             ));
         }
         if !(-2.0..=2.0).contains(&self.presence_penalty) {
-            return Err(format!("presence_penalty must be in [-2, 2], got {}", self.presence_penalty));
+            return Err(format!(
+                "presence_penalty must be in [-2, 2], got {}",
+                self.presence_penalty
+            ));
         }
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return Err(format!("frequency_penalty must be in [-2, 2], got {}", self.frequency_penalty));
+            return Err(format!(
+                "frequency_penalty must be in [-2, 2], got {}",
+                self.frequency_penalty
+            ));
         }
         if self.max_tokens == 0 {
             return Err("max_tokens must be at least 1".into());
@@ -297,9 +306,16 @@ mod tests {
     #[test]
     fn top_k_keeps_only_the_k_best() {
         let logits = [1.0, 4.0, 3.0, 2.0, 0.0];
-        let p = SamplingParams { top_k: 2, ..Default::default() };
+        let p = SamplingParams {
+            top_k: 2,
+            ..Default::default()
+        };
         assert_eq!(support(p, &logits), vec![1, 2]);
-        let p = SamplingParams { top_k: 1, temperature: 5.0, ..Default::default() };
+        let p = SamplingParams {
+            top_k: 1,
+            temperature: 5.0,
+            ..Default::default()
+        };
         assert_eq!(support(p, &logits), vec![1]);
     }
 
@@ -307,11 +323,20 @@ mod tests {
     fn top_p_keeps_the_smallest_set_reaching_p() {
         // probabilities 0.5, 0.3, 0.15, 0.05
         let logits: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
-        let p = SamplingParams { top_p: 0.75, ..Default::default() };
+        let p = SamplingParams {
+            top_p: 0.75,
+            ..Default::default()
+        };
         assert_eq!(support(p, &logits), vec![0, 1]);
-        let p = SamplingParams { top_p: 0.5, ..Default::default() };
+        let p = SamplingParams {
+            top_p: 0.5,
+            ..Default::default()
+        };
         assert_eq!(support(p, &logits), vec![0]);
-        let p = SamplingParams { top_p: 0.9, ..Default::default() };
+        let p = SamplingParams {
+            top_p: 0.9,
+            ..Default::default()
+        };
         assert_eq!(support(p, &logits), vec![0, 1, 2]);
     }
 
@@ -319,7 +344,10 @@ mod tests {
     fn min_p_drops_tokens_below_the_relative_floor() {
         // relative to 0.5: floor 0.25 keeps 0.5 and 0.3 only
         let logits: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
-        let p = SamplingParams { min_p: 0.5, ..Default::default() };
+        let p = SamplingParams {
+            min_p: 0.5,
+            ..Default::default()
+        };
         assert_eq!(support(p, &logits), vec![0, 1]);
     }
 
@@ -340,7 +368,10 @@ mod tests {
     #[test]
     fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
         let mut logits = [2.0, -2.0, 1.0];
-        let p = SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy(1) };
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy(1)
+        };
         apply_penalties(&mut logits, &p, &[0, 1], &[1]);
         assert_eq!(logits, [1.0, -4.0, 1.0]);
         // penalising token 0 (2.0 -> 1.0) moves the argmax to token 2 (1.5)
@@ -364,7 +395,10 @@ mod tests {
     fn same_seed_same_tokens_different_seed_different_tokens() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let run = |seed| {
-            let mut s = Sampler::new(SamplingParams { seed: Some(seed), ..Default::default() });
+            let mut s = Sampler::new(SamplingParams {
+                seed: Some(seed),
+                ..Default::default()
+            });
             (0..64)
                 .map(|_| s.sample(&mut logits.clone(), &[], &[]))
                 .collect::<Vec<_>>()
@@ -375,11 +409,20 @@ mod tests {
 
     #[test]
     fn validate_names_the_parameter() {
-        let bad = SamplingParams { top_p: 0.0, ..Default::default() };
+        let bad = SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        };
         assert!(bad.validate().unwrap_err().contains("top_p"));
-        let bad = SamplingParams { temperature: -1.0, ..Default::default() };
+        let bad = SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        };
         assert!(bad.validate().unwrap_err().contains("temperature"));
-        let bad = SamplingParams { max_tokens: 0, ..Default::default() };
+        let bad = SamplingParams {
+            max_tokens: 0,
+            ..Default::default()
+        };
         assert!(bad.validate().unwrap_err().contains("max_tokens"));
     }
 }

@@ -271,9 +271,10 @@ impl ServedModel {
                     seq.cache = Some((epoch, cache));
                     Ok(logits)
                 } else {
-                    let (_, cache) = seq.cache.as_mut().ok_or_else(|| {
-                        BackendError::internal("sequence cache disappeared")
-                    })?;
+                    let (_, cache) = seq
+                        .cache
+                        .as_mut()
+                        .ok_or_else(|| BackendError::internal("sequence cache disappeared"))?;
                     backend.forward(cache.as_mut(), tokens)
                 }
             });

@@ -27,7 +27,10 @@ impl IncrementalDecoder {
     /// ends in the middle of a character).
     pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<String, TokenizerError> {
         self.ids.push(id);
-        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
+        let prefix = tok.decode(
+            &self.ids[self.prefix_offset..self.read_offset],
+            self.skip_special,
+        )?;
         let text = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
         if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&prefix) {
             let delta = text[prefix.len()..].to_string();
@@ -41,7 +44,10 @@ impl IncrementalDecoder {
 
     /// Text not yet returned (an incomplete character at the end, decoded lossily).
     pub fn flush(&mut self, tok: &TextTokenizer) -> Result<String, TokenizerError> {
-        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
+        let prefix = tok.decode(
+            &self.ids[self.prefix_offset..self.read_offset],
+            self.skip_special,
+        )?;
         let text = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();

@@ -101,7 +101,11 @@ impl TextTokenizer {
     }
 
     /// Encodes a (first, second) pair with the tokenizer's own pair template, truncating the longer first.
+    /// An empty `second` encodes `first` alone, as transformers does (`if text_pair:`).
     pub fn encode_pair(&self, first: &str, second: &str) -> Result<EncodedInput> {
+        if second.is_empty() {
+            return self.encode(first, true);
+        }
         let enc = self
             .inner
             .encode((first, second), true)
@@ -169,24 +173,23 @@ fn gguf_tokenizer_json(meta: &GgufMetadata) -> Result<Value> {
         let tok = tok
             .as_str()
             .ok_or_else(|| TokenizerError(format!("GGUF token {id} is not a string")))?;
-        // 3 = control, 4 = user-defined: added tokens, matched before the BPE model.
+        // Every token keeps its id in the BPE vocabulary; 3 = control and
+        // 4 = user-defined are also added tokens, matched before the BPE model.
+        vocab.insert(tok.to_string(), json!(id));
         let ty = types.get(id).copied().unwrap_or(1);
         if ty == 3 || ty == 4 {
             added.push(json!({
                 "id": id, "content": tok, "single_word": false, "lstrip": false,
                 "rstrip": false, "normalized": false, "special": ty == 3,
             }));
-        } else {
-            vocab.insert(tok.to_string(), json!(id));
         }
     }
 
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex});
     let pre = meta.str("tokenizer.ggml.pre").unwrap_or("");
     let arch = meta.architecture().unwrap_or("");
-    let (normalizer, pre_tokenizer, post_processor) = if pre.starts_with("qwen") || arch == "qwen2" {
+    let (normalizer, pre_tokenizer, post_processor) = if pre.starts_with("qwen") || arch == "qwen2"
+    {
         (
             json!({"type": "NFC"}),
             json!({"type": "Sequence", "pretokenizers": [

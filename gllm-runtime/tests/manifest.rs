@@ -1,0 +1,232 @@
+//! The manifest: a valid one parses with defaults applied; each malformed one
+//! fails with a message naming the file, line, model id and key.
+
+use std::path::Path;
+
+use gllm_api::{DType, Device, Task};
+use gllm_runtime::manifest::{Manifest, ModelSource};
+
+fn known() -> Vec<String> {
+    vec!["burn-bert".into(), "candle-qwen2".into()]
+}
+
+fn fixtures() -> String {
+    gllm_testkit::fixtures_dir().display().to_string()
+}
+
+fn parse(text: &str) -> Result<Manifest, String> {
+    Manifest::parse(text, "models.toml", Path::new("/"), &known()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_valid_manifest_applies_defaults_and_resolves_paths() {
+    let text = format!(
+        r#"
+[defaults]
+devices = ["cpu"]
+dtype = "f32"
+
+[[models]]
+id = "tiny"
+task = "embed"
+path = "{f}/tiny-bert"
+
+[[models]]
+id = "qwen"
+task = "generate"
+path = "tiny-qwen2"
+backends = ["candle-qwen2"]
+devices = ["gpu:1", "gpu", "cpu"]
+dtype = "bf16"
+[models.options]
+threads = 2
+
+[[models]]
+id = "hub"
+task = "rerank"
+hf = "cross-encoder/ms-marco-MiniLM-L6-v2"
+"#,
+        f = fixtures()
+    );
+    let m = Manifest::parse(&text, "models.toml", Path::new(&fixtures()), &known()).unwrap();
+    assert_eq!(m.models.len(), 3);
+    let tiny = m.model("tiny").unwrap();
+    assert_eq!(tiny.task, Task::Embed);
+    assert_eq!(tiny.devices, vec![Device::CPU]);
+    assert_eq!(tiny.dtype, Some(DType::F32));
+    assert!(tiny.backends.is_empty());
+    assert_eq!(tiny.line, 6);
+    let qwen = m.model("qwen").unwrap();
+    assert_eq!(
+        qwen.source,
+        ModelSource::Path(Path::new(&fixtures()).join("tiny-qwen2"))
+    );
+    assert_eq!(
+        qwen.devices,
+        vec![Device::gpu(1), Device::gpu(0), Device::CPU]
+    );
+    assert_eq!(qwen.dtype, Some(DType::Bf16));
+    assert_eq!(qwen.options.get("threads").map(String::as_str), Some("2"));
+    let hub = m.model("hub").unwrap();
+    assert_eq!(
+        hub.source,
+        ModelSource::Hf {
+            repo: "cross-encoder/ms-marco-MiniLM-L6-v2".into(),
+            revision: "main".into()
+        }
+    );
+    assert_eq!(
+        m.model("nope").unwrap_err().to_string(),
+        "unknown model `nope` (the manifest has: tiny, qwen, hub)"
+    );
+}
+
+#[test]
+fn environment_variables_and_home_expand_in_paths() {
+    // SAFETY: this test binary reads GLLM_FIXTURES_TEST_DIR nowhere else.
+    unsafe { std::env::set_var("GLLM_FIXTURES_TEST_DIR", fixtures()) };
+    let m = parse("[[models]]\nid = \"a\"\ntask = \"embed\"\npath = \"${GLLM_FIXTURES_TEST_DIR}/tiny-bert\"\n").unwrap();
+    assert_eq!(
+        m.models[0].source,
+        ModelSource::Path(Path::new(&fixtures()).join("tiny-bert"))
+    );
+}
+
+/// (manifest, expected fragments of the message)
+fn malformed() -> Vec<(String, Vec<&'static str>)> {
+    let f = fixtures();
+    let ok = |extra: &str| {
+        format!("[[models]]\nid = \"m1\"\ntask = \"embed\"\npath = \"{f}/tiny-bert\"\n{extra}")
+    };
+    vec![
+        // 1. TOML syntax error: line given
+        (
+            "[[models]]\nid = \"m1\"\ntask = embed\n".to_string(),
+            vec!["models.toml:3:", "string values must be quoted"],
+        ),
+        // 2. unknown key in a model
+        (
+            ok("devics = [\"cpu\"]"),
+            vec!["models.toml:1:", "model `m1`", "unknown field `devics`"],
+        ),
+        // 3. wrong type
+        (
+            ok("backends = \"burn-bert\""),
+            vec!["model `m1`", "invalid type", "sequence"],
+        ),
+        // 4. duplicate id
+        (
+            format!("{}\n{}", ok(""), ok("")),
+            vec!["models.toml:6:", "model `m1`", "duplicate id `m1`"],
+        ),
+        // 5. unknown task
+        (
+            format!("[[models]]\nid = \"m1\"\ntask = \"embedd\"\npath = \"{f}/tiny-bert\"\n"),
+            vec![
+                "model `m1`",
+                "`task`",
+                "unknown task `embedd`",
+                "embed, rerank or generate",
+            ],
+        ),
+        // 6. unknown backend
+        (
+            ok("backends = [\"burn-bret\"]"),
+            vec![
+                "model `m1`",
+                "`backends`",
+                "unknown backend `burn-bret`",
+                "burn-bert, candle-qwen2",
+            ],
+        ),
+        // 7. unknown device
+        (
+            ok("devices = [\"tpu\"]"),
+            vec!["model `m1`", "`devices`", "unknown device `tpu`"],
+        ),
+        // 8. missing path
+        (
+            format!("[[models]]\nid = \"m1\"\ntask = \"embed\"\npath = \"{f}/no-such-model\"\n"),
+            vec!["model `m1`", "`path`", "no-such-model does not exist"],
+        ),
+        // 9. neither path nor hf
+        (
+            "[[models]]\nid = \"m1\"\ntask = \"embed\"\n".to_string(),
+            vec!["model `m1`", "missing `path`", "`hf`"],
+        ),
+        // 10. both path and hf
+        (
+            ok("hf = \"org/name\""),
+            vec!["model `m1`", "either `path` or `hf`"],
+        ),
+        // 11. missing id
+        (
+            format!("[[models]]\ntask = \"embed\"\npath = \"{f}/tiny-bert\"\n"),
+            vec!["models[0]", "missing field `id`"],
+        ),
+        // 12. unknown dtype
+        (
+            ok("dtype = \"f64\""),
+            vec!["model `m1`", "`dtype`", "unknown dtype `f64`"],
+        ),
+        // 13. unknown top-level table
+        (
+            "[model]\nid = \"x\"\n".to_string(),
+            vec!["models.toml:1:", "unknown field `model`"],
+        ),
+        // 14. bad hf repo id
+        (
+            format!("[[models]]\nid = \"m1\"\ntask = \"embed\"\nhf = \"just-a-name\"\n"),
+            vec!["model `m1`", "`hf`", "org/name"],
+        ),
+        // 15. empty backends list
+        (
+            ok("backends = []"),
+            vec!["model `m1`", "`backends` is empty"],
+        ),
+        // 16. device listed twice
+        (
+            ok("devices = [\"cpu\", \"cpu\"]"),
+            vec!["model `m1`", "listed twice"],
+        ),
+        // 17. unknown key in [defaults]
+        (
+            "[defaults]\ndevice = [\"cpu\"]\n".to_string(),
+            vec!["[defaults]", "unknown field `device`"],
+        ),
+        // 18. empty id
+        (
+            format!("[[models]]\nid = \" \"\ntask = \"embed\"\npath = \"{f}/tiny-bert\"\n"),
+            vec!["`id` must not be empty"],
+        ),
+    ]
+}
+
+#[test]
+fn malformed_manifests_fail_with_precise_messages() {
+    let cases = malformed();
+    assert!(cases.len() >= 10);
+    for (i, (text, fragments)) in cases.iter().enumerate() {
+        let msg = match parse(text) {
+            Ok(_) => panic!("case {}: accepted:\n{text}", i + 1),
+            Err(m) => m,
+        };
+        for f in fragments {
+            assert!(
+                msg.contains(f),
+                "case {}: message {msg:?} lacks {f:?}",
+                i + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn a_missing_manifest_file_is_named() {
+    let err = Manifest::from_file(Path::new("/no/such/models.toml"), &known()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot read manifest /no/such/models.toml"),
+        "{err}"
+    );
+}
