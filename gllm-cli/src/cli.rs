@@ -85,6 +85,40 @@ pub enum Command {
         /// One message to answer; without it, read messages from standard input.
         message: Option<String>,
     },
+    /// Measure throughput and print it beside the peers' figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Embed a corpus (one sentence per line): sentences/s, tokens/s, query latency.
+    Embed {
+        /// Model id from the manifest.
+        #[arg(long)]
+        model: String,
+        /// The corpus.
+        #[arg(long, default_value = "../shared/bench/corpus.txt")]
+        corpus: PathBuf,
+        /// Timed passes over the corpus (the best is reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+    /// Prefill and decode tokens/s.
+    Generate {
+        /// Model id from the manifest.
+        #[arg(long)]
+        model: String,
+        /// Prompt length.
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// Decode steps after the prompt.
+        #[arg(long, default_value_t = 64)]
+        decode_tokens: usize,
+        /// Timed runs (the best is reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
 }
 
 /// Sampling flags; each one left out keeps the model's default (generation_config.json).

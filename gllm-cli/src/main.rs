@@ -1,5 +1,6 @@
 //! `gllm`: embeddings, reranking and text generation from the command line.
 
+mod bench;
 mod chat;
 mod cli;
 mod output;
@@ -12,7 +13,7 @@ use clap::Parser;
 use futures::StreamExt;
 use gllm_runtime::{GenerateRequest, Runtime, StreamEvent};
 
-use cli::{Cli, Command};
+use cli::{BenchCommand, Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
@@ -108,6 +109,24 @@ async fn run(cli: Cli) -> Result<()> {
             tokio::task::spawn_blocking(move || chat::run(session, params, message, json))
                 .await
                 .context("chat worker failed")?
+        }
+        Command::Bench(bench) => {
+            let runtime = open()?;
+            tokio::task::spawn_blocking(move || match bench {
+                BenchCommand::Embed {
+                    model,
+                    corpus,
+                    repeat,
+                } => bench::embed(&runtime, &model, &corpus, repeat),
+                BenchCommand::Generate {
+                    model,
+                    prompt_tokens,
+                    decode_tokens,
+                    repeat,
+                } => bench::generate(&runtime, &model, prompt_tokens, decode_tokens, repeat),
+            })
+            .await
+            .context("benchmark worker failed")?
         }
     }
 }

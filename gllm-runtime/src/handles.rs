@@ -394,6 +394,40 @@ impl GeneratorHandle {
         ReceiverStream::new(rx)
     }
 
+    /// Times a prefill of `prompt_tokens` fixed pseudo-random tokens, then `decode_tokens`
+    /// greedy one-token steps (EOS ignored), llama-bench style.
+    pub fn bench_blocking(
+        &self,
+        prompt_tokens: usize,
+        decode_tokens: usize,
+    ) -> Result<GenerateBench> {
+        let vocab = self.model.active().info.vocab_size.max(2000) as u64;
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let prompt: Vec<u32> = (0..prompt_tokens.max(1))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (100 + x % (vocab - 1000)) as u32
+            })
+            .collect();
+        let mut seq = Sequence::default();
+        let start = std::time::Instant::now();
+        let mut logits = self.model.feed(&mut seq, &prompt)?;
+        let prefill = start.elapsed();
+        let start = std::time::Instant::now();
+        for _ in 0..decode_tokens {
+            let next = crate::sampling::argmax(&logits);
+            logits = self.model.feed(&mut seq, &[next])?;
+        }
+        Ok(GenerateBench {
+            prompt_tokens: prompt.len(),
+            prefill,
+            decode_tokens,
+            decode: start.elapsed(),
+        })
+    }
+
     /// A multi-turn conversation that keeps its KV cache between turns.
     pub fn chat_session(&self, system: Option<String>) -> ChatSession {
         ChatSession {
@@ -404,6 +438,19 @@ impl GeneratorHandle {
             seq: Arc::new(Mutex::new(Sequence::default())),
         }
     }
+}
+
+/// Timings of [`GeneratorHandle::bench_blocking`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerateBench {
+    /// Prompt length.
+    pub prompt_tokens: usize,
+    /// Time of the prefill.
+    pub prefill: std::time::Duration,
+    /// Decode steps.
+    pub decode_tokens: usize,
+    /// Time of all decode steps.
+    pub decode: std::time::Duration,
 }
 
 /// A conversation whose KV cache is reused from turn to turn: each turn feeds only

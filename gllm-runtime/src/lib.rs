@@ -26,8 +26,8 @@ pub mod tokenizer;
 
 pub use error::{Result, RuntimeError};
 pub use handles::{
-    ChatMessage, ChatSession, EmbedderHandle, Embedding, FinishReason, GenerateRequest, Generation,
-    GeneratorHandle, RerankResult, RerankerHandle, StreamEvent,
+    ChatMessage, ChatSession, EmbedderHandle, Embedding, FinishReason, GenerateBench,
+    GenerateRequest, Generation, GeneratorHandle, RerankResult, RerankerHandle, StreamEvent,
 };
 pub use model_files::Activation;
 pub use runtime::{CandidateReport, ModelPlan, Runtime};

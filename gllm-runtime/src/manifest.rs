@@ -406,7 +406,7 @@ fn check_backends(list: &[String], known: &[String]) -> std::result::Result<(), 
     Ok(())
 }
 
-/// Expands `~/` and `${VAR}` and anchors relative paths at `base`.
+/// Expands `${VAR}`, `${VAR:-default}` and a leading `~/`, and anchors relative paths at `base`.
 fn resolve_path(base: &Path, raw: &str) -> PathBuf {
     let mut s = String::new();
     let mut rest = raw;
@@ -414,8 +414,16 @@ fn resolve_path(base: &Path, raw: &str) -> PathBuf {
         s.push_str(&rest[..start]);
         match rest[start + 2..].find('}') {
             Some(end) => {
-                let name = &rest[start + 2..start + 2 + end];
-                s.push_str(&std::env::var(name).unwrap_or_default());
+                // ${NAME} or ${NAME:-default}
+                let body = &rest[start + 2..start + 2 + end];
+                let (name, default) = match body.split_once(":-") {
+                    Some((n, d)) => (n, d),
+                    None => (body, ""),
+                };
+                match std::env::var(name) {
+                    Ok(v) if !v.is_empty() => s.push_str(&v),
+                    _ => s.push_str(default),
+                }
                 rest = &rest[start + 3 + end..];
             }
             None => {

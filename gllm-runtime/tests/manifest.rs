@@ -90,6 +90,16 @@ fn environment_variables_and_home_expand_in_paths() {
         m.models[0].source,
         ModelSource::Path(Path::new(&fixtures()).join("tiny-bert"))
     );
+    // ${VAR:-default} falls back to the default when VAR is unset
+    let text = format!(
+        "[[models]]\nid = \"a\"\ntask = \"embed\"\npath = \"${{GLLM_UNSET_TEST_VAR:-{}}}/tiny-bert\"\n",
+        fixtures()
+    );
+    let m = parse(&text).unwrap();
+    assert_eq!(
+        m.models[0].source,
+        ModelSource::Path(Path::new(&fixtures()).join("tiny-bert"))
+    );
 }
 
 /// (manifest, expected fragments of the message)

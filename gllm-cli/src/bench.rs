@@ -1,0 +1,117 @@
+//! `gllm bench`: throughput figures printed beside the peers' baselines
+//! (measured on a 2-core AMD EPYC, 2 threads; see ../shared/bench/README.md).
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use gllm_runtime::Runtime;
+
+/// Embeds the corpus (one sentence per line) and prints sentences/s, tokens/s and query latency.
+pub fn embed(runtime: &Runtime, model: &str, corpus: &Path, repeat: usize) -> Result<()> {
+    let text =
+        std::fs::read_to_string(corpus).with_context(|| format!("reading {}", corpus.display()))?;
+    let sentences: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    if sentences.is_empty() {
+        bail!("{} has no sentences", corpus.display());
+    }
+    let handle = runtime.embedder_blocking(model)?;
+    let active = handle.active();
+    println!(
+        "model {model}: {} on {} ({}), corpus {} ({} sentences), length-sorted batches of 32",
+        active.backend,
+        active.device,
+        active.info.dtype.as_str(),
+        corpus.display(),
+        sentences.len()
+    );
+    // warm-up (allocations, kernel selection)
+    handle.embed_blocking(&sentences[..sentences.len().min(64)])?;
+    let mut best = f64::INFINITY;
+    let mut tokens = 0;
+    for run in 1..=repeat.max(1) {
+        let start = Instant::now();
+        let rows = handle.embed_blocking(&sentences)?;
+        let secs = start.elapsed().as_secs_f64();
+        tokens = rows.iter().map(|r| r.tokens).sum::<usize>();
+        println!(
+            "  run {run}: {:.2} s, {:.1} sentences/s, {:.0} tokens/s",
+            secs,
+            sentences.len() as f64 / secs,
+            tokens as f64 / secs
+        );
+        best = best.min(secs);
+    }
+    let query = vec!["How do I bake sourdough bread at home?".to_string()];
+    let mut lat: Vec<f64> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            handle
+                .embed_blocking(&query)
+                .map(|_| t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_, _>>()?;
+    lat.sort_by(f64::total_cmp);
+    println!();
+    println!("| engine | sentences/s | tokens/s | single query (median) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| gllm {} ({}) | {:.1} | {:.0} | {:.1} ms |",
+        active.backend,
+        active.device,
+        sentences.len() as f64 / best,
+        tokens as f64 / best,
+        lat[lat.len() / 2]
+    );
+    println!("| sentence-transformers 6.2 (PyTorch f32, 2 threads) | 105 | 3.8k | 10.4 ms |");
+    println!("| onnxruntime 1.32 f32 | 114 | | |");
+    println!("| onnxruntime 1.32 int8 | 268 | | |");
+    Ok(())
+}
+
+/// Prefill and decode tokens/s, llama-bench style.
+pub fn generate(
+    runtime: &Runtime,
+    model: &str,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+    repeat: usize,
+) -> Result<()> {
+    let handle = runtime.generator_blocking(model)?;
+    let active = handle.active();
+    println!(
+        "model {model}: {} on {} ({}), prefill {prompt_tokens} tokens, decode {decode_tokens} tokens",
+        active.backend,
+        active.device,
+        active.info.dtype.as_str()
+    );
+    handle.bench_blocking(16, 4)?; // warm-up
+    let (mut best_pp, mut best_tg) = (0.0f64, 0.0f64);
+    for run in 1..=repeat.max(1) {
+        let b = handle.bench_blocking(prompt_tokens, decode_tokens)?;
+        let pp = b.prompt_tokens as f64 / b.prefill.as_secs_f64();
+        let tg = b.decode_tokens as f64 / b.decode.as_secs_f64();
+        println!("  run {run}: prefill {pp:.1} tok/s, decode {tg:.1} tok/s");
+        best_pp = best_pp.max(pp);
+        best_tg = best_tg.max(tg);
+    }
+    println!();
+    println!("| engine | prefill tok/s (pp{prompt_tokens}) | decode tok/s (tg{decode_tokens}) |");
+    println!("|---|---|---|");
+    println!(
+        "| gllm {} ({}) | {best_pp:.1} | {best_tg:.1} |",
+        active.backend, active.device
+    );
+    println!("| Qwen2-0.5B shape, peers on this machine kind (2 threads): | | |");
+    println!("| transformers bf16 / f32 | 268 / 83 | 14.0 / 5.2 |");
+    println!(
+        "| llama.cpp F16 / Q8_0 / Q4_0 / Q4_K_M | 187 / 204 / 312 / 235 | 32.9 / 46.6 / 70.6 / 51.6 |"
+    );
+    println!("| candle 0.11.1 quantized_qwen2 Q8_0 / Q4_0 (native) | 83 / 58 | 37.9 / 35.2 |");
+    println!("| SmolLM2-135M Q4_1: llama.cpp / candle quantized_llama | 323 / 90 | 110.6 / 54.1 |");
+    Ok(())
+}

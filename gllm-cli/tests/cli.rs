@@ -1,0 +1,324 @@
+//! The `gllm` binary, as people and scripts use it: the numbers it prints match
+//! the fixtures' references, and bad input gives a clear error, never a panic.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use gllm_testkit::{
+    assert_close, fixture, fixtures_dir, json_f32s, json_u32s, read_json, real_model,
+};
+
+fn manifest() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gllm-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("models.toml");
+    let text = format!(
+        r#"
+[defaults]
+devices = ["gpu", "cpu"]
+
+[[models]]
+id = "tiny-bert"
+task = "embed"
+path = "{bert}"
+backends = ["burn-bert"]
+
+[[models]]
+id = "tiny-ce"
+task = "rerank"
+path = "{ce}"
+backends = ["burn-bert"]
+
+[[models]]
+id = "tiny-qwen2"
+task = "generate"
+path = "{qwen}"
+backends = ["candle-qwen2"]
+devices = ["cpu"]
+
+[[models]]
+id = "minilm"
+task = "embed"
+path = "{minilm}"
+
+[[models]]
+id = "smollm2"
+task = "generate"
+path = "{smol}"
+devices = ["cpu"]
+"#,
+        bert = fixture("tiny-bert").display(),
+        ce = fixture("tiny-cross-encoder").display(),
+        qwen = fixture("tiny-qwen2").display(),
+        minilm = real_model("all-MiniLM-L6-v2").display(),
+        smol = real_model("SmolLM2-135M-Instruct.Q4_1.gguf").display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn gllm(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_gllm"))
+        .arg("--manifest")
+        .arg(manifest())
+        .args(args)
+        .output()
+        .expect("run gllm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "gllm panicked: {stderr}");
+    out
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "gllm failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn failure(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn embed_json_matches_sentence_transformers() {
+    for (model, reference) in [
+        ("tiny-bert", fixture("tiny-bert").join("reference.json")),
+        (
+            "minilm",
+            fixtures_dir().join("all-MiniLM-L6-v2.reference.json"),
+        ),
+    ] {
+        let reference = read_json(&reference).unwrap();
+        let sentences: Vec<&str> = reference["sentences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        let mut args = vec!["embed", "--model", model, "--json"];
+        args.extend(&sentences);
+        let v = json_of(&gllm(&args));
+        assert_eq!(v["model"], model);
+        let data = v["data"].as_array().unwrap();
+        assert_eq!(data.len(), sentences.len());
+        let mut tokens = 0;
+        for (i, row) in data.iter().enumerate() {
+            assert_eq!(row["index"], i);
+            assert_close(
+                &format!("{model} sentence {i}"),
+                &json_f32s(&row["embedding"]),
+                &json_f32s(&reference["embeddings"][i]),
+                1e-5,
+            );
+            tokens += json_u32s(&reference["input_ids"][i]).len();
+        }
+        assert_eq!(v["usage"]["prompt_tokens"], tokens);
+    }
+}
+
+#[test]
+fn rerank_json_matches_the_cross_encoder() {
+    let reference = read_json(&fixture("tiny-cross-encoder").join("reference.json")).unwrap();
+    for q in reference["queries"].as_array().unwrap() {
+        let docs: Vec<&str> = q["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap())
+            .collect();
+        let mut args = vec![
+            "rerank",
+            "--model",
+            "tiny-ce",
+            "--json",
+            "--query",
+            q["query"].as_str().unwrap(),
+        ];
+        args.extend(&docs);
+        let v = json_of(&gllm(&args));
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), docs.len());
+        let logits = json_f32s(&q["logits"]);
+        let scores = json_f32s(&q["scores_sigmoid"]);
+        let mut last = f64::INFINITY;
+        for r in results {
+            let i = r["index"].as_u64().unwrap() as usize;
+            let score = r["score"].as_f64().unwrap();
+            assert!(score <= last, "results are not sorted by score");
+            last = score;
+            assert!(
+                (r["logit"].as_f64().unwrap() as f32 - logits[i]).abs() <= 1e-5,
+                "logit {i}"
+            );
+            assert!((score as f32 - scores[i]).abs() <= 1e-6, "score {i}");
+        }
+        // top_n keeps the best ones
+        let mut args = vec![
+            "rerank",
+            "--model",
+            "tiny-ce",
+            "--json",
+            "--top-n",
+            "2",
+            "--query",
+            q["query"].as_str().unwrap(),
+        ];
+        args.extend(&docs);
+        let top = json_of(&gllm(&args));
+        assert_eq!(
+            top["results"].as_array().unwrap().as_slice(),
+            &results[..2.min(results.len())]
+        );
+    }
+}
+
+#[test]
+fn generate_json_reproduces_the_greedy_reference() {
+    let reference = read_json(&fixture("tiny-qwen2").join("reference.json")).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let v = json_of(&gllm(&[
+            "generate",
+            "--model",
+            "tiny-qwen2",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "--json",
+            case["prompt"].as_str().unwrap(),
+        ]));
+        assert_eq!(
+            json_u32s(&v["token_ids"]),
+            json_u32s(&case["greedy_new_ids"]),
+            "{}",
+            case["prompt"]
+        );
+        assert_eq!(v["finish_reason"], "length");
+        assert_eq!(v["text"], case["greedy_text"]);
+    }
+}
+
+#[test]
+fn chat_with_smollm2_names_fruits() {
+    let out = gllm(&[
+        "chat",
+        "--model",
+        "smollm2",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "48",
+        "Name three fruits.",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let fruits = [
+        "apple",
+        "banana",
+        "orange",
+        "grape",
+        "strawberr",
+        "mango",
+        "pear",
+        "cherr",
+        "lemon",
+        "kiwi",
+        "pineapple",
+        "peach",
+        "blueberr",
+    ];
+    let named = fruits.iter().filter(|f| text.contains(*f)).count();
+    assert!(named >= 3, "expected three fruit names in {text:?}");
+}
+
+#[test]
+fn models_lists_where_each_model_loads() {
+    let out = gllm(&["models"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("burn-bert (built-in)"), "{text}");
+    assert!(text.contains("candle-qwen2 (built-in)"), "{text}");
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{id}\t")))
+            .unwrap_or_else(|| panic!("{id} not listed: {text}"))
+            .to_string()
+    };
+    assert!(
+        line("tiny-qwen2").ends_with("-> candle-qwen2 on cpu"),
+        "{text}"
+    );
+    assert!(line("smollm2").contains("gguf llama"), "{text}");
+    // candle-qwen2 has no GPU in this build: the reason is given
+    assert!(text.contains("skipped candle-qwen2 on gpu:0"), "{text}");
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let err = failure(&gllm(&["embed", "--model", "nope", "hello"]));
+    assert!(err.contains("unknown model `nope`"), "{err}");
+    let err = failure(&gllm(&["generate", "--model", "tiny-bert", "hello"]));
+    assert!(
+        err.contains("model `tiny-bert` is a `embed` model; it cannot generate text"),
+        "{err}"
+    );
+    let err = failure(&gllm(&[
+        "generate",
+        "--model",
+        "tiny-qwen2",
+        "--max-tokens",
+        "4",
+        "",
+    ]));
+    assert!(err.contains("the prompt is empty"), "{err}");
+    let err = failure(&gllm(&[
+        "generate",
+        "--model",
+        "tiny-qwen2",
+        "--top-p",
+        "0",
+        "hi",
+    ]));
+    assert!(err.contains("top_p"), "{err}");
+    let missing = Command::new(env!("CARGO_BIN_EXE_gllm"))
+        .args(["--manifest", "/no/such/models.toml", "models"])
+        .output()
+        .unwrap();
+    assert!(failure(&missing).contains("cannot read manifest /no/such/models.toml"));
+    // invalid UTF-8 in an argument
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let out = Command::new(env!("CARGO_BIN_EXE_gllm"))
+            .arg("--manifest")
+            .arg(manifest())
+            .args(["embed", "--model", "tiny-bert"])
+            .arg(std::ffi::OsStr::from_bytes(b"caf\xe9"))
+            .output()
+            .unwrap();
+        let err = failure(&out);
+        assert!(err.contains("invalid UTF-8"), "{err}");
+    }
+    // an empty document list gives no results; an empty string embeds like sentence-transformers (fixture)
+    let v = json_of(&gllm(&[
+        "rerank", "--model", "tiny-ce", "--json", "--query", "q",
+    ]));
+    assert_eq!(v["results"].as_array().unwrap().len(), 0);
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: fetch the real small models, build gllm, and
+# embed, rerank and generate with them (GPU if one is usable, else the CPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GLLM_TEST_MODELS="${GLLM_TEST_MODELS:-$HOME/.cache/gllm-test-models}"
+scripts/fetch-models.sh "$GLLM_TEST_MODELS" >/dev/null
+cargo build --release --bin gllm
+gllm=target/release/gllm
+[ -n "${CARGO_TARGET_DIR:-}" ] && gllm="$CARGO_TARGET_DIR/release/gllm"
+
+set -x
+"$gllm" models
+"$gllm" embed --model minilm --json "The quick brown fox jumps over the lazy dog." "A fast auburn fox leapt over a sleepy hound." | head -c 400; echo
+"$gllm" rerank --model tiny-reranker --query "how to learn rust" "Rust is a systems language." "Sourdough needs a starter."
+"$gllm" generate --model smollm2 --temperature 0 --max-tokens 32 "The capital of France is"
+"$gllm" chat --model smollm2 --temperature 0 --max-tokens 48 "Name three fruits."
