@@ -1,1 +1,235 @@
-//! placeholder
+//! # burn-qwen2: Qwen2 text generation on Burn
+//!
+//! A gllm backend (`burn-qwen2`) for Qwen2 decoders stored as Hugging Face
+//! safetensors directories (f32, f16 or bf16 on disk), serving `generate`
+//! through caller-owned KV caches. It runs on the CPU through Burn's
+//! pure-Rust `flex` backend and on GPUs through `wgpu` (Vulkan, Metal, DX12),
+//! with no native toolchain.
+//!
+//! Everything the decoder computes is written with Burn tensor operations:
+//! RoPE with the config's `rope_theta` (half-rotation layout), grouped-query
+//! attention that never repeats the K/V heads, causal masking for prefill at
+//! any cache offset, RMSNorm, the SwiGLU MLP, q/k/v biases, and a tied or
+//! separate output projection.
+
+pub mod attention;
+pub mod cache;
+pub mod config;
+pub mod device;
+pub mod model;
+pub mod rope;
+pub mod weights;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::tensor::DType as BurnDType;
+use gllm_api::{
+    BackendError, BackendFactory, Capabilities, DType, Device, DeviceKind, InferenceBackend,
+    KvCache, ModelInfo, ModelSpec, Task, WeightFormat,
+};
+
+pub use crate::cache::Qwen2Cache;
+use crate::config::Qwen2Config;
+use crate::model::{Output, Qwen2Model};
+use crate::weights::WeightStore;
+
+/// The factory of the `burn-qwen2` backend.
+pub struct BurnQwen2Factory;
+
+/// The registered factory instance.
+pub static FACTORY: BurnQwen2Factory = BurnQwen2Factory;
+
+gllm_api::inventory::submit! { gllm_api::Registration::new(&FACTORY) }
+
+impl BackendFactory for BurnQwen2Factory {
+    fn name(&self) -> &str {
+        "burn-qwen2"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            tasks: vec![Task::Generate],
+            architectures: vec!["qwen2".to_string()],
+            formats: vec![WeightFormat::Safetensors],
+            devices: vec![DeviceKind::Cpu, DeviceKind::Gpu],
+        }
+    }
+
+    fn probe(&self, device: Device) -> Result<(), BackendError> {
+        device::probe(device)
+    }
+
+    fn load(
+        &self,
+        spec: &ModelSpec,
+        device: Device,
+    ) -> Result<Box<dyn InferenceBackend>, BackendError> {
+        Ok(Box::new(BurnQwen2::load(spec, device)?))
+    }
+}
+
+/// Gives every loaded model its own id, so a cache of one model is refused by another.
+static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A loaded Qwen2 decoder.
+pub struct BurnQwen2 {
+    model: Qwen2Model,
+    id: u64,
+    device: Device,
+    dtype: DType,
+}
+
+impl BurnQwen2 {
+    /// Loads the model of `spec` (a model directory) on `device`.
+    pub fn load(spec: &ModelSpec, device: Device) -> Result<Self, BackendError> {
+        if spec.task != Task::Generate {
+            return Err(BackendError::unsupported(format!(
+                "burn-qwen2 does not serve task `{}`",
+                spec.task
+            )));
+        }
+        if spec.format != WeightFormat::Safetensors {
+            return Err(BackendError::unsupported(format!(
+                "burn-qwen2 does not read {} weights",
+                spec.format.as_str()
+            )));
+        }
+        if !spec.architecture.eq_ignore_ascii_case("qwen2") {
+            return Err(BackendError::unsupported(format!(
+                "burn-qwen2 does not support architecture `{}`",
+                spec.architecture
+            )));
+        }
+        let dtype = spec.dtype.unwrap_or(DType::F32);
+        let burn_dtype = match dtype {
+            DType::F32 => BurnDType::F32,
+            DType::F16 => BurnDType::F16,
+            DType::Bf16 => BurnDType::BF16,
+        };
+        let dir = spec.path.as_path();
+        let config = Qwen2Config::load(dir)?;
+        let store = WeightStore::open(dir)?;
+        let burn_device = device::burn_device(device)?;
+        let model = device::contain(
+            || Qwen2Model::load(&config, store, &burn_device, burn_dtype, dir),
+            |m| match device.kind {
+                DeviceKind::Gpu => BackendError::device_unavailable(format!(
+                    "{device}: loading the weights failed: {m}"
+                )),
+                DeviceKind::Cpu => BackendError::internal(format!("loading the weights: {m}")),
+            },
+        )??;
+        Ok(Self {
+            model,
+            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
+            device,
+            dtype,
+        })
+    }
+
+    /// Loads the model in `dir` on `device`, computing in f32.
+    pub fn load_dir(dir: &Path, device: Device) -> Result<Self, BackendError> {
+        let spec = ModelSpec {
+            id: dir.display().to_string(),
+            task: Task::Generate,
+            path: dir.to_path_buf(),
+            format: WeightFormat::Safetensors,
+            architecture: "qwen2".to_string(),
+            dtype: None,
+            options: Default::default(),
+        };
+        Self::load(&spec, device)
+    }
+
+    /// The decoder's configuration.
+    pub fn config(&self) -> &Qwen2Config {
+        self.model.config()
+    }
+
+    /// The final hidden states (after the final RMSNorm) of every position of
+    /// `tokens` run as one fresh sequence, row-major `[tokens, hidden]`.
+    pub fn final_hidden(&self, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        let mut cache = self.cache();
+        self.run(&mut cache, tokens, Output::Hidden)
+    }
+
+    fn cache(&self) -> Qwen2Cache {
+        Qwen2Cache::new(
+            self.id,
+            self.model.config().num_hidden_layers,
+            self.model.config().max_position_embeddings,
+        )
+    }
+
+    /// Checks the input, then runs one forward pass, turning a panic of Burn
+    /// into an error of the right kind (and emptying the cache it broke).
+    fn run(
+        &self,
+        cache: &mut Qwen2Cache,
+        tokens: &[u32],
+        output: Output,
+    ) -> Result<Vec<f32>, BackendError> {
+        let c = self.model.config();
+        if cache.model_id != self.id {
+            return Err(BackendError::invalid_input(
+                "KV cache was created by another loaded model",
+            ));
+        }
+        if tokens.is_empty() {
+            return Err(BackendError::invalid_input("no tokens to forward"));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(BackendError::invalid_input(format!(
+                "token id {bad} is out of range (vocabulary of {})",
+                c.vocab_size
+            )));
+        }
+        if cache.len + tokens.len() > c.max_position_embeddings {
+            return Err(BackendError::invalid_input(format!(
+                "context overflow: {} cached + {} new positions exceed the model's {}",
+                cache.len,
+                tokens.len(),
+                c.max_position_embeddings
+            )));
+        }
+        if !cache.is_whole() {
+            cache.reset();
+        }
+        let device = self.device;
+        let result = device::contain(
+            || self.model.forward(cache, tokens, output),
+            |m| match device.kind {
+                DeviceKind::Gpu => BackendError::device_lost(format!("{device}: {m}")),
+                DeviceKind::Cpu => BackendError::internal(m),
+            },
+        );
+        if result.is_err() && !cache.is_whole() {
+            cache.reset();
+        }
+        result?
+    }
+}
+
+impl InferenceBackend for BurnQwen2 {
+    fn info(&self) -> ModelInfo {
+        let c = self.model.config();
+        ModelInfo {
+            task: Task::Generate,
+            device: self.device,
+            dtype: self.dtype,
+            max_positions: c.max_position_embeddings,
+            vocab_size: c.vocab_size,
+            output_dim: c.vocab_size,
+        }
+    }
+
+    fn new_cache(&self) -> Result<Box<dyn KvCache>, BackendError> {
+        Ok(Box::new(self.cache()))
+    }
+
+    fn forward(&self, cache: &mut dyn KvCache, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        let cache = gllm_api::downcast_cache::<Qwen2Cache>(cache)?;
+        self.run(cache, tokens, Output::LastLogits)
+    }
+}

@@ -1,0 +1,326 @@
+//! The Qwen2 decoder on Burn tensors: embedding, decoder layers (RMSNorm,
+//! grouped-query attention with RoPE and q/k/v biases, SwiGLU MLP), final
+//! RMSNorm, and the tied or separate output projection.
+
+use std::path::Path;
+
+use burn::tensor::activation::silu;
+use burn::tensor::module::linear;
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use gllm_api::BackendError;
+
+use crate::attention::grouped_attention;
+use crate::cache::{LayerKv, Qwen2Cache};
+use crate::config::Qwen2Config;
+use crate::rope::Rope;
+use crate::weights::WeightStore;
+
+/// A dense layer, weight stored `[in, out]` (transposed from PyTorch's `[out, in]`).
+struct Dense {
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+}
+
+impl Dense {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        linear(x, self.weight.clone(), self.bias.clone())
+    }
+}
+
+struct Layer {
+    input_norm: Tensor<1>,
+    /// q, k and v projections fused into one `[hidden, q_dim + 2 * kv_dim]`.
+    qkv: Dense,
+    o: Dense,
+    post_norm: Tensor<1>,
+    /// gate and up projections fused into one `[hidden, 2 * intermediate]`.
+    gate_up: Dense,
+    down: Dense,
+}
+
+/// What a forward pass returns.
+pub enum Output {
+    /// Logits of the last position, `[vocab]`.
+    LastLogits,
+    /// Final hidden states (after the final RMSNorm) of every new position, `[n, hidden]`.
+    Hidden,
+}
+
+/// A Qwen2 decoder whose weights live on one Burn device.
+pub struct Qwen2Model {
+    config: Qwen2Config,
+    device: Device,
+    dtype: DType,
+    /// `[vocab, hidden]`.
+    embed: Tensor<2>,
+    /// `[hidden, vocab]` when the output projection is not tied to the embedding.
+    lm_head: Option<Tensor<2>>,
+    norm: Tensor<1>,
+    layers: Vec<Layer>,
+    rope: Rope,
+}
+
+/// PyTorch `[out, in]` row-major values as `[in, out]` row-major.
+fn transpose(data: &[f32], out: usize, inp: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; out * inp];
+    for (o, row) in data.chunks_exact(inp).enumerate() {
+        for (i, v) in row.iter().enumerate() {
+            t[i * out + o] = *v;
+        }
+    }
+    t
+}
+
+/// Takes tensors from the store and creates them on the device in the
+/// compute dtype; missing or mis-shaped ones are recorded by the store and
+/// come back as `None`.
+struct Loader<'a> {
+    store: &'a mut WeightStore,
+    device: &'a Device,
+    dtype: DType,
+}
+
+impl Loader<'_> {
+    fn tensor<const D: usize>(&self, data: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::<D>::from_data(TensorData::new(data, shape), self.device).cast(self.dtype)
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Option<Tensor<1>> {
+        let data = self.store.take(name, &[len])?;
+        Some(self.tensor(data, [len]))
+    }
+
+    /// Several PyTorch `[out_j, in]` weights (and biases) as one `[in, sum out_j]` layer.
+    fn fused(&mut self, names: &[&str], outs: &[usize], inp: usize, bias: bool) -> Option<Dense> {
+        let total: usize = outs.iter().sum();
+        let mut parts = Vec::with_capacity(names.len());
+        let mut biases = Vec::with_capacity(names.len());
+        for (name, &out) in names.iter().zip(outs) {
+            parts.push(self.store.take(&format!("{name}.weight"), &[out, inp]));
+            if bias {
+                biases.push(self.store.take(&format!("{name}.bias"), &[out]));
+            }
+        }
+        let mut weight = vec![0.0f32; inp * total];
+        let mut col = 0;
+        for (part, &out) in parts.into_iter().zip(outs) {
+            let t = transpose(&part?, out, inp);
+            for i in 0..inp {
+                weight[i * total + col..i * total + col + out]
+                    .copy_from_slice(&t[i * out..(i + 1) * out]);
+            }
+            col += out;
+        }
+        let bias = if bias {
+            let mut all = Vec::with_capacity(total);
+            for b in biases {
+                all.extend_from_slice(&b?);
+            }
+            Some(self.tensor(all, [total]))
+        } else {
+            None
+        };
+        Some(Dense {
+            weight: self.tensor(weight, [inp, total]),
+            bias,
+        })
+    }
+}
+
+fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64, dtype: DType) -> Tensor<3> {
+    let x = x.cast(DType::F32);
+    let mean_square = x.clone().square().mean_dim(2);
+    let x = x * mean_square.add_scalar(eps).sqrt().recip();
+    x.cast(dtype) * weight.clone().unsqueeze::<3>()
+}
+
+fn internal(e: impl std::fmt::Debug) -> BackendError {
+    BackendError::internal(format!("reading back a result: {e:?}"))
+}
+
+impl Qwen2Model {
+    /// Builds the decoder from `store` on `device`, computing in `dtype`. Every
+    /// problem with the weights is reported at once by [`WeightStore::finish`].
+    pub fn load(
+        config: &Qwen2Config,
+        mut store: WeightStore,
+        device: &Device,
+        dtype: DType,
+        dir: &Path,
+    ) -> Result<Self, BackendError> {
+        let c = config;
+        let h = c.hidden_size;
+        let mut l = Loader {
+            store: &mut store,
+            device,
+            dtype,
+        };
+        let embed = l
+            .store
+            .take("model.embed_tokens.weight", &[c.vocab_size, h])
+            .map(|d| l.tensor(d, [c.vocab_size, h]));
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let input_norm = l.vector(&format!("{p}.input_layernorm.weight"), h);
+            let qkv = l.fused(
+                &[
+                    &format!("{p}.self_attn.q_proj"),
+                    &format!("{p}.self_attn.k_proj"),
+                    &format!("{p}.self_attn.v_proj"),
+                ],
+                &[c.q_dim(), c.kv_dim(), c.kv_dim()],
+                h,
+                true,
+            );
+            let o = l.fused(&[&format!("{p}.self_attn.o_proj")], &[h], c.q_dim(), false);
+            let post_norm = l.vector(&format!("{p}.post_attention_layernorm.weight"), h);
+            let gate_up = l.fused(
+                &[&format!("{p}.mlp.gate_proj"), &format!("{p}.mlp.up_proj")],
+                &[c.intermediate_size, c.intermediate_size],
+                h,
+                false,
+            );
+            let down = l.fused(
+                &[&format!("{p}.mlp.down_proj")],
+                &[h],
+                c.intermediate_size,
+                false,
+            );
+            if let (
+                Some(input_norm),
+                Some(qkv),
+                Some(o),
+                Some(post_norm),
+                Some(gate_up),
+                Some(down),
+            ) = (input_norm, qkv, o, post_norm, gate_up, down)
+            {
+                layers.push(Layer {
+                    input_norm,
+                    qkv,
+                    o,
+                    post_norm,
+                    gate_up,
+                    down,
+                });
+            }
+        }
+        let norm = l.vector("model.norm.weight", h);
+        let lm_head = if c.tie_word_embeddings {
+            // Some tied checkpoints still store the (identical) head: accept it.
+            l.store.ignore("lm_head.weight", &[c.vocab_size, h]);
+            None
+        } else {
+            l.store
+                .take("lm_head.weight", &[c.vocab_size, h])
+                .map(|d| Some(l.tensor(transpose(&d, c.vocab_size, h), [h, c.vocab_size])))
+        };
+        store.finish(dir)?;
+        match (embed, norm, lm_head) {
+            (Some(embed), Some(norm), lm_head)
+                if layers.len() == c.num_hidden_layers
+                    && (c.tie_word_embeddings || lm_head.is_some()) =>
+            {
+                Ok(Self {
+                    config: config.clone(),
+                    device: device.clone(),
+                    dtype,
+                    embed,
+                    lm_head: lm_head.flatten(),
+                    norm,
+                    layers,
+                    rope: Rope::new(c.head_dim, c.rope_theta),
+                })
+            }
+            _ => Err(BackendError::internal(format!(
+                "{}: weights are incomplete but no problem was recorded",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// The configuration the decoder was built from.
+    pub fn config(&self) -> &Qwen2Config {
+        &self.config
+    }
+
+    /// The dtype it computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Appends `tokens` (valid ids, not empty, fitting the context: checked by
+    /// the caller) to `cache` and returns what `output` asks for, row-major f32.
+    /// The cache's length moves only when the whole pass succeeded.
+    pub fn forward(
+        &self,
+        cache: &mut Qwen2Cache,
+        tokens: &[u32],
+        output: Output,
+    ) -> Result<Vec<f32>, BackendError> {
+        let c = &self.config;
+        let (n, h) = (tokens.len(), c.hidden_size);
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let offset = cache.len;
+        let total = offset + n;
+        cache.reserve(total, kv_heads, hd, self.dtype, &self.device);
+
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
+        let mut x = self.embed.clone().select(0, ids).reshape([1, n, h]);
+        let rope = self.rope.tables(offset, n, self.dtype, &self.device);
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let a = rms_norm(x.clone(), &layer.input_norm, c.rms_norm_eps, self.dtype);
+            let qkv = layer.qkv.forward(a);
+            let q = qkv.clone().narrow(2, 0, qd).reshape([1, n, heads, hd]);
+            let k = qkv.clone().narrow(2, qd, kvd).reshape([1, n, kv_heads, hd]);
+            let v = qkv.narrow(2, qd + kvd, kvd).reshape([1, n, kv_heads, hd]);
+            let q = rope.apply(q).swap_dims(1, 2);
+            let k = rope.apply(k).swap_dims(1, 2);
+            let v = v.swap_dims(1, 2);
+
+            let kv = slot
+                .take()
+                .ok_or_else(|| BackendError::internal("KV cache layer missing after reserve"))?;
+            let at = [0..1, 0..kv_heads, offset..total, 0..hd];
+            let k_all = kv.k.slice_assign(at.clone(), k);
+            let v_all = kv.v.slice_assign(at, v);
+            let keys = k_all.clone().narrow(2, 0, total);
+            let values = v_all.clone().narrow(2, 0, total);
+            *slot = Some(LayerKv { k: k_all, v: v_all });
+
+            let ctx = grouped_attention(q, keys, values, offset, &self.device)
+                .swap_dims(1, 2)
+                .reshape([1, n, qd]);
+            x = x + layer.o.forward(ctx);
+
+            let m = rms_norm(x.clone(), &layer.post_norm, c.rms_norm_eps, self.dtype);
+            let gu = layer.gate_up.forward(m);
+            let i = c.intermediate_size;
+            let act = silu(gu.clone().narrow(2, 0, i)) * gu.narrow(2, i, i);
+            x = x + layer.down.forward(act);
+        }
+        let x = rms_norm(x, &self.norm, c.rms_norm_eps, self.dtype);
+        let out = match output {
+            Output::Hidden => x.reshape([n, h]),
+            Output::LastLogits => {
+                let last = x.narrow(1, n - 1, 1).reshape([1, h]);
+                let head = match &self.lm_head {
+                    Some(w) => w.clone(),
+                    None => self.embed.clone().transpose(),
+                };
+                last.matmul(head)
+            }
+        };
+        let values = out
+            .cast(DType::F32)
+            .try_into_data()
+            .map_err(internal)?
+            .try_into_vec::<f32>()
+            .map_err(internal)?;
+        cache.len = total;
+        Ok(values)
+    }
+}
