@@ -36,3 +36,44 @@ fn logits_last_match_reference() -> anyhow::Result<()> {
 fn conformance_suite() -> anyhow::Result<()> {
     generate::run_all_for(&FACTORY, Device::CPU)
 }
+
+#[test]
+fn cache_grows_in_chunks_across_boundaries() -> anyhow::Result<()> {
+    use burn_qwen2::Qwen2Cache;
+    use gllm_api::InferenceBackend;
+    let model = model()?;
+    let c = &cases()?[0];
+    // 600 positions: crosses the first chunk (256) and the next growth.
+    let seq: Vec<u32> = c.input_ids.iter().copied().cycle().take(600).collect();
+    let mut fresh = model.new_cache()?;
+    let full = model.forward(fresh.as_mut(), &seq)?;
+
+    let mut cache = model.new_cache()?;
+    let capacity = |cache: &mut Box<dyn gllm_api::KvCache>| {
+        gllm_api::downcast_cache::<Qwen2Cache>(cache.as_mut()).map(|c| c.capacity())
+    };
+    assert_eq!(capacity(&mut cache)?, 0, "a new cache allocates nothing");
+    model.forward(cache.as_mut(), &seq[..200])?;
+    assert_eq!(capacity(&mut cache)?, 256);
+    for &t in &seq[200..300] {
+        model.forward(cache.as_mut(), &[t])?;
+    }
+    let grown = capacity(&mut cache)?;
+    assert!(grown >= 300 && grown < 32768, "capacity {grown}");
+    let last = model.forward(cache.as_mut(), &seq[300..])?;
+    assert_eq!(cache.len(), 600);
+    assert_close("600 positions, chunked vs one prefill", &last, &full, 1e-4);
+    Ok(())
+}
+
+#[test]
+fn a_cache_of_another_model_is_refused() -> anyhow::Result<()> {
+    use gllm_api::{ErrorKind, InferenceBackend};
+    let (a, b) = (model()?, model()?);
+    let mut cache = a.new_cache()?;
+    let e = b
+        .forward(cache.as_mut(), &[1, 2, 3])
+        .expect_err("foreign cache accepted");
+    assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
+    Ok(())
+}

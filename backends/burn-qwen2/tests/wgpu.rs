@@ -1,0 +1,56 @@
+//! Parity on the GPU through Burn's wgpu backend (in CI: Mesa's llvmpipe, a
+//! software Vulkan device): the same greedy tokens as the reference, logits
+//! within 1e-3, and the rest of the shared generation suite.
+
+use burn_qwen2::{BurnQwen2, FACTORY};
+use gllm_api::{BackendFactory, Device, ErrorKind, InferenceBackend};
+use gllm_testkit::generate::{self, cases, tiny_qwen2_dir};
+use gllm_testkit::{assert_close, read_tensor_f32};
+
+const GPU: Device = Device {
+    kind: gllm_api::DeviceKind::Gpu,
+    ordinal: 0,
+};
+
+#[test]
+fn conformance_suite_on_wgpu() -> anyhow::Result<()> {
+    generate::run_all_for(&FACTORY, GPU)
+}
+
+#[test]
+fn final_hidden_on_wgpu() -> anyhow::Result<()> {
+    let model = BurnQwen2::load_dir(&tiny_qwen2_dir(), GPU)?;
+    assert_eq!(model.info().device, GPU);
+    let refs = tiny_qwen2_dir().join("reference.safetensors");
+    for (i, c) in cases()?.iter().enumerate() {
+        let (_, want) = read_tensor_f32(&refs, &format!("final_hidden.{i}"))?;
+        let got = model.final_hidden(&c.input_ids)?;
+        assert_close(&format!("final_hidden.{i} (wgpu)"), &got, &want, 1e-4);
+    }
+    Ok(())
+}
+
+#[test]
+fn gpu_and_cpu_logits_agree() -> anyhow::Result<()> {
+    let gpu = BurnQwen2::load_dir(&tiny_qwen2_dir(), GPU)?;
+    let cpu = BurnQwen2::load_dir(&tiny_qwen2_dir(), Device::CPU)?;
+    for (i, c) in cases()?.iter().enumerate() {
+        let (mut gc, mut cc) = (gpu.new_cache()?, cpu.new_cache()?);
+        let g = gpu.forward(gc.as_mut(), &c.input_ids)?;
+        let want = cpu.forward(cc.as_mut(), &c.input_ids)?;
+        assert_close(&format!("case {i}: wgpu vs flex logits"), &g, &want, 1e-3);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_missing_gpu_is_unavailable() {
+    let e = FACTORY.probe(Device::gpu(99)).expect_err("gpu:99 probed");
+    assert_eq!(e.kind, ErrorKind::DeviceUnavailable, "{e}");
+    assert!(e.message.contains("gpu:99"), "{e}");
+    let Err(e) = BurnQwen2::load_dir(&tiny_qwen2_dir(), Device::gpu(99)) else {
+        panic!("gpu:99 loaded");
+    };
+    assert_eq!(e.kind, ErrorKind::DeviceUnavailable, "{e}");
+    assert!(e.message.contains("gpu:99"), "{e}");
+}
