@@ -4,6 +4,8 @@
 //!
 //! Missing fixtures or models are a loud failure, never a skip.
 
+pub mod embed;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -58,7 +60,8 @@ pub fn workspace_root() -> PathBuf {
 
 /// Reads a JSON file.
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -134,13 +137,23 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// A JSON array of integers as u32s.
 pub fn json_u32s(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as u32)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// A JSON array of numbers as f32s.
 pub fn json_f32s(v: &serde_json::Value) -> Vec<f32> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_f64())
+                .map(|x| x as f32)
+                .collect()
+        })
         .unwrap_or_default()
 }

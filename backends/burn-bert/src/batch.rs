@@ -1,0 +1,196 @@
+//! Input checks and batching: inputs sorted by length, cut into batches that
+//! pad little, run on several threads, results put back in input order.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use gllm_api::{BackendError, EncodedInput};
+
+use crate::config::BertConfig;
+use crate::model::Batch;
+
+/// One checked input: token ids and segment ids (empty: all zeros).
+pub type Checked = (Vec<u32>, Vec<u32>);
+
+/// Checks every input against the model and truncates those longer than
+/// `max_positions` (keeping the first tokens and the final `[SEP]`).
+pub fn checked(
+    inputs: &[EncodedInput],
+    config: &BertConfig,
+    max_positions: usize,
+) -> Result<Vec<Checked>, BackendError> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            if input.ids.is_empty() {
+                return Err(BackendError::invalid_input(format!(
+                    "input {i} has no tokens"
+                )));
+            }
+            if !input.type_ids.is_empty() && input.type_ids.len() != input.ids.len() {
+                return Err(BackendError::invalid_input(format!(
+                    "input {i} has {} token ids but {} token type ids",
+                    input.ids.len(),
+                    input.type_ids.len()
+                )));
+            }
+            if let Some((j, t)) = input
+                .ids
+                .iter()
+                .enumerate()
+                .find(|(_, t)| **t as usize >= config.vocab_size)
+            {
+                return Err(BackendError::invalid_input(format!(
+                    "input {i}: token id {t} at position {j} is outside the vocabulary of {}",
+                    config.vocab_size
+                )));
+            }
+            if let Some((j, t)) = input
+                .type_ids
+                .iter()
+                .enumerate()
+                .find(|(_, t)| **t as usize >= config.type_vocab_size)
+            {
+                return Err(BackendError::invalid_input(format!(
+                    "input {i}: token type id {t} at position {j} is not below type_vocab_size {}",
+                    config.type_vocab_size
+                )));
+            }
+            Ok((
+                truncate(&input.ids, max_positions),
+                truncate(&input.type_ids, max_positions),
+            ))
+        })
+        .collect()
+}
+
+/// The first `max - 1` values and the last one, when longer than `max`.
+fn truncate(v: &[u32], max: usize) -> Vec<u32> {
+    if v.len() <= max || max == 0 {
+        return v.to_vec();
+    }
+    let mut out = v[..max - 1].to_vec();
+    out.extend(v.last());
+    out
+}
+
+/// Index lists of the batches: inputs longest first, at most `batch_size`
+/// each (fewer, so that every thread gets work) and at most `batch_tokens`
+/// padded tokens (a single longer input still forms a batch).
+fn plan(
+    lengths: &[usize],
+    batch_size: usize,
+    batch_tokens: usize,
+    threads: usize,
+) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let per = batch_size
+        .min(lengths.len().div_ceil(threads.max(1)))
+        .max(1);
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        match batches.last_mut() {
+            // Sorted longest first: the batch's padded length is its first input's.
+            Some(b) if b.len() < per && (b.len() + 1) * lengths[b[0]] <= batch_tokens => b.push(i),
+            _ => batches.push(vec![i]),
+        }
+    }
+    batches
+}
+
+/// Runs `f` on every batch (on up to `threads` threads) and returns its rows in input order.
+pub fn run_batches<F>(
+    inputs: &[Checked],
+    batch_size: usize,
+    batch_tokens: usize,
+    threads: usize,
+    f: F,
+) -> Result<Vec<Vec<f32>>, BackendError>
+where
+    F: Fn(&Batch) -> Result<Vec<Vec<f32>>, BackendError> + Sync,
+{
+    let lengths: Vec<usize> = inputs.iter().map(|(ids, _)| ids.len()).collect();
+    let batches = plan(&lengths, batch_size, batch_tokens, threads);
+    let run = |members: &[usize]| {
+        let b = Batch {
+            ids: members.iter().map(|&i| inputs[i].0.as_slice()).collect(),
+            type_ids: members.iter().map(|&i| inputs[i].1.as_slice()).collect(),
+        };
+        f(&b)
+    };
+    let workers = threads.min(batches.len());
+    let results: Vec<(usize, Result<Vec<Vec<f32>>, BackendError>)> = if workers <= 1 {
+        batches.iter().map(|m| run(m)).enumerate().collect()
+    } else {
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(members) = batches.get(k) else { break };
+                            done.push((k, run(members)));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| match h.join() {
+                    Ok(done) => done,
+                    Err(p) => vec![(
+                        usize::MAX,
+                        Err(BackendError::internal(format!(
+                            "a batch thread panicked: {}",
+                            crate::device::panic_message(p)
+                        ))),
+                    )],
+                })
+                .collect()
+        })
+    };
+    let mut out: Vec<Vec<f32>> = vec![Vec::new(); inputs.len()];
+    for (k, result) in results {
+        let rows = result?;
+        let members = &batches[k];
+        if rows.len() != members.len() {
+            return Err(BackendError::internal(format!(
+                "a batch of {} inputs gave {} rows",
+                members.len(),
+                rows.len()
+            )));
+        }
+        for (&i, row) in members.iter().zip(rows) {
+            out[i] = row;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_sorts_by_length_and_respects_limits() {
+        let lengths = [3, 10, 5, 10, 1];
+        let b = plan(&lengths, 2, 1000, 1);
+        assert_eq!(b, vec![vec![1, 3], vec![2, 0], vec![4]]);
+        // Token budget: 10 + 10 > 15, so the two long inputs are apart.
+        let b = plan(&lengths, 8, 15, 1);
+        assert_eq!(b, vec![vec![1], vec![3], vec![2, 0, 4]]);
+        // Two threads: batches of at most ceil(5 / 2) = 3.
+        let b = plan(&lengths, 32, 1000, 2);
+        assert_eq!(b, vec![vec![1, 3, 2], vec![0, 4]]);
+    }
+
+    #[test]
+    fn truncation_keeps_the_last_token() {
+        assert_eq!(truncate(&[101, 1, 2, 3, 102], 4), vec![101, 1, 2, 102]);
+        assert_eq!(truncate(&[101, 102], 4), vec![101, 102]);
+    }
+}

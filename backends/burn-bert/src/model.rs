@@ -1,0 +1,422 @@
+//! The BERT encoder on Burn tensors: embeddings, encoder layers, and the
+//! sequence-classification head (pooler dense + tanh on the first token, classifier).
+
+use std::path::Path;
+
+use burn::tensor::activation::{gelu, gelu_approximate, relu};
+use burn::tensor::module::{attention, layer_norm, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use gllm_api::BackendError;
+
+use crate::config::{Activation, BertConfig};
+use crate::weights::WeightStore;
+
+/// A dense layer, weight stored `[in, out]` (transposed from PyTorch's `[out, in]`).
+#[derive(Clone)]
+struct Dense {
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+}
+
+impl Dense {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        linear(x, self.weight.clone(), Some(self.bias.clone()))
+    }
+}
+
+#[derive(Clone)]
+struct Norm {
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+}
+
+#[derive(Clone)]
+struct Layer {
+    /// Query, key and value fused into one `[hidden, 3 * hidden]` projection.
+    qkv: Dense,
+    attn_out: Dense,
+    attn_norm: Norm,
+    intermediate: Dense,
+    output: Dense,
+    output_norm: Norm,
+}
+
+/// The sequence-classification head of BertForSequenceClassification.
+#[derive(Clone)]
+struct Classifier {
+    pooler: Dense,
+    classifier: Dense,
+    num_labels: usize,
+}
+
+/// What the loaded weights are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// Hidden states only (an embedder; an unused pooler is accepted).
+    None,
+    /// Pooler and classifier (a cross-encoder).
+    Classifier,
+}
+
+/// One batch, padded on the right to its longest input.
+pub struct Batch<'a> {
+    /// Token ids of each input.
+    pub ids: Vec<&'a [u32]>,
+    /// Segment ids of each input (empty: all zeros).
+    pub type_ids: Vec<&'a [u32]>,
+}
+
+impl Batch<'_> {
+    /// Length of the longest input.
+    pub fn max_len(&self) -> usize {
+        self.ids.iter().map(|i| i.len()).max().unwrap_or(0)
+    }
+}
+
+/// A BERT encoder whose weights live on one Burn device.
+#[derive(Clone)]
+pub struct BertEncoder {
+    config: BertConfig,
+    device: Device,
+    word: Tensor<2>,
+    position: Tensor<2>,
+    token_type: Tensor<2>,
+    embed_norm: Norm,
+    layers: Vec<Layer>,
+    classifier: Option<Classifier>,
+}
+
+/// Takes tensors from the store, creating them on the device; missing or
+/// mis-shaped ones are recorded by the store and come back as `None`.
+struct Loader<'a> {
+    store: &'a mut WeightStore,
+    device: &'a Device,
+    prefix: &'static str,
+}
+
+impl Loader<'_> {
+    fn vector(&mut self, name: &str, len: usize) -> Option<Tensor<1>> {
+        let t = self.store.take(&format!("{}{name}", self.prefix), &[len])?;
+        Some(Tensor::from_data(
+            TensorData::new(t.data, [len]),
+            self.device,
+        ))
+    }
+
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Option<Tensor<2>> {
+        let t = self
+            .store
+            .take(&format!("{}{name}", self.prefix), &[rows, cols])?;
+        Some(Tensor::from_data(
+            TensorData::new(t.data, [rows, cols]),
+            self.device,
+        ))
+    }
+
+    /// A PyTorch `[out, in]` weight, transposed to `[in, out]`, as raw values.
+    fn weight_t(&mut self, name: &str, out: usize, inp: usize) -> Option<Vec<f32>> {
+        let t = self
+            .store
+            .take(&format!("{}{name}", self.prefix), &[out, inp])?;
+        let mut data = vec![0.0f32; out * inp];
+        for (o, row) in t.data.chunks_exact(inp).enumerate() {
+            for (i, v) in row.iter().enumerate() {
+                data[i * out + o] = *v;
+            }
+        }
+        Some(data)
+    }
+
+    fn dense(&mut self, name: &str, out: usize, inp: usize) -> Option<Dense> {
+        let w = self.weight_t(&format!("{name}.weight"), out, inp);
+        let b = self.vector(&format!("{name}.bias"), out);
+        Some(Dense {
+            weight: Tensor::from_data(TensorData::new(w?, [inp, out]), self.device),
+            bias: b?,
+        })
+    }
+
+    fn norm(&mut self, name: &str, len: usize) -> Option<Norm> {
+        let gamma = self.vector(&format!("{name}.weight"), len);
+        let beta = self.vector(&format!("{name}.bias"), len);
+        Some(Norm {
+            gamma: gamma?,
+            beta: beta?,
+        })
+    }
+
+    /// Query, key and value of one layer as one `[h, 3h]` projection.
+    fn qkv(&mut self, name: &str, h: usize) -> Option<Dense> {
+        let parts = ["query", "key", "value"].map(|p| {
+            (
+                self.weight_t(&format!("{name}.{p}.weight"), h, h),
+                self.store
+                    .take(&format!("{}{name}.{p}.bias", self.prefix), &[h]),
+            )
+        });
+        let mut weight = vec![0.0f32; h * 3 * h];
+        let mut bias = Vec::with_capacity(3 * h);
+        for (j, (w, b)) in parts.into_iter().enumerate() {
+            let (w, b) = (w?, b?);
+            for i in 0..h {
+                weight[i * 3 * h + j * h..i * 3 * h + (j + 1) * h]
+                    .copy_from_slice(&w[i * h..(i + 1) * h]);
+            }
+            bias.extend_from_slice(&b.data);
+        }
+        Some(Dense {
+            weight: Tensor::from_data(TensorData::new(weight, [h, 3 * h]), self.device),
+            bias: Tensor::from_data(TensorData::new(bias, [3 * h]), self.device),
+        })
+    }
+}
+
+fn norm(x: Tensor<2>, n: &Norm, eps: f64) -> Tensor<2> {
+    layer_norm(x, n.gamma.clone(), Some(n.beta.clone()), eps)
+}
+
+fn internal(e: impl std::fmt::Debug) -> BackendError {
+    BackendError::internal(format!("reading back a result: {e:?}"))
+}
+
+impl BertEncoder {
+    /// Builds the encoder from `store` on `device`. Both the unprefixed layout
+    /// (`embeddings.…`, as sentence-transformers saves BertModel) and the
+    /// `bert.`-prefixed one (BertForSequenceClassification) are read. Every
+    /// problem with the weights is reported at once by [`WeightStore::finish`].
+    pub fn load(
+        config: &BertConfig,
+        mut store: WeightStore,
+        head: Head,
+        device: &Device,
+        dir: &Path,
+    ) -> Result<Self, BackendError> {
+        let prefix = if store.contains("bert.embeddings.word_embeddings.weight")
+            || store.names().any(|n| n.starts_with("bert."))
+        {
+            "bert."
+        } else {
+            ""
+        };
+        let c = config;
+        let h = c.hidden_size;
+        let num_labels = match head {
+            Head::None => 0,
+            Head::Classifier => match (c.num_labels, store.shape("classifier.weight")) {
+                (Some(n), _) => n,
+                (None, Some([n, _])) => *n,
+                _ => 1,
+            },
+        };
+        let mut l = Loader {
+            store: &mut store,
+            device,
+            prefix,
+        };
+        let word = l.matrix("embeddings.word_embeddings.weight", c.vocab_size, h);
+        let position = l.matrix(
+            "embeddings.position_embeddings.weight",
+            c.max_position_embeddings,
+            h,
+        );
+        let token_type = l.matrix(
+            "embeddings.token_type_embeddings.weight",
+            c.type_vocab_size,
+            h,
+        );
+        let embed_norm = l.norm("embeddings.LayerNorm", h);
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        let mut complete = true;
+        for i in 0..c.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            let qkv = l.qkv(&format!("{p}.attention.self"), h);
+            let attn_out = l.dense(&format!("{p}.attention.output.dense"), h, h);
+            let attn_norm = l.norm(&format!("{p}.attention.output.LayerNorm"), h);
+            let intermediate = l.dense(&format!("{p}.intermediate.dense"), c.intermediate_size, h);
+            let output = l.dense(&format!("{p}.output.dense"), h, c.intermediate_size);
+            let output_norm = l.norm(&format!("{p}.output.LayerNorm"), h);
+            match (qkv, attn_out, attn_norm, intermediate, output, output_norm) {
+                (
+                    Some(qkv),
+                    Some(attn_out),
+                    Some(attn_norm),
+                    Some(intermediate),
+                    Some(output),
+                    Some(output_norm),
+                ) => layers.push(Layer {
+                    qkv,
+                    attn_out,
+                    attn_norm,
+                    intermediate,
+                    output,
+                    output_norm,
+                }),
+                _ => complete = false,
+            }
+        }
+        let classifier = match head {
+            Head::None => {
+                for name in ["pooler.dense.weight", "pooler.dense.bias"] {
+                    l.store.ignore(&format!("{prefix}{name}"));
+                }
+                None
+            }
+            Head::Classifier => {
+                let pooler = l.dense("pooler.dense", h, h);
+                // The classifier sits beside `bert.`, never under it.
+                let mut top = Loader {
+                    store: l.store,
+                    device,
+                    prefix: "",
+                };
+                let classifier = top.dense("classifier", num_labels, h);
+                match (pooler, classifier) {
+                    (Some(pooler), Some(classifier)) => Some(Classifier {
+                        pooler,
+                        classifier,
+                        num_labels,
+                    }),
+                    _ => {
+                        complete = false;
+                        None
+                    }
+                }
+            }
+        };
+        for buffer in ["embeddings.position_ids", "embeddings.token_type_ids"] {
+            store.ignore(&format!("{prefix}{buffer}"));
+        }
+        store.finish(dir)?;
+        match (word, position, token_type, embed_norm) {
+            (Some(word), Some(position), Some(token_type), Some(embed_norm)) if complete => {
+                Ok(Self {
+                    config: config.clone(),
+                    device: device.clone(),
+                    word,
+                    position,
+                    token_type,
+                    embed_norm,
+                    layers,
+                    classifier,
+                })
+            }
+            _ => Err(BackendError::internal(format!(
+                "{}: weights are incomplete but no problem was recorded",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// The configuration the encoder was built from.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// Labels of the classifier head (0 without one).
+    pub fn num_labels(&self) -> usize {
+        self.classifier.as_ref().map_or(0, |c| c.num_labels)
+    }
+
+    /// Runs the encoder on a batch: the last hidden state `[batch * max_len, hidden]`
+    /// on the device (rows of padding included).
+    fn encode(&self, batch: &Batch) -> Tensor<2> {
+        let c = &self.config;
+        let (b, s, h) = (batch.ids.len(), batch.max_len(), c.hidden_size);
+        let (heads, hd) = (c.num_attention_heads, c.head_dim());
+        let n = b * s;
+        let mut ids = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        for (row, tt) in batch.ids.iter().zip(&batch.type_ids) {
+            ids.extend(row.iter().map(|&t| t as i64));
+            ids.extend(std::iter::repeat_n(c.pad_token_id as i64, s - row.len()));
+            if tt.is_empty() {
+                types.extend(std::iter::repeat_n(0i64, s));
+            } else {
+                types.extend(tt.iter().map(|&t| t as i64));
+                types.extend(std::iter::repeat_n(0i64, s - tt.len()));
+            }
+            positions.extend(0..s as i64);
+        }
+        let index =
+            |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &self.device);
+        let x = self.word.clone().select(0, index(ids))
+            + self.token_type.clone().select(0, index(types));
+        let x = x + self.position.clone().select(0, index(positions));
+        let mut x = norm(x, &self.embed_norm, c.layer_norm_eps);
+
+        // Padding keys are masked (true = masked); no mask when nothing is padded.
+        let mask = if batch.ids.iter().any(|r| r.len() < s) {
+            let mut m = Vec::with_capacity(b * s * s);
+            for row in &batch.ids {
+                for _ in 0..s {
+                    m.extend((0..s).map(|j| j >= row.len()));
+                }
+            }
+            let m = Tensor::<4, Bool>::from_data(TensorData::new(m, [b, 1, s, s]), &self.device);
+            Some(m.expand([b, heads, s, s]))
+        } else {
+            None
+        };
+        let options = AttentionModuleOptions {
+            scale: Some(1.0 / (hd as f64).sqrt()),
+            softcap: None,
+            is_causal: false,
+        };
+        let split = |t: Tensor<2>| t.reshape([b, s, heads, hd]).swap_dims(1, 2);
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward(x.clone());
+            let q = split(qkv.clone().narrow(1, 0, h));
+            let k = split(qkv.clone().narrow(1, h, h));
+            let v = split(qkv.narrow(1, 2 * h, h));
+            let ctx = attention(q, k, v, mask.clone(), None, options);
+            let ctx = ctx.swap_dims(1, 2).reshape([n, h]);
+            let a = norm(
+                layer.attn_out.forward(ctx) + x,
+                &layer.attn_norm,
+                c.layer_norm_eps,
+            );
+            let i = layer.intermediate.forward(a.clone());
+            let i = match c.hidden_act {
+                Activation::Gelu => gelu(i),
+                Activation::GeluTanh => gelu_approximate(i),
+                Activation::Relu => relu(i),
+            };
+            x = norm(
+                layer.output.forward(i) + a,
+                &layer.output_norm,
+                c.layer_norm_eps,
+            );
+        }
+        x
+    }
+
+    /// The last hidden state of a batch, read back: `[batch * max_len, hidden]` row-major.
+    pub fn hidden_states(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
+        self.encode(batch)
+            .try_into_data()
+            .map_err(internal)?
+            .try_into_vec::<f32>()
+            .map_err(internal)
+    }
+
+    /// Raw classifier logits of a batch: `[batch, num_labels]` row-major.
+    pub fn logits(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
+        let Some(head) = &self.classifier else {
+            return Err(BackendError::unsupported(
+                "this model has no classification head",
+            ));
+        };
+        let (b, s, h) = (batch.ids.len(), batch.max_len(), self.config.hidden_size);
+        let x = self.encode(batch).reshape([b, s, h]);
+        let first = x.narrow(1, 0, 1).reshape([b, h]);
+        let pooled = head.pooler.forward(first).tanh();
+        head.classifier
+            .forward(pooled)
+            .try_into_data()
+            .map_err(internal)?
+            .try_into_vec::<f32>()
+            .map_err(internal)
+    }
+}

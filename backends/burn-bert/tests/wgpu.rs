@@ -1,0 +1,46 @@
+//! Parity on the GPU through Burn's wgpu backend (in CI: Mesa's llvmpipe,
+//! a software Vulkan device), with the wgpu tolerance of 1e-4.
+
+use burn_bert::{BurnBert, FACTORY};
+use gllm_api::{Device, ErrorKind, Task};
+use gllm_testkit::{embed, fixture};
+
+const GPU: Device = Device {
+    kind: gllm_api::DeviceKind::Gpu,
+    ordinal: 0,
+};
+
+#[test]
+fn tiny_bert_embeddings() -> anyhow::Result<()> {
+    embed::tiny_bert_parity(&FACTORY, GPU, 1e-4)
+}
+
+#[test]
+fn tiny_bert_last_hidden_state() -> anyhow::Result<()> {
+    let model = BurnBert::load_dir(&fixture("tiny-bert"), Task::Embed, GPU)?;
+    embed::tiny_bert_hidden_states(|input| Ok(model.last_hidden_state(input)?), 1e-4)
+}
+
+#[test]
+fn batch_invariance() -> anyhow::Result<()> {
+    embed::batch_invariance(&FACTORY, GPU, 1e-4)
+}
+
+#[test]
+fn tiny_cross_encoder_logits() -> anyhow::Result<()> {
+    embed::tiny_cross_encoder_parity(&FACTORY, GPU, 1e-4)
+}
+
+#[test]
+fn all_minilm_l6_v2() -> anyhow::Result<()> {
+    embed::minilm_parity(&FACTORY, GPU, 1e-4)
+}
+
+#[test]
+fn a_missing_gpu_is_unavailable() {
+    let Err(e) = BurnBert::load_dir(&fixture("tiny-bert"), Task::Embed, Device::gpu(99)) else {
+        panic!("gpu:99 loaded");
+    };
+    assert_eq!(e.kind, ErrorKind::DeviceUnavailable, "{e}");
+    assert!(e.message.contains("gpu:99"), "{e}");
+}

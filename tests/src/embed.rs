@@ -1,0 +1,374 @@
+//! The conformance suite of `embed` and `rerank` backends: parity with the
+//! sentence-transformers references of the fixtures, and batch invariance.
+//!
+//! Each check takes a factory and a device, so a built-in or plugin backend
+//! runs the same checks on every device it supports:
+//!
+//! ```ignore
+//! gllm_testkit::embed::tiny_bert_parity(&burn_bert::FACTORY, Device::CPU, 1e-5)?;
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use gllm_api::{
+    BackendFactory, Device, EncodedInput, InferenceBackend, ModelSpec, Task, WeightFormat,
+};
+use serde_json::Value;
+
+use crate::{
+    assert_close, cosine, fixture, json_f32s, json_u32s, read_json, read_tensor_f32, real_model,
+};
+
+/// BERT's `[SEP]` token id in the fixtures' WordPiece vocabulary.
+const SEP: u32 = 102;
+
+/// The spec of a safetensors BERT model directory for `task`.
+pub fn spec(dir: &Path, task: Task) -> ModelSpec {
+    ModelSpec {
+        id: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        task,
+        path: dir.to_path_buf(),
+        format: WeightFormat::Safetensors,
+        architecture: "bert".to_string(),
+        dtype: None,
+        options: BTreeMap::new(),
+    }
+}
+
+/// Loads `dir` for `task` on `device` through `factory`.
+pub fn load(
+    factory: &dyn BackendFactory,
+    dir: &Path,
+    task: Task,
+    device: Device,
+) -> Result<Box<dyn InferenceBackend>> {
+    let spec = spec(dir, task);
+    if let Some(why) = factory.capabilities().mismatch(&spec, device) {
+        bail!("{} cannot load {}: {why}", factory.name(), dir.display());
+    }
+    factory.load(&spec, device).map_err(|e| {
+        anyhow::anyhow!(
+            "{} loading {} on {device}: {e}",
+            factory.name(),
+            dir.display()
+        )
+    })
+}
+
+/// The sentences' token ids of a reference (`input_ids`), as inputs.
+pub fn reference_inputs(reference: &Value) -> Result<Vec<EncodedInput>> {
+    let ids = reference["input_ids"]
+        .as_array()
+        .context("reference has no input_ids array")?;
+    Ok(ids
+        .iter()
+        .map(|v| EncodedInput::new(json_u32s(v)))
+        .collect())
+}
+
+/// The reference embeddings (`embeddings`), one row per sentence.
+pub fn reference_rows(reference: &Value, key: &str) -> Result<Vec<Vec<f32>>> {
+    let rows = reference[key]
+        .as_array()
+        .with_context(|| format!("reference has no {key} array"))?;
+    Ok(rows.iter().map(json_f32s).collect())
+}
+
+/// Embeds `inputs` all in one call, then each alone, and compares every row with `want`.
+pub fn check_embeddings(
+    backend: &dyn InferenceBackend,
+    what: &str,
+    inputs: &[EncodedInput],
+    want: &[Vec<f32>],
+    tol: f32,
+) -> Result<Vec<Vec<f32>>> {
+    ensure!(
+        inputs.len() == want.len(),
+        "{what}: {} inputs, {} references",
+        inputs.len(),
+        want.len()
+    );
+    let together = backend.embed(inputs)?;
+    ensure!(
+        together.len() == inputs.len(),
+        "{what}: {} rows for {} inputs",
+        together.len(),
+        inputs.len()
+    );
+    for (i, (got, want)) in together.iter().zip(want).enumerate() {
+        assert_close(
+            &format!("{what}: embedding {i} (all in one batch)"),
+            got,
+            want,
+            tol,
+        );
+    }
+    for (i, (input, want)) in inputs.iter().zip(want).enumerate() {
+        let alone = backend.embed(std::slice::from_ref(input))?;
+        ensure!(
+            alone.len() == 1,
+            "{what}: {} rows for one input",
+            alone.len()
+        );
+        assert_close(
+            &format!("{what}: embedding {i} (alone)"),
+            &alone[0],
+            want,
+            tol,
+        );
+    }
+    Ok(together)
+}
+
+/// tiny-bert: every sentence's embedding within `tol` of `reference.json`,
+/// all in one batch and each alone.
+pub fn tiny_bert_parity(factory: &dyn BackendFactory, device: Device, tol: f32) -> Result<()> {
+    let dir = fixture("tiny-bert");
+    let reference = read_json(&dir.join("reference.json"))?;
+    let backend = load(factory, &dir, Task::Embed, device)?;
+    let info = backend.info();
+    ensure!(info.task == Task::Embed, "info().task is {:?}", info.task);
+    ensure!(
+        info.output_dim == 32,
+        "info().output_dim is {}, expected 32",
+        info.output_dim
+    );
+    ensure!(
+        info.vocab_size == 30522,
+        "info().vocab_size is {}",
+        info.vocab_size
+    );
+    ensure!(
+        info.max_positions == 256,
+        "info().max_positions is {} (max_seq_length is 256)",
+        info.max_positions
+    );
+    let inputs = reference_inputs(&reference)?;
+    let want = reference_rows(&reference, "embeddings")?;
+    check_embeddings(&*backend, "tiny-bert", &inputs, &want, tol)?;
+    Ok(())
+}
+
+/// tiny-bert's per-sentence `last_hidden_state` (each sentence alone) within
+/// `tol` of `reference.safetensors`; `hidden` computes it for one input, row-major `[tokens, hidden]`.
+pub fn tiny_bert_hidden_states(
+    hidden: impl Fn(&EncodedInput) -> Result<Vec<f32>>,
+    tol: f32,
+) -> Result<()> {
+    let dir = fixture("tiny-bert");
+    let reference = read_json(&dir.join("reference.json"))?;
+    for (i, input) in reference_inputs(&reference)?.iter().enumerate() {
+        let (shape, want) = read_tensor_f32(
+            &dir.join("reference.safetensors"),
+            &format!("last_hidden_state.{i}"),
+        )?;
+        ensure!(
+            shape == [input.ids.len(), 32],
+            "reference shape {shape:?} for {} tokens",
+            input.ids.len()
+        );
+        let got = hidden(input)?;
+        assert_close(
+            &format!("tiny-bert: last_hidden_state.{i}"),
+            &got,
+            &want,
+            tol,
+        );
+    }
+    Ok(())
+}
+
+/// The result of an input never depends on its batch: the tiny-bert sentences
+/// embedded in several mixes (reversed, repeated, with a long input, in
+/// pairs) match each sentence embedded alone within `tol`.
+pub fn batch_invariance(factory: &dyn BackendFactory, device: Device, tol: f32) -> Result<()> {
+    let dir = fixture("tiny-bert");
+    let reference = read_json(&dir.join("reference.json"))?;
+    let backend = load(factory, &dir, Task::Embed, device)?;
+    let inputs = reference_inputs(&reference)?;
+    let alone: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|i| {
+            backend
+                .embed(std::slice::from_ref(i))
+                .map(|mut r| r.remove(0))
+        })
+        .collect::<Result<_, _>>()?;
+    // A long input (200 tokens) pads every short one in its batch.
+    let long = EncodedInput::new(
+        std::iter::once(101)
+            .chain((0..198).map(|k| 1000 + (k * 37) % 20000))
+            .chain(std::iter::once(102))
+            .collect(),
+    );
+    let long_alone = backend.embed(std::slice::from_ref(&long))?.remove(0);
+    let mut mixes: Vec<Vec<usize>> = vec![
+        (0..inputs.len()).rev().collect(),
+        (0..inputs.len()).chain(0..inputs.len()).collect(),
+    ];
+    mixes.extend(
+        (0..inputs.len())
+            .step_by(2)
+            .map(|i| vec![i, (i + 1) % inputs.len()]),
+    );
+    for mix in &mixes {
+        let batch: Vec<EncodedInput> = mix.iter().map(|&i| inputs[i].clone()).collect();
+        let rows = backend.embed(&batch)?;
+        ensure!(
+            rows.len() == batch.len(),
+            "{} rows for {} inputs",
+            rows.len(),
+            batch.len()
+        );
+        for (&i, row) in mix.iter().zip(&rows) {
+            assert_close(
+                &format!("sentence {i} in batch {mix:?}"),
+                row,
+                &alone[i],
+                tol,
+            );
+        }
+    }
+    let mut with_long = inputs.clone();
+    with_long.insert(3, long);
+    let rows = backend.embed(&with_long)?;
+    for (k, row) in rows.iter().enumerate() {
+        let want = match k {
+            3 => &long_alone,
+            k if k < 3 => &alone[k],
+            k => &alone[k - 1],
+        };
+        assert_close(
+            &format!("input {k} in a batch with a 200-token input"),
+            row,
+            want,
+            tol,
+        );
+    }
+    ensure!(
+        backend.embed(&[])?.is_empty(),
+        "embedding no input gives rows"
+    );
+    Ok(())
+}
+
+/// tiny-cross-encoder: every (query, document) pair's raw logit within `tol` of
+/// `logits`, with the reference's token_type_ids; its sigmoid within 1e-6 of
+/// `scores_sigmoid`; per query and with all pairs in one call.
+pub fn tiny_cross_encoder_parity(
+    factory: &dyn BackendFactory,
+    device: Device,
+    tol: f32,
+) -> Result<()> {
+    let dir = fixture("tiny-cross-encoder");
+    let reference = read_json(&dir.join("reference.json"))?;
+    let backend = load(factory, &dir, Task::Rerank, device)?;
+    let info = backend.info();
+    ensure!(info.task == Task::Rerank, "info().task is {:?}", info.task);
+    ensure!(
+        info.output_dim == 1,
+        "info().output_dim is {}, expected 1 label",
+        info.output_dim
+    );
+    let queries = reference["queries"].as_array().context("no queries")?;
+    let mut all_pairs = Vec::new();
+    let mut all_logits = Vec::new();
+    for (qi, q) in queries.iter().enumerate() {
+        let ids = q["input_ids"].as_array().context("no input_ids")?;
+        let types = q["token_type_ids"]
+            .as_array()
+            .context("no token_type_ids")?;
+        let docs = q["documents"].as_array().context("no documents")?;
+        let pairs: Vec<EncodedInput> = ids
+            .iter()
+            .zip(types)
+            .zip(docs)
+            .map(|((i, t), doc)| {
+                let mut pair = EncodedInput {
+                    ids: json_u32s(i),
+                    type_ids: json_u32s(t),
+                };
+                // The reference records an empty document's pair as `[CLS] query [SEP]`,
+                // but its logit was computed on what BERT's pair template gives,
+                // `[CLS] query [SEP] [SEP]` with the last `[SEP]` in segment 1
+                // (its logit matches that to 1e-6, not the recorded ids).
+                if doc.as_str() == Some("") && !pair.type_ids.contains(&1) {
+                    pair.ids.push(SEP);
+                    pair.type_ids.push(1);
+                }
+                pair
+            })
+            .collect();
+        let want = json_f32s(&q["logits"]);
+        let want_scores = json_f32s(&q["scores_sigmoid"]);
+        let rows = backend.rerank(&pairs)?;
+        ensure!(
+            rows.len() == pairs.len(),
+            "query {qi}: {} rows for {} pairs",
+            rows.len(),
+            pairs.len()
+        );
+        ensure!(
+            rows.iter().all(|r| r.len() == 1),
+            "query {qi}: rows are not one logit each"
+        );
+        let got: Vec<f32> = rows.iter().map(|r| r[0]).collect();
+        assert_close(
+            &format!("tiny-cross-encoder: query {qi} logits"),
+            &got,
+            &want,
+            tol,
+        );
+        let scores: Vec<f32> = got.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect();
+        assert_close(
+            &format!("tiny-cross-encoder: query {qi} sigmoid scores"),
+            &scores,
+            &want_scores,
+            1e-6f32.max(tol / 4.0),
+        );
+        all_pairs.extend(pairs);
+        all_logits.extend(want);
+    }
+    let rows = backend.rerank(&all_pairs)?;
+    let got: Vec<f32> = rows.iter().map(|r| r[0]).collect();
+    assert_close(
+        "tiny-cross-encoder: all pairs in one call",
+        &got,
+        &all_logits,
+        tol,
+    );
+    Ok(())
+}
+
+/// The real all-MiniLM-L6-v2 (fetched by `fetch-real-models.sh`): every
+/// embedding within `tol` of `all-MiniLM-L6-v2.reference.json` and the cosine
+/// matrix within `tol` of its `cosine`.
+pub fn minilm_parity(factory: &dyn BackendFactory, device: Device, tol: f32) -> Result<()> {
+    let dir = real_model("all-MiniLM-L6-v2");
+    let reference = read_json(&fixture("all-MiniLM-L6-v2.reference.json"))?;
+    let backend = load(factory, &dir, Task::Embed, device)?;
+    ensure!(
+        backend.info().output_dim == 384,
+        "output_dim {}",
+        backend.info().output_dim
+    );
+    let inputs = reference_inputs(&reference)?;
+    let want = reference_rows(&reference, "embeddings")?;
+    let rows = check_embeddings(&*backend, "all-MiniLM-L6-v2", &inputs, &want, tol)?;
+    let cos = reference_rows(&reference, "cosine")?;
+    for (i, want_row) in cos.iter().enumerate() {
+        let got: Vec<f32> = rows.iter().map(|r| cosine(&rows[i], r)).collect();
+        assert_close(
+            &format!("all-MiniLM-L6-v2: cosine row {i}"),
+            &got,
+            want_row,
+            tol,
+        );
+    }
+    Ok(())
+}
