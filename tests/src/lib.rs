@@ -5,6 +5,7 @@
 //! Missing fixtures or models are a loud failure, never a skip.
 
 pub mod embed;
+pub mod generate;
 
 use std::path::{Path, PathBuf};
 

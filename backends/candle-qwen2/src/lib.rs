@@ -1,1 +1,217 @@
-//! placeholder
+//! # candle-qwen2: Qwen2 / Llama text generation on Candle
+//!
+//! Serves the `generate` task for Qwen2 decoders from Hugging Face safetensors
+//! directories and for `qwen2`/`llama` GGUF files (quantized or not), with KV caches
+//! owned by the caller ([`Qwen2Cache`]). The decoder is our own code on candle-core /
+//! candle-nn (see [`model`]); activations are f32, weights stay in their stored form
+//! (bf16/f16 widened in-register by [`kernels`], GGUF blocks through candle's quantized
+//! kernels), so an f32 request on bf16 weights computes exactly what transformers does
+//! in float32 on the same weights.
+//!
+//! Entry points besides the registered factory: [`load`] (the concrete backend, with
+//! [`Qwen2Backend::hidden_states`]) and [`synth::synthesize`] (random-weight models
+//! for benchmarks).
+//!
+//! Manifest options: `dequantize = "true"` widens GGUF block-quantized weights to f32
+//! at load (exact float32 arithmetic on the dequantized weights, slower).
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod gguf;
+pub mod hf;
+pub mod kernels;
+pub mod linear;
+pub mod loader;
+pub mod model;
+pub mod synth;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gllm_api::{
+    BackendError, BackendFactory, Capabilities, DType, Device, DeviceKind, InferenceBackend,
+    KvCache, ModelInfo, ModelSpec, Task, WeightFormat, downcast_cache,
+};
+
+pub use cache::Qwen2Cache;
+pub use config::{Qwen2Config, RopeStyle};
+pub use model::Qwen2Model;
+
+/// The backend's name in manifests.
+pub const NAME: &str = "candle-qwen2";
+
+/// The factory registered with the runtime.
+#[derive(Debug, Default)]
+pub struct Qwen2Factory;
+
+/// The registered factory instance.
+pub static FACTORY: Qwen2Factory = Qwen2Factory;
+
+gllm_api::inventory::submit! { gllm_api::Registration::new(&FACTORY) }
+
+impl BackendFactory for Qwen2Factory {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut devices = vec![DeviceKind::Cpu];
+        if cfg!(feature = "cuda") {
+            devices.push(DeviceKind::Gpu);
+        }
+        Capabilities {
+            tasks: vec![Task::Generate],
+            architectures: vec!["qwen2".into(), "llama".into()],
+            formats: vec![WeightFormat::Safetensors, WeightFormat::Gguf],
+            devices,
+        }
+    }
+
+    fn load(
+        &self,
+        spec: &ModelSpec,
+        device: Device,
+    ) -> Result<Box<dyn InferenceBackend>, BackendError> {
+        Ok(Box::new(load(spec, device)?))
+    }
+}
+
+fn candle_device(device: Device) -> Result<candle_core::Device, BackendError> {
+    match device.kind {
+        DeviceKind::Cpu => Ok(candle_core::Device::Cpu),
+        DeviceKind::Gpu => {
+            #[cfg(feature = "cuda")]
+            {
+                candle_core::Device::new_cuda(device.ordinal).map_err(|e| {
+                    BackendError::device_unavailable(format!("CUDA device {device}: {e}"))
+                })
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                Err(BackendError::device_unavailable(format!(
+                    "{NAME} was built without GPU support (feature `cuda`); cannot use {device}"
+                )))
+            }
+        }
+    }
+}
+
+fn option_flag(spec: &ModelSpec, key: &str) -> Result<bool, BackendError> {
+    match spec.options.get(key).map(|s| s.trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => Ok(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no") => Ok(false),
+        Some(v) => Err(BackendError::invalid_input(format!(
+            "option `{key}` must be true or false, not `{v}`"
+        ))),
+    }
+}
+
+/// Loads the model of `spec` on `device` as the concrete backend type.
+pub fn load(spec: &ModelSpec, device: Device) -> Result<Qwen2Backend, BackendError> {
+    if spec.task != Task::Generate {
+        return Err(BackendError::unsupported(format!(
+            "{NAME} serves `generate`, not `{}`",
+            spec.task
+        )));
+    }
+    let dev = candle_device(device)?;
+    let dequantize = option_flag(spec, "dequantize")?;
+    let model = match spec.format {
+        WeightFormat::Safetensors => hf::load_dir(&spec.path, spec.dtype, dev)?,
+        WeightFormat::Gguf => gguf::load_gguf(&spec.path, dev, dequantize)?,
+    };
+    let dtype = match spec.format {
+        WeightFormat::Safetensors => spec.dtype.unwrap_or(DType::F32),
+        WeightFormat::Gguf => DType::F32,
+    };
+    Ok(Qwen2Backend::new(model, device, dtype))
+}
+
+static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A loaded Qwen2/Llama decoder serving `generate`.
+#[derive(Debug)]
+pub struct Qwen2Backend {
+    model: Qwen2Model,
+    id: u64,
+    device: Device,
+    dtype: DType,
+}
+
+impl Qwen2Backend {
+    /// Wraps a loaded model. `dtype` is what [`ModelInfo::dtype`] reports: the weights'
+    /// precision as requested (activations and accumulation are always f32).
+    pub fn new(model: Qwen2Model, device: Device, dtype: DType) -> Self {
+        Self {
+            model,
+            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
+            device,
+            dtype,
+        }
+    }
+
+    /// The decoder.
+    pub fn model(&self) -> &Qwen2Model {
+        &self.model
+    }
+
+    /// The decoder's hyper-parameters.
+    pub fn config(&self) -> &Qwen2Config {
+        &self.model.cfg
+    }
+
+    /// A new empty cache of the concrete type.
+    pub fn new_qwen2_cache(&self) -> Qwen2Cache {
+        Qwen2Cache::new(self.id, self.model.layers.len())
+    }
+
+    fn own_cache<'a>(
+        &self,
+        cache: &'a mut dyn KvCache,
+    ) -> Result<&'a mut Qwen2Cache, BackendError> {
+        let c = downcast_cache::<Qwen2Cache>(cache)?;
+        if c.model_id != self.id {
+            return Err(BackendError::invalid_input(
+                "KV cache was created by another loaded model",
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Appends `tokens` to the sequence of `cache` (like [`InferenceBackend::forward`])
+    /// and returns the final hidden states, after the final RMSNorm, of every appended
+    /// position: `tokens.len()` rows of `hidden_size` values.
+    pub fn hidden_states(
+        &self,
+        cache: &mut dyn KvCache,
+        tokens: &[u32],
+    ) -> Result<Vec<Vec<f32>>, BackendError> {
+        let c = self.own_cache(cache)?;
+        let h = self.model.forward_hidden(c, tokens)?;
+        h.to_vec2::<f32>()
+            .map_err(|e| BackendError::internal(e.to_string()))
+    }
+}
+
+impl InferenceBackend for Qwen2Backend {
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            task: Task::Generate,
+            device: self.device,
+            dtype: self.dtype,
+            max_positions: self.model.cfg.max_position_embeddings,
+            vocab_size: self.model.cfg.vocab_size,
+            output_dim: self.model.output().dims().0,
+        }
+    }
+
+    fn new_cache(&self) -> Result<Box<dyn KvCache>, BackendError> {
+        Ok(Box::new(self.new_qwen2_cache()))
+    }
+
+    fn forward(&self, cache: &mut dyn KvCache, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        let c = self.own_cache(cache)?;
+        Ok(self.model.forward(c, tokens)?)
+    }
+}

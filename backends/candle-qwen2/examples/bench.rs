@@ -1,0 +1,84 @@
+//! llama-bench-style figures for one model: prefill tokens/s for a P-token prompt, then
+//! decode tokens/s for N tokens after it (greedy, one token per step).
+//!
+//! `cargo run --release -p candle-qwen2 --example bench -- MODEL [P=128] [N=64] [dtype]`
+//! MODEL: a safetensors model directory or a .gguf file; dtype: f32 (default), bf16, f16.
+//! Threads: `RAYON_NUM_THREADS` (default: all cores).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use gllm_api::{DType, Device, InferenceBackend, ModelSpec, Task, WeightFormat};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(model) = args.first() else {
+        anyhow::bail!("usage: bench MODEL [PROMPT_TOKENS] [DECODE_TOKENS] [f32|bf16|f16]");
+    };
+    let p: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(128);
+    let n: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(64);
+    let dtype = match args.get(3).map(String::as_str) {
+        None | Some("f32") => None,
+        Some("bf16") => Some(DType::Bf16),
+        Some("f16") => Some(DType::F16),
+        Some(o) => anyhow::bail!("unknown dtype {o}"),
+    };
+    let path = PathBuf::from(model);
+    let format = if path.extension().is_some_and(|e| e == "gguf") {
+        WeightFormat::Gguf
+    } else {
+        WeightFormat::Safetensors
+    };
+    let spec = ModelSpec {
+        id: "bench".into(),
+        task: Task::Generate,
+        path: path.clone(),
+        format,
+        architecture: "qwen2".into(),
+        dtype,
+        options: BTreeMap::new(),
+    };
+    let t = Instant::now();
+    let b = candle_qwen2::load(&spec, Device::CPU)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let vocab = b.info().vocab_size as u32;
+    // A deterministic prompt of ordinary token ids.
+    let prompt: Vec<u32> = (0..p as u32)
+        .map(|i| (i * 7919 + 13) % vocab.min(30000))
+        .collect();
+
+    let mut cache = b.new_cache()?;
+    // Warm-up (first-touch of weights, thread pools), then measure on a fresh cache.
+    b.forward(cache.as_mut(), &prompt[..8.min(p)])?;
+    cache.truncate(0)?;
+
+    let t = Instant::now();
+    let mut logits = b.forward(cache.as_mut(), &prompt)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for _ in 0..n {
+        let tok = argmax(&logits);
+        logits = b.forward(cache.as_mut(), &[tok])?;
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    println!(
+        "model {} | {:?} | load {:.2}s | prefill {p} tok: {:.1} tok/s | decode {n} tok: {:.2} tok/s",
+        path.display(),
+        b.info().dtype,
+        load_s,
+        p as f64 / prefill_s,
+        n as f64 / decode_s
+    );
+    Ok(())
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in l.iter().enumerate() {
+        if *v > l[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,93 @@
+//! The caller-owned KV cache of one sequence: per layer, keys and values
+//! [kv_heads, capacity, head_dim] that grow in chunks as positions are appended.
+
+use candle_core::{DType, Tensor};
+use gllm_api::{BackendError, KvCache};
+
+use crate::error::Result;
+
+/// Positions added at a time when a layer's buffers fill up.
+const CHUNK: usize = 256;
+
+/// Keys and values of one layer.
+#[derive(Debug, Default)]
+pub(crate) struct LayerKv {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+impl LayerKv {
+    fn capacity(&self) -> usize {
+        self.k.as_ref().and_then(|k| k.dim(1).ok()).unwrap_or(0)
+    }
+
+    /// Writes `k`, `v` ([kv_heads, n, head_dim]) at positions `len..len + n` and returns
+    /// views of positions `0..len + n`.
+    pub(crate) fn append(
+        &mut self,
+        len: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (heads, n, dim) = k.dims3()?;
+        let need = len + n;
+        if need > self.capacity() {
+            let cap = need.next_multiple_of(CHUNK);
+            let grow = |old: &Option<Tensor>| -> Result<Tensor> {
+                let t = Tensor::zeros((heads, cap, dim), DType::F32, k.device())?;
+                if let Some(old) = old
+                    && len > 0
+                {
+                    t.slice_set(&old.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+                }
+                Ok(t)
+            };
+            self.k = Some(grow(&self.k)?);
+            self.v = Some(grow(&self.v)?);
+        }
+        let (Some(kc), Some(vc)) = (&self.k, &self.v) else {
+            return Err(crate::error::internal(
+                "KV cache buffers missing after growth",
+            ));
+        };
+        kc.slice_set(&k.contiguous()?, 1, len)?;
+        vc.slice_set(&v.contiguous()?, 1, len)?;
+        Ok((kc.narrow(1, 0, need)?, vc.narrow(1, 0, need)?))
+    }
+}
+
+/// The KV cache of one sequence of a [`crate::Qwen2Backend`].
+#[derive(Debug)]
+pub struct Qwen2Cache {
+    pub(crate) model_id: u64,
+    pub(crate) len: usize,
+    pub(crate) layers: Vec<LayerKv>,
+}
+
+impl Qwen2Cache {
+    pub(crate) fn new(model_id: u64, layers: usize) -> Self {
+        Self {
+            model_id,
+            len: 0,
+            layers: (0..layers).map(|_| LayerKv::default()).collect(),
+        }
+    }
+}
+
+impl KvCache for Qwen2Cache {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn truncate(&mut self, len: usize) -> std::result::Result<(), BackendError> {
+        if len > self.len {
+            return Err(BackendError::invalid_input(format!(
+                "cannot truncate a KV cache of {} positions to {len}",
+                self.len
+            )));
+        }
+        // Positions from `len` on are overwritten by the next append.
+        self.len = len;
+        Ok(())
+    }
+}

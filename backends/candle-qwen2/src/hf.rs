@@ -1,0 +1,269 @@
+//! Hugging Face model directories: `config.json` plus `model.safetensors` or the shards
+//! listed in `model.safetensors.index.json` (f32, f16 or bf16 on disk).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use gllm_api::DType;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::Qwen2Config;
+use crate::error::{Result, internal, invalid_model};
+use crate::kernels::HalfKind;
+use crate::linear::Matrix;
+use crate::loader::{LayerPart, Part, TensorSource};
+use crate::model::Qwen2Model;
+
+/// The Hugging Face name of a decoder tensor.
+pub fn hf_name(part: Part) -> String {
+    use LayerPart::*;
+    match part {
+        Part::Embed => "model.embed_tokens.weight".into(),
+        Part::Norm => "model.norm.weight".into(),
+        Part::LmHead => "lm_head.weight".into(),
+        Part::Layer(l, p) => {
+            let s = match p {
+                InputNorm => "input_layernorm.weight",
+                QW => "self_attn.q_proj.weight",
+                QB => "self_attn.q_proj.bias",
+                KW => "self_attn.k_proj.weight",
+                KB => "self_attn.k_proj.bias",
+                VW => "self_attn.v_proj.weight",
+                VB => "self_attn.v_proj.bias",
+                OW => "self_attn.o_proj.weight",
+                PostNorm => "post_attention_layernorm.weight",
+                Gate => "mlp.gate_proj.weight",
+                Up => "mlp.up_proj.weight",
+                Down => "mlp.down_proj.weight",
+            };
+            format!("model.layers.{l}.{s}")
+        }
+    }
+}
+
+/// The safetensors files of a model directory.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index)
+            .map_err(|e| invalid_model(format!("cannot read {}: {e}", index.display())))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| invalid_model(format!("bad {}: {e}", index.display())))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| invalid_model(format!("{} has no weight_map", index.display())))?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(str::to_owned))
+            .collect();
+        files.sort();
+        files.dedup();
+        if files.is_empty() {
+            return Err(invalid_model(format!("{} lists no files", index.display())));
+        }
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(invalid_model(format!(
+        "{} has neither model.safetensors nor model.safetensors.index.json",
+        dir.display()
+    )))
+}
+
+/// Memory-mapped safetensors files.
+pub struct SafetensorsSource {
+    maps: Vec<(PathBuf, memmap2::Mmap)>,
+    /// Tensor name -> index into `maps`.
+    routing: BTreeMap<String, usize>,
+    /// Store 16-bit weights in this format instead of the file's (requested dtype).
+    half_override: Option<HalfKind>,
+    /// Convert 16-bit weights to f32 (requested f32 on a GPU, where there is no half kernel).
+    widen: bool,
+    device: Device,
+}
+
+impl SafetensorsSource {
+    /// Maps the files and indexes their tensors (a name in two files is invalid).
+    pub fn open(files: &[PathBuf], dtype: Option<DType>, device: Device) -> Result<Self> {
+        let mut maps = Vec::new();
+        let mut routing = BTreeMap::new();
+        for (i, f) in files.iter().enumerate() {
+            let file = std::fs::File::open(f)
+                .map_err(|e| invalid_model(format!("cannot open {}: {e}", f.display())))?;
+            // SAFETY: the map is read-only; the usual caveat applies that the file must
+            // not be truncated while the model is loading (it is dropped after loading).
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|e| invalid_model(format!("cannot map {}: {e}", f.display())))?;
+            let st = SafeTensors::deserialize(&map)
+                .map_err(|e| invalid_model(format!("bad safetensors {}: {e}", f.display())))?;
+            for name in st.names() {
+                if routing.insert(name.to_string(), i).is_some() {
+                    return Err(invalid_model(format!(
+                        "tensor `{name}` appears in more than one file"
+                    )));
+                }
+            }
+            maps.push((f.clone(), map));
+        }
+        let half_override = match dtype {
+            Some(DType::Bf16) => Some(HalfKind::Bf16),
+            Some(DType::F16) => Some(HalfKind::F16),
+            Some(DType::F32) | None => None,
+        };
+        Ok(Self {
+            maps,
+            routing,
+            half_override,
+            widen: !device.is_cpu(),
+            device,
+        })
+    }
+
+    fn with_view<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(Dtype, &[usize], &[u8]) -> Result<T>,
+    ) -> Result<T> {
+        let i = *self
+            .routing
+            .get(name)
+            .ok_or_else(|| invalid_model(format!("missing tensor `{name}`")))?;
+        let (path, map) = &self.maps[i];
+        let st = SafeTensors::deserialize(map)
+            .map_err(|e| invalid_model(format!("bad safetensors {}: {e}", path.display())))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| invalid_model(format!("tensor `{name}`: {e}")))?;
+        f(view.dtype(), view.shape(), view.data())
+    }
+}
+
+fn to_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(invalid_model(format!(
+                "tensor `{name}` has dtype {other:?}; only f32, f16 and bf16 are supported"
+            )));
+        }
+    })
+}
+
+impl TensorSource for SafetensorsSource {
+    fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        let mut out = BTreeMap::new();
+        for (_, map) in &self.maps {
+            if let Ok(st) = SafeTensors::deserialize(map) {
+                for (name, view) in st.tensors() {
+                    out.insert(name, view.shape().to_vec());
+                }
+            }
+        }
+        out
+    }
+
+    fn matrix(&self, name: &str) -> Result<Matrix> {
+        self.with_view(name, |dtype, shape, data| {
+            let &[rows, cols] = shape else {
+                return Err(invalid_model(format!(
+                    "tensor `{name}` has shape {shape:?}, expected a matrix"
+                )));
+            };
+            let file_half = match dtype {
+                Dtype::BF16 => Some(HalfKind::Bf16),
+                Dtype::F16 => Some(HalfKind::F16),
+                _ => None,
+            };
+            let keep = match (self.half_override, file_half) {
+                (Some(want), _) => Some(want),
+                (None, Some(kind)) => Some(kind),
+                (None, None) => None,
+            };
+            match keep {
+                Some(kind) if !self.widen => {
+                    let bits: Vec<u16> = if file_half == Some(kind) {
+                        data.chunks_exact(2)
+                            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                            .collect()
+                    } else {
+                        to_f32(name, dtype, data)?
+                            .into_iter()
+                            .map(|v| kind.from_f32(v))
+                            .collect()
+                    };
+                    Ok(Matrix::Half {
+                        data: bits,
+                        kind,
+                        rows,
+                        cols,
+                    })
+                }
+                _ => {
+                    let v = to_f32(name, dtype, data)?;
+                    Ok(Matrix::F32(Tensor::from_vec(
+                        v,
+                        (rows, cols),
+                        &self.device,
+                    )?))
+                }
+            }
+        })
+    }
+
+    fn vector(&self, name: &str) -> Result<Tensor> {
+        self.with_view(name, |dtype, shape, data| {
+            if shape.len() != 1 {
+                return Err(invalid_model(format!(
+                    "tensor `{name}` has shape {shape:?}, expected a vector"
+                )));
+            }
+            Ok(Tensor::from_vec(
+                to_f32(name, dtype, data)?,
+                shape[0],
+                &self.device,
+            )?)
+        })
+    }
+}
+
+/// Loads a model directory.
+pub fn load_dir(dir: &Path, dtype: Option<DType>, device: Device) -> Result<Qwen2Model> {
+    if !dir.is_dir() {
+        return Err(invalid_model(format!(
+            "{} is not a model directory",
+            dir.display()
+        )));
+    }
+    let cfg = Qwen2Config::from_hf_file(&dir.join("config.json"))?;
+    let files = weight_files(dir)?;
+    let src = SafetensorsSource::open(&files, dtype, device.clone())?;
+    // transformers ties lm_head to the embeddings whatever the file holds, so a stored
+    // copy of it is tolerated (and ignored) when the config ties them.
+    let tolerated = if cfg.tie_word_embeddings {
+        vec![(hf_name(Part::LmHead), vec![cfg.vocab_size, cfg.hidden_size])]
+    } else {
+        Vec::new()
+    };
+    crate::loader::check_strict(&cfg, &src, &hf_name, &tolerated)?;
+    let model = crate::loader::build(cfg, &src, &hf_name, device)?;
+    if model.layers.is_empty() {
+        return Err(internal("model has no layers"));
+    }
+    Ok(model)
+}

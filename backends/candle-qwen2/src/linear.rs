@@ -1,0 +1,139 @@
+//! Weight matrices in the forms the loaders produce (f32, bf16/f16, GGUF-quantized)
+//! and the two operations the decoder needs from them: `x · Wᵀ` and row lookup.
+
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Result, internal};
+use crate::kernels::{self, HalfKind};
+
+/// A [rows, cols] weight matrix (rows = output features, as PyTorch stores `Linear.weight`).
+pub enum Matrix {
+    /// f32 values as a candle tensor (any device).
+    F32(Tensor),
+    /// bf16/f16 values kept 16-bit on the CPU, widened in the kernel.
+    Half {
+        /// Raw 16-bit values, row-major.
+        data: Vec<u16>,
+        /// bf16 or f16.
+        kind: HalfKind,
+        /// Output features.
+        rows: usize,
+        /// Input features.
+        cols: usize,
+    },
+    /// A GGUF block-quantized tensor, multiplied by candle's quantized kernels.
+    Quant(Arc<QTensor>),
+}
+
+impl std::fmt::Debug for Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (r, c) = self.dims();
+        match self {
+            Matrix::F32(_) => write!(f, "Matrix::F32[{r}, {c}]"),
+            Matrix::Half { kind, .. } => write!(f, "Matrix::{kind:?}[{r}, {c}]"),
+            Matrix::Quant(q) => write!(f, "Matrix::{:?}[{r}, {c}]", q.dtype()),
+        }
+    }
+}
+
+impl Matrix {
+    /// (rows, cols).
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Matrix::F32(t) => t.dims2().unwrap_or((0, 0)),
+            Matrix::Half { rows, cols, .. } => (*rows, *cols),
+            Matrix::Quant(q) => q.shape().dims2().unwrap_or((0, 0)),
+        }
+    }
+
+    /// `x` [m, cols] (f32) times the transpose: [m, rows].
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Matrix::F32(w) => Ok(x.matmul(&w.t()?)?),
+            Matrix::Half {
+                data,
+                kind,
+                rows,
+                cols,
+            } => {
+                let (m, k) = x.dims2()?;
+                if k != *cols {
+                    return Err(internal(format!(
+                        "matmul: input width {k} != weight width {cols}"
+                    )));
+                }
+                let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let mut out_t = vec![0f32; m * rows];
+                kernels::matmul_t_half(&xs, m, k, data, *rows, *kind, &mut out_t);
+                let out = Tensor::from_vec(out_t, (*rows, m), x.device())?;
+                if m == 1 {
+                    Ok(out.reshape((1, *rows))?)
+                } else {
+                    Ok(out.t()?.contiguous()?)
+                }
+            }
+            Matrix::Quant(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?),
+        }
+    }
+
+    /// Rows `ids` as f32: [ids.len(), cols]. Ids must be checked by the caller.
+    pub fn rows_f32(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        match self {
+            Matrix::F32(w) => {
+                let ids = Tensor::new(ids, w.device())?;
+                Ok(w.index_select(&ids, 0)?)
+            }
+            Matrix::Half {
+                data, kind, cols, ..
+            } => {
+                let mut out = vec![0f32; ids.len() * cols];
+                kernels::gather_rows_half(data, *cols, ids, *kind, &mut out);
+                Ok(Tensor::from_vec(out, (ids.len(), *cols), device)?)
+            }
+            Matrix::Quant(q) => {
+                let ids = Tensor::new(ids, &q.device())?;
+                Ok(q.embedding(&ids)?.to_device(device)?)
+            }
+        }
+    }
+
+    /// The whole matrix as an f32 tensor.
+    pub fn to_f32(&self, device: &Device) -> Result<Tensor> {
+        match self {
+            Matrix::F32(t) => Ok(t.to_device(device)?),
+            Matrix::Half {
+                data,
+                kind,
+                rows,
+                cols,
+            } => {
+                let v: Vec<f32> = data.iter().map(|b| kind.to_f32(*b)).collect();
+                Ok(Tensor::from_vec(v, (*rows, *cols), device)?)
+            }
+            Matrix::Quant(q) => Ok(q.dequantize(device)?.to_dtype(DType::F32)?),
+        }
+    }
+}
+
+/// `y = x · Wᵀ (+ b)`.
+#[derive(Debug)]
+pub struct Linear {
+    /// The weight [out, in].
+    pub weight: Matrix,
+    /// The optional bias [out], f32.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Applies the layer to `x` [m, in].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.matmul_t(x)?;
+        match &self.bias {
+            Some(b) => Ok(y.broadcast_add(b)?),
+            None => Ok(y),
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Random-weight Qwen2 models for benchmarks: decode speed depends on the shape, not on
+//! the values, so a model synthesized from a published `config.json` measures what the
+//! real one would.
+//!
+//! Weights are uniform in ±0.05 (norm weights 1), drawn from a fixed-seed generator per
+//! tensor, so every format written from one config holds the same values (up to its
+//! rounding or quantization).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use gllm_api::BackendError;
+
+use crate::config::Qwen2Config;
+use crate::gguf::gguf_name;
+use crate::hf::hf_name;
+use crate::loader::{Part, expected};
+
+/// A file format [`synthesize`] can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SynthFormat {
+    /// `config.json` + `model.safetensors` in the config's `torch_dtype` (bf16, f16 or f32).
+    Safetensors,
+    /// `model-f16.gguf`: every matrix f16.
+    GgufF16,
+    /// `model-q8_0.gguf`: every matrix Q8_0.
+    GgufQ8_0,
+    /// `model-q4_0.gguf`: every matrix Q4_0.
+    GgufQ4_0,
+}
+
+impl SynthFormat {
+    /// Every format.
+    pub const ALL: [SynthFormat; 4] = [
+        SynthFormat::Safetensors,
+        SynthFormat::GgufF16,
+        SynthFormat::GgufQ8_0,
+        SynthFormat::GgufQ4_0,
+    ];
+
+    /// The format's short name: `safetensors`, `f16`, `q8_0`, `q4_0`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SynthFormat::Safetensors => "safetensors",
+            SynthFormat::GgufF16 => "f16",
+            SynthFormat::GgufQ8_0 => "q8_0",
+            SynthFormat::GgufQ4_0 => "q4_0",
+        }
+    }
+
+    /// Parses [`SynthFormat::as_str`] (also `gguf-q8_0` style).
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        let s = s.strip_prefix("gguf-").unwrap_or(&s);
+        SynthFormat::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
+    /// The file (or directory, for safetensors) it writes under the output directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            SynthFormat::Safetensors => "model.safetensors",
+            SynthFormat::GgufF16 => "model-f16.gguf",
+            SynthFormat::GgufQ8_0 => "model-q8_0.gguf",
+            SynthFormat::GgufQ4_0 => "model-q4_0.gguf",
+        }
+    }
+}
+
+/// Why a model could not be synthesized.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    /// Reading the config or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The config does not describe a supported decoder.
+    #[error("config: {0}")]
+    Config(#[from] BackendError),
+    /// Quantizing or writing GGUF failed.
+    #[error("gguf: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// Writing safetensors failed.
+    #[error("safetensors: {0}")]
+    Safetensors(#[from] safetensors::SafeTensorError),
+    /// The config's `torch_dtype` is not bf16, f16 or f32.
+    #[error("unsupported torch_dtype `{0}`")]
+    Dtype(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
+    move |source| SynthError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// SplitMix64: a small, fast, seedable generator (no extra dependency needed).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+fn seed_of(name: &str) -> u64 {
+    // FNV-1a of the (Hugging Face) tensor name.
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn is_norm(part: Part) -> bool {
+    use crate::loader::LayerPart::*;
+    matches!(
+        part,
+        Part::Norm | Part::Layer(_, InputNorm) | Part::Layer(_, PostNorm)
+    )
+}
+
+/// The values of one tensor.
+fn values(part: Part, len: usize) -> Vec<f32> {
+    if is_norm(part) {
+        return vec![1.0; len];
+    }
+    let mut rng = Rng::new(seed_of(&hf_name(part)));
+    (0..len).map(|_| 0.05 * rng.unit()).collect()
+}
+
+/// Writes a random-weight model of the shape `config_json` describes into `out_dir`, in
+/// each of `formats` (file names from [`SynthFormat::file_name`]); `config.json` is
+/// copied there too, so `out_dir` is a loadable safetensors model directory. Returns
+/// the paths written.
+pub fn synthesize(
+    config_json: &Path,
+    out_dir: &Path,
+    formats: &[SynthFormat],
+) -> Result<Vec<PathBuf>, SynthError> {
+    let text = std::fs::read_to_string(config_json).map_err(io_err(config_json))?;
+    let cfg = Qwen2Config::from_hf_json(&text)?;
+    let raw: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| BackendError::invalid_model(format!("bad config.json: {e}")))?;
+    let torch_dtype = raw
+        .get("torch_dtype")
+        .or_else(|| raw.get("dtype"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("float32")
+        .to_string();
+    std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    let cfg_out = out_dir.join("config.json");
+    std::fs::write(&cfg_out, &text).map_err(io_err(&cfg_out))?;
+    let mut written = vec![cfg_out];
+    for &f in formats {
+        let path = out_dir.join(f.file_name());
+        match f {
+            SynthFormat::Safetensors => write_safetensors(&cfg, &torch_dtype, &path)?,
+            SynthFormat::GgufF16 => write_gguf(&cfg, GgmlDType::F16, &path)?,
+            SynthFormat::GgufQ8_0 => write_gguf(&cfg, GgmlDType::Q8_0, &path)?,
+            SynthFormat::GgufQ4_0 => write_gguf(&cfg, GgmlDType::Q4_0, &path)?,
+        }
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn write_safetensors(cfg: &Qwen2Config, torch_dtype: &str, path: &Path) -> Result<(), SynthError> {
+    use safetensors::Dtype;
+    let dtype = match torch_dtype {
+        "bfloat16" => Dtype::BF16,
+        "float16" => Dtype::F16,
+        "float32" => Dtype::F32,
+        other => return Err(SynthError::Dtype(other.to_string())),
+    };
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (part, shape) in expected(cfg) {
+        let v = values(part, shape.iter().product());
+        let bytes: Vec<u8> = match dtype {
+            Dtype::BF16 => v
+                .iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                .collect(),
+            Dtype::F16 => v
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
+            _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        };
+        tensors.push((hf_name(part), shape, bytes));
+    }
+    let views = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(dtype, s.clone(), b).map(|v| (n.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    safetensors::serialize_to_file(views, Some(meta), path)?;
+    Ok(())
+}
+
+fn write_gguf(cfg: &Qwen2Config, dtype: GgmlDType, path: &Path) -> Result<(), SynthError> {
+    let arch = cfg.architecture.as_str();
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for (part, shape) in expected(cfg) {
+        let v = values(part, shape.iter().product());
+        let t = Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?;
+        // Vectors (norms, biases) stay f32, as llama.cpp stores them.
+        let q = if shape.len() == 1 {
+            QTensor::quantize(&t, GgmlDType::F32)?
+        } else {
+            QTensor::quantize(&t, dtype)?
+        };
+        tensors.push((gguf_name(part), q));
+    }
+    let u32v = |x: usize| Value::U32(x as u32);
+    let meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (
+            "general.name".into(),
+            Value::String(format!("synthetic {arch} (random weights)")),
+        ),
+        ("general.alignment".into(), Value::U32(32)),
+        (format!("{arch}.block_count"), u32v(cfg.num_hidden_layers)),
+        (
+            format!("{arch}.context_length"),
+            u32v(cfg.max_position_embeddings),
+        ),
+        (format!("{arch}.embedding_length"), u32v(cfg.hidden_size)),
+        (
+            format!("{arch}.feed_forward_length"),
+            u32v(cfg.intermediate_size),
+        ),
+        (
+            format!("{arch}.attention.head_count"),
+            u32v(cfg.num_attention_heads),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            u32v(cfg.num_key_value_heads),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+        (
+            format!("{arch}.rope.freq_base"),
+            Value::F32(cfg.rope_theta as f32),
+        ),
+    ];
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let file = File::create(path).map_err(io_err(path))?;
+    let mut w = BufWriter::new(file);
+    candle_core::quantized::gguf_file::write(&mut w, &meta_refs, &tensor_refs)?;
+    std::io::Write::flush(&mut w).map_err(io_err(path))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_round_trip_their_names() {
+        for f in SynthFormat::ALL {
+            assert_eq!(SynthFormat::parse(f.as_str()), Some(f));
+        }
+        assert_eq!(SynthFormat::parse("gguf-q4_0"), Some(SynthFormat::GgufQ4_0));
+    }
+}

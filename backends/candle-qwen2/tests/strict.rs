@@ -1,0 +1,296 @@
+//! Strict loading: a checkpoint with a tensor removed, renamed or mis-shaped is an
+//! invalid-model error naming the tensor (temp copies of the fixtures, modified).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::quantized::QTensor;
+use candle_core::quantized::gguf_file::{self, Value};
+use gllm_api::{BackendError, Device, ErrorKind, ModelSpec, Task, WeightFormat};
+use gllm_testkit::fixture;
+use safetensors::SafeTensors;
+
+fn temp_dir(tag: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("candle-qwen2-strict-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// What to do to the checkpoint's tensors.
+enum Edit {
+    Remove(&'static str),
+    Rename(&'static str, &'static str),
+    /// Keep only the first half of the first dimension.
+    Shrink(&'static str),
+    Add(&'static str),
+}
+
+fn apply<T: Clone>(
+    mut tensors: Vec<(String, Vec<usize>, T)>,
+    edit: &Edit,
+    shrink: impl Fn(&T, &[usize]) -> T,
+) -> Vec<(String, Vec<usize>, T)> {
+    match *edit {
+        Edit::Remove(n) => tensors.retain(|(name, _, _)| name != n),
+        Edit::Rename(from, to) => {
+            for t in tensors.iter_mut().filter(|t| t.0 == from) {
+                t.0 = to.to_string();
+            }
+        }
+        Edit::Shrink(n) => {
+            for t in tensors.iter_mut().filter(|t| t.0 == n) {
+                t.1[0] /= 2;
+                t.2 = shrink(&t.2, &t.1);
+            }
+        }
+        Edit::Add(n) => {
+            let first = tensors[tensors.len() - 1].clone();
+            tensors.push((n.to_string(), first.1, first.2));
+        }
+    }
+    tensors
+}
+
+fn edited_safetensors(tag: &str, edit: Edit) -> Result<PathBuf> {
+    let src = fixture("tiny-qwen2");
+    let dir = temp_dir(tag)?;
+    std::fs::copy(src.join("config.json"), dir.join("config.json"))?;
+    let bytes = std::fs::read(src.join("model.safetensors"))?;
+    let st = SafeTensors::deserialize(&bytes)?;
+    let mut tensors = Vec::new();
+    let mut dtype = safetensors::Dtype::BF16;
+    for (name, view) in st.tensors() {
+        dtype = view.dtype();
+        tensors.push((name, view.shape().to_vec(), view.data().to_vec()));
+    }
+    let elem = dtype.bitsize() / 8;
+    let tensors = apply(tensors, &edit, |data, shape| {
+        data[..shape.iter().product::<usize>() * elem].to_vec()
+    });
+    let views = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            safetensors::tensor::TensorView::new(dtype, s.clone(), d).map(|v| (n.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
+    Ok(dir)
+}
+
+fn edited_gguf(tag: &str, edit: Edit) -> Result<PathBuf> {
+    let path = fixture("gguf/tiny-qwen2-f16.gguf");
+    let mut f = std::fs::File::open(&path)?;
+    let content = gguf_file::Content::read(&mut f)?;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = Vec::new();
+    for n in names {
+        let q = content.tensor(&mut f, n, &candle_core::Device::Cpu)?;
+        let t = q.dequantize(&candle_core::Device::Cpu)?;
+        tensors.push((n.clone(), t.dims().to_vec(), (t, q.dtype())));
+    }
+    let tensors = apply(tensors, &edit, |(t, dt), shape| {
+        // A fresh tensor (a narrowed view would still share the full storage).
+        let shrunk = t
+            .flatten_all()
+            .and_then(|x| x.to_vec1::<f32>())
+            .map(|v| v[..shape.iter().product::<usize>()].to_vec())
+            .and_then(|v| candle_core::Tensor::from_vec(v, shape, &candle_core::Device::Cpu));
+        (shrunk.unwrap_or_else(|_| t.clone()), *dt)
+    });
+    let qs = tensors
+        .iter()
+        .map(|(n, _, (t, dt))| QTensor::quantize(t, *dt).map(|q| (n.clone(), q)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta: Vec<(&str, &Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = qs.iter().map(|(n, q)| (n.as_str(), q)).collect();
+    let out = temp_dir(tag)?.join("model.gguf");
+    let mut w = std::fs::File::create(&out)?;
+    gguf_file::write(&mut w, &meta, &refs)?;
+    Ok(out)
+}
+
+fn load_err(path: &Path, format: WeightFormat) -> Result<BackendError> {
+    let spec = ModelSpec {
+        id: "strict".into(),
+        task: Task::Generate,
+        path: path.to_path_buf(),
+        format,
+        architecture: "qwen2".into(),
+        dtype: None,
+        options: BTreeMap::new(),
+    };
+    let res = candle_qwen2::load(&spec, Device::CPU);
+    let _ = std::fs::remove_dir_all(if path.is_dir() {
+        path
+    } else {
+        path.parent().context("parent")?
+    });
+    match res {
+        Ok(_) => anyhow::bail!("loading {} succeeded", path.display()),
+        Err(e) => Ok(e),
+    }
+}
+
+fn assert_invalid(e: &BackendError, parts: &[&str]) {
+    assert_eq!(e.kind, ErrorKind::InvalidModel, "{e}");
+    for p in parts {
+        assert!(e.message.contains(p), "message {:?} lacks {p:?}", e.message);
+    }
+}
+
+#[test]
+fn safetensors_missing_tensor() -> Result<()> {
+    let dir = edited_safetensors(
+        "st-missing",
+        Edit::Remove("model.layers.1.mlp.up_proj.weight"),
+    )?;
+    let e = load_err(&dir, WeightFormat::Safetensors)?;
+    assert_invalid(
+        &e,
+        &[
+            "missing tensor `model.layers.1.mlp.up_proj.weight`",
+            "[64, 32]",
+        ],
+    );
+    Ok(())
+}
+
+#[test]
+fn safetensors_renamed_tensor() -> Result<()> {
+    let dir = edited_safetensors(
+        "st-renamed",
+        Edit::Rename(
+            "model.layers.0.self_attn.k_proj.bias",
+            "model.layers.0.self_attn.k_proj.b",
+        ),
+    )?;
+    let e = load_err(&dir, WeightFormat::Safetensors)?;
+    assert_invalid(
+        &e,
+        &["missing tensor `model.layers.0.self_attn.k_proj.bias`"],
+    );
+    Ok(())
+}
+
+#[test]
+fn safetensors_wrong_shape() -> Result<()> {
+    let dir = edited_safetensors(
+        "st-shape",
+        Edit::Shrink("model.layers.0.self_attn.q_proj.weight"),
+    )?;
+    let e = load_err(&dir, WeightFormat::Safetensors)?;
+    assert_invalid(
+        &e,
+        &[
+            "`model.layers.0.self_attn.q_proj.weight`",
+            "shape [16, 32]",
+            "expected [32, 32]",
+        ],
+    );
+    Ok(())
+}
+
+#[test]
+fn safetensors_unexpected_tensor() -> Result<()> {
+    let dir = edited_safetensors(
+        "st-extra",
+        Edit::Add("model.layers.2.input_layernorm.weight"),
+    )?;
+    let e = load_err(&dir, WeightFormat::Safetensors)?;
+    assert_invalid(
+        &e,
+        &["unexpected tensor `model.layers.2.input_layernorm.weight`"],
+    );
+    Ok(())
+}
+
+#[test]
+fn gguf_missing_tensor() -> Result<()> {
+    let p = edited_gguf("gguf-missing", Edit::Remove("blk.0.ffn_down.weight"))?;
+    let e = load_err(&p, WeightFormat::Gguf)?;
+    assert_invalid(&e, &["missing tensor `blk.0.ffn_down.weight`", "[32, 64]"]);
+    Ok(())
+}
+
+#[test]
+fn gguf_renamed_tensor() -> Result<()> {
+    let p = edited_gguf(
+        "gguf-renamed",
+        Edit::Rename("blk.1.attn_v.bias", "blk.1.attn_v.b"),
+    )?;
+    let e = load_err(&p, WeightFormat::Gguf)?;
+    assert_invalid(&e, &["missing tensor `blk.1.attn_v.bias`"]);
+    Ok(())
+}
+
+#[test]
+fn gguf_wrong_shape() -> Result<()> {
+    let p = edited_gguf("gguf-shape", Edit::Shrink("blk.1.ffn_gate.weight"))?;
+    let e = load_err(&p, WeightFormat::Gguf)?;
+    assert_invalid(
+        &e,
+        &[
+            "`blk.1.ffn_gate.weight`",
+            "shape [32, 32]",
+            "expected [64, 32]",
+        ],
+    );
+    Ok(())
+}
+
+#[test]
+fn gguf_unexpected_tensor() -> Result<()> {
+    let p = edited_gguf("gguf-extra", Edit::Add("blk.7.attn_norm.weight"))?;
+    let e = load_err(&p, WeightFormat::Gguf)?;
+    assert_invalid(&e, &["unexpected tensor `blk.7.attn_norm.weight`"]);
+    Ok(())
+}
+
+#[test]
+fn missing_files_are_invalid_model() -> Result<()> {
+    let dir = temp_dir("no-weights")?;
+    std::fs::copy(fixture("tiny-qwen2/config.json"), dir.join("config.json"))?;
+    let e = load_err(&dir, WeightFormat::Safetensors)?;
+    assert_invalid(&e, &["model.safetensors"]);
+    Ok(())
+}
+
+#[test]
+fn unknown_gguf_architecture_is_unsupported() -> Result<()> {
+    let path = fixture("gguf/tiny-qwen2-f16.gguf");
+    let mut f = std::fs::File::open(&path)?;
+    let content = gguf_file::Content::read(&mut f)?;
+    let arch = Value::String("gpt2".into());
+    let meta: Vec<(&str, &Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                if k == "general.architecture" {
+                    &arch
+                } else {
+                    v
+                },
+            )
+        })
+        .collect();
+    let out = temp_dir("gguf-arch")?.join("model.gguf");
+    let q = content.tensor(&mut f, "output_norm.weight", &candle_core::Device::Cpu)?;
+    gguf_file::write(
+        &mut std::fs::File::create(&out)?,
+        &meta,
+        &[("output_norm.weight", &q)],
+    )?;
+    let e = load_err(&out, WeightFormat::Gguf)?;
+    assert_eq!(e.kind, ErrorKind::Unsupported, "{e}");
+    assert!(e.message.contains("gpt2"));
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! The generation conformance suite: every `generate` backend runs these same checks on
+//! `tiny-qwen2` (reference numbers from transformers, float32 on the bf16 weights).
+//!
+//! Call [`run_all`] with a loaded backend, or [`run_all_for`] with a factory and device
+//! (it loads `tiny-qwen2` itself). Each check is public too, for finer-grained tests.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail, ensure};
+use gllm_api::{
+    BackendFactory, Device, ErrorKind, InferenceBackend, KvCache, ModelSpec, Task, WeightFormat,
+};
+
+use crate::{assert_close, fixture, json_u32s, read_json, read_tensor_f32};
+
+/// Greedy tokens each reference case holds.
+pub const GREEDY_TOKENS: usize = 24;
+/// Tolerance on last-position logits against the float32 reference.
+pub const LOGITS_TOL: f32 = 1e-3;
+/// Tolerance between two ways of computing the same logits in one backend.
+pub const SELF_TOL: f32 = 1e-4;
+
+/// One case of `tiny-qwen2/reference.json`.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// The prompt text.
+    pub prompt: String,
+    /// Its token ids.
+    pub input_ids: Vec<u32>,
+    /// The 24 greedy new token ids.
+    pub greedy_new_ids: Vec<u32>,
+}
+
+/// `tiny-qwen2/`.
+pub fn tiny_qwen2_dir() -> PathBuf {
+    fixture("tiny-qwen2")
+}
+
+/// A spec loading `tiny-qwen2` (safetensors, f32 compute).
+pub fn tiny_qwen2_spec() -> ModelSpec {
+    ModelSpec {
+        id: "tiny-qwen2".into(),
+        task: Task::Generate,
+        path: tiny_qwen2_dir(),
+        format: WeightFormat::Safetensors,
+        architecture: "qwen2".into(),
+        dtype: None,
+        options: BTreeMap::new(),
+    }
+}
+
+/// The reference cases.
+pub fn cases() -> Result<Vec<Case>> {
+    let r = read_json(&tiny_qwen2_dir().join("reference.json"))?;
+    let cases = r["cases"]
+        .as_array()
+        .context("reference.json has no cases")?;
+    let out: Vec<Case> = cases
+        .iter()
+        .map(|c| Case {
+            prompt: c["prompt"].as_str().unwrap_or_default().to_string(),
+            input_ids: json_u32s(&c["input_ids"]),
+            greedy_new_ids: json_u32s(&c["greedy_new_ids"]),
+        })
+        .collect();
+    ensure!(!out.is_empty(), "reference.json has no cases");
+    for c in &out {
+        ensure!(
+            !c.input_ids.is_empty() && c.greedy_new_ids.len() == GREEDY_TOKENS,
+            "malformed case {:?}",
+            c.prompt
+        );
+    }
+    Ok(out)
+}
+
+/// Index of the largest value (the first one on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in logits.iter().enumerate() {
+        if *v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Greedy decoding: prefill `prompt`, then feed each chosen token; `n` new tokens.
+pub fn greedy(backend: &dyn InferenceBackend, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+    let mut cache = backend.new_cache()?;
+    let mut logits = backend.forward(cache.as_mut(), prompt)?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = argmax(&logits);
+        out.push(t);
+        if i + 1 < n {
+            logits = backend.forward(cache.as_mut(), &[t])?;
+        }
+    }
+    Ok(out)
+}
+
+/// The 24 greedy tokens of every case equal the reference.
+pub fn check_greedy(backend: &dyn InferenceBackend) -> Result<()> {
+    for (i, c) in cases()?.iter().enumerate() {
+        let got = greedy(backend, &c.input_ids, GREEDY_TOKENS)?;
+        ensure!(
+            got == c.greedy_new_ids,
+            "case {i} ({:?}): greedy ids {got:?} != reference {:?}",
+            c.prompt,
+            c.greedy_new_ids
+        );
+    }
+    Ok(())
+}
+
+/// Last-position logits of every case within [`LOGITS_TOL`] of `logits_last.<i>`.
+pub fn check_logits_last(backend: &dyn InferenceBackend) -> Result<()> {
+    let refs = tiny_qwen2_dir().join("reference.safetensors");
+    for (i, c) in cases()?.iter().enumerate() {
+        let (_, want) = read_tensor_f32(&refs, &format!("logits_last.{i}"))?;
+        let mut cache = backend.new_cache()?;
+        let got = backend.forward(cache.as_mut(), &c.input_ids)?;
+        ensure!(
+            got.len() == backend.info().output_dim,
+            "logits length {} != output_dim {}",
+            got.len(),
+            backend.info().output_dim
+        );
+        assert_close(&format!("logits_last.{i}"), &got, &want, LOGITS_TOL);
+    }
+    Ok(())
+}
+
+/// Decoding token by token gives the same logits (within [`SELF_TOL`]) as one prefill of
+/// the whole sequence, at every step of case 0 and at the end of every case.
+pub fn check_incremental_equals_prefill(backend: &dyn InferenceBackend) -> Result<()> {
+    for (i, c) in cases()?.iter().enumerate() {
+        let mut seq = c.input_ids.clone();
+        seq.extend_from_slice(&c.greedy_new_ids[..GREEDY_TOKENS - 1]);
+        let mut cache = backend.new_cache()?;
+        let mut step = backend.forward(cache.as_mut(), &c.input_ids)?;
+        for (j, &t) in c.greedy_new_ids[..GREEDY_TOKENS - 1].iter().enumerate() {
+            step = backend.forward(cache.as_mut(), &[t])?;
+            let pos = c.input_ids.len() + j + 1;
+            ensure!(cache.len() == pos, "cache len {} != {pos}", cache.len());
+            if i == 0 {
+                let mut fresh = backend.new_cache()?;
+                let full = backend.forward(fresh.as_mut(), &seq[..pos])?;
+                assert_close(
+                    &format!("case {i}: decode step {j} vs prefill of {pos} tokens"),
+                    &step,
+                    &full,
+                    SELF_TOL,
+                );
+            }
+        }
+        let mut fresh = backend.new_cache()?;
+        let full = backend.forward(fresh.as_mut(), &seq)?;
+        assert_close(
+            &format!("case {i}: token-by-token vs one prefill"),
+            &step,
+            &full,
+            SELF_TOL,
+        );
+    }
+    Ok(())
+}
+
+/// Prefill in uneven chunks at non-zero cache offsets equals one prefill.
+pub fn check_chunked_prefill(backend: &dyn InferenceBackend) -> Result<()> {
+    for (i, c) in cases()?.iter().enumerate() {
+        let mut seq = c.input_ids.clone();
+        seq.extend_from_slice(&c.greedy_new_ids[..12]);
+        let mut fresh = backend.new_cache()?;
+        let full = backend.forward(fresh.as_mut(), &seq)?;
+        let mut cache = backend.new_cache()?;
+        let mut last = Vec::new();
+        for chunk in [&seq[..3], &seq[3..10], &seq[10..]] {
+            last = backend.forward(cache.as_mut(), chunk)?;
+        }
+        assert_close(
+            &format!("case {i}: chunked prefill"),
+            &last,
+            &full,
+            SELF_TOL,
+        );
+    }
+    Ok(())
+}
+
+/// Two (and more) sequences decoded interleaved on one model equal each alone.
+pub fn check_interleaved(backend: &dyn InferenceBackend) -> Result<()> {
+    let cases = cases()?;
+    let mut caches: Vec<Box<dyn KvCache>> = Vec::new();
+    let mut next: Vec<u32> = Vec::new();
+    let mut got: Vec<Vec<u32>> = vec![Vec::new(); cases.len()];
+    for c in &cases {
+        let mut cache = backend.new_cache()?;
+        let logits = backend.forward(cache.as_mut(), &c.input_ids)?;
+        caches.push(cache);
+        next.push(argmax(&logits));
+    }
+    for _ in 0..GREEDY_TOKENS {
+        for (i, cache) in caches.iter_mut().enumerate() {
+            got[i].push(next[i]);
+            let logits = backend.forward(cache.as_mut(), &[next[i]])?;
+            next[i] = argmax(&logits);
+        }
+    }
+    for (i, c) in cases.iter().enumerate() {
+        ensure!(
+            got[i] == c.greedy_new_ids,
+            "interleaved case {i}: {:?} != alone {:?}",
+            got[i],
+            c.greedy_new_ids
+        );
+    }
+    Ok(())
+}
+
+/// `batched_greedy_8`: the prompts decoded together through `forward_batch` give the
+/// reference's 8 tokens each (the same as each prompt alone).
+pub fn check_batched_greedy_8(backend: &dyn InferenceBackend) -> Result<()> {
+    let r = read_json(&tiny_qwen2_dir().join("reference.json"))?;
+    let b = &r["batched_greedy_8"];
+    let prompts = b["prompts"]
+        .as_array()
+        .context("batched_greedy_8.prompts")?;
+    let want: Vec<Vec<u32>> = b["new_ids"]
+        .as_array()
+        .context("batched_greedy_8.new_ids")?
+        .iter()
+        .map(json_u32s)
+        .collect();
+    let cases = cases()?;
+    let mut inputs = Vec::new();
+    for p in prompts {
+        let p = p.as_str().context("prompt is not a string")?;
+        let c = cases
+            .iter()
+            .find(|c| c.prompt == p)
+            .with_context(|| format!("batched prompt {p:?} is not a reference case"))?;
+        inputs.push(c.input_ids.clone());
+    }
+    ensure!(
+        inputs.len() == want.len(),
+        "prompts and new_ids differ in length"
+    );
+    let mut caches: Vec<Box<dyn KvCache>> = inputs
+        .iter()
+        .map(|_| backend.new_cache())
+        .collect::<Result<_, _>>()?;
+    let mut got: Vec<Vec<u32>> = vec![Vec::new(); inputs.len()];
+    let mut feed: Vec<Vec<u32>> = inputs.clone();
+    for _ in 0..8 {
+        let mut steps: Vec<(&mut dyn KvCache, &[u32])> = caches
+            .iter_mut()
+            .zip(&feed)
+            .map(|(c, t)| (c.as_mut(), t.as_slice()))
+            .collect();
+        let logits = backend.forward_batch(&mut steps)?;
+        ensure!(
+            logits.len() == inputs.len(),
+            "forward_batch returned {} rows",
+            logits.len()
+        );
+        for (i, l) in logits.iter().enumerate() {
+            let t = argmax(l);
+            got[i].push(t);
+            feed[i] = vec![t];
+        }
+    }
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        ensure!(g == w, "batched_greedy_8 prompt {i}: {g:?} != {w:?}");
+    }
+    Ok(())
+}
+
+/// Truncating a cache and re-feeding gives the same logits and tokens; truncating
+/// beyond the length is invalid input.
+pub fn check_truncate_refeed(backend: &dyn InferenceBackend) -> Result<()> {
+    for (i, c) in cases()?.iter().enumerate() {
+        let mut seq = c.input_ids.clone();
+        seq.extend_from_slice(&c.greedy_new_ids[..8]);
+        let mut cache = backend.new_cache()?;
+        let first = backend.forward(cache.as_mut(), &seq)?;
+        ensure!(cache.len() == seq.len(), "cache len after prefill");
+
+        // Roll back to the prompt and re-feed the generated part.
+        cache.truncate(c.input_ids.len())?;
+        ensure!(cache.len() == c.input_ids.len(), "cache len after truncate");
+        let again = backend.forward(cache.as_mut(), &c.greedy_new_ids[..8])?;
+        assert_close(
+            &format!("case {i}: truncate + re-feed"),
+            &again,
+            &first,
+            SELF_TOL,
+        );
+
+        // Reuse a prefix with a different continuation, then go back.
+        cache.truncate(c.input_ids.len())?;
+        let other = backend.forward(cache.as_mut(), &[c.greedy_new_ids[5]])?;
+        let mut fresh = backend.new_cache()?;
+        let mut other_seq = c.input_ids.clone();
+        other_seq.push(c.greedy_new_ids[5]);
+        let want_other = backend.forward(fresh.as_mut(), &other_seq)?;
+        assert_close(
+            &format!("case {i}: prefix reuse"),
+            &other,
+            &want_other,
+            SELF_TOL,
+        );
+
+        // Greedy continuation after a rollback equals the reference.
+        cache.truncate(c.input_ids.len() - 1)?;
+        let mut logits = backend.forward(cache.as_mut(), &c.input_ids[c.input_ids.len() - 1..])?;
+        let mut toks = Vec::new();
+        for _ in 0..GREEDY_TOKENS {
+            let t = argmax(&logits);
+            toks.push(t);
+            logits = backend.forward(cache.as_mut(), &[t])?;
+        }
+        ensure!(
+            toks == c.greedy_new_ids,
+            "case {i}: greedy after truncate {toks:?}"
+        );
+
+        // Everything forgotten: like a new cache.
+        cache.truncate(0)?;
+        ensure!(cache.is_empty(), "cache not empty after truncate(0)");
+        let restart = backend.forward(cache.as_mut(), &c.input_ids)?;
+        let mut fresh = backend.new_cache()?;
+        let want = backend.forward(fresh.as_mut(), &c.input_ids)?;
+        assert_close(
+            &format!("case {i}: truncate(0) + prefill"),
+            &restart,
+            &want,
+            SELF_TOL,
+        );
+
+        match cache.truncate(cache.len() + 1) {
+            Err(e) if e.kind == ErrorKind::InvalidInput => {}
+            other => bail!("truncate beyond the length gave {other:?}, want invalid input"),
+        }
+    }
+    Ok(())
+}
+
+/// Out-of-vocabulary ids and empty input are invalid input, and leave the cache usable.
+pub fn check_invalid_input(backend: &dyn InferenceBackend) -> Result<()> {
+    let vocab = backend.info().vocab_size as u32;
+    let mut cache = backend.new_cache()?;
+    match backend.forward(cache.as_mut(), &[1, vocab]) {
+        Err(e) if e.kind == ErrorKind::InvalidInput => {}
+        other => bail!(
+            "token id {vocab} (= vocab size) gave {:?}",
+            other.map(|l| l.len())
+        ),
+    }
+    match backend.forward(cache.as_mut(), &[]) {
+        Err(e) if e.kind == ErrorKind::InvalidInput => {}
+        other => bail!("empty input gave {:?}", other.map(|l| l.len())),
+    }
+    ensure!(cache.is_empty(), "a refused forward changed the cache");
+    let c = &cases()?[0];
+    let got = greedy(backend, &c.input_ids, 4)?;
+    ensure!(
+        got == c.greedy_new_ids[..4],
+        "backend broken after invalid input"
+    );
+    Ok(())
+}
+
+/// Every check of the suite, on a loaded `tiny-qwen2`.
+pub fn run_all(backend: &dyn InferenceBackend) -> Result<()> {
+    let info = backend.info();
+    ensure!(info.task == Task::Generate, "task is {:?}", info.task);
+    ensure!(info.vocab_size == 151936, "vocab_size {}", info.vocab_size);
+    check_greedy(backend).context("greedy")?;
+    check_logits_last(backend).context("logits_last")?;
+    check_incremental_equals_prefill(backend).context("incremental decode")?;
+    check_chunked_prefill(backend).context("chunked prefill")?;
+    check_interleaved(backend).context("interleaved sequences")?;
+    check_batched_greedy_8(backend).context("batched_greedy_8")?;
+    check_truncate_refeed(backend).context("truncate + re-feed")?;
+    check_invalid_input(backend).context("invalid input")?;
+    Ok(())
+}
+
+/// Loads `tiny-qwen2` with `factory` on `device` and runs [`run_all`].
+pub fn run_all_for(factory: &dyn BackendFactory, device: Device) -> Result<()> {
+    let spec = tiny_qwen2_spec();
+    if let Some(why) = factory.capabilities().mismatch(&spec, device) {
+        bail!(
+            "{} cannot load tiny-qwen2 on {device}: {why}",
+            factory.name()
+        );
+    }
+    let backend = factory
+        .load(&spec, device)
+        .with_context(|| format!("{} loading tiny-qwen2", factory.name()))?;
+    run_all(backend.as_ref())
+}
