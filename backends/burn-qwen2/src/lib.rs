@@ -111,8 +111,13 @@ impl BurnQwen2 {
         let config = Qwen2Config::load(dir)?;
         let store = WeightStore::open(dir)?;
         let burn_device = device::burn_device(device)?;
+        // Matrix-vector products are split over the CPU's threads; a GPU runs each as one.
+        let splits = match device.kind {
+            DeviceKind::Cpu => rayon::current_num_threads(),
+            DeviceKind::Gpu => 1,
+        };
         let model = device::contain(
-            || Qwen2Model::load(&config, store, &burn_device, burn_dtype, dir),
+            || Qwen2Model::load(&config, store, &burn_device, burn_dtype, splits, dir),
             |m| match device.kind {
                 DeviceKind::Gpu => BackendError::device_unavailable(format!(
                     "{device}: loading the weights failed: {m}"

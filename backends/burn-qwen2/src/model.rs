@@ -8,6 +8,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::module::linear;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use gllm_api::BackendError;
+use rayon::prelude::*;
 
 use crate::attention::grouped_attention;
 use crate::cache::{LayerKv, Qwen2Cache};
@@ -21,10 +22,38 @@ struct Dense {
     bias: Option<Tensor<1>>,
 }
 
+/// Below this many rows a product is a matrix-vector one, which the CPU
+/// kernel runs on one thread: the output columns are then split over the
+/// threads instead (views of the one weight, no copy).
+const SPLIT_BELOW_ROWS: usize = 8;
+
 impl Dense {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        linear(x, self.weight.clone(), self.bias.clone())
+    /// `x @ weight + bias` for `x` `[rows, in]`, over `splits` column blocks run in parallel.
+    fn forward(&self, x: Tensor<2>, splits: usize) -> Tensor<2> {
+        let out = self.weight.dims()[1];
+        if splits <= 1 || x.dims()[0] >= SPLIT_BELOW_ROWS || out < 64 * splits {
+            return linear(x, self.weight.clone(), self.bias.clone());
+        }
+        let blocks = column_blocks(out, splits);
+        let parts: Vec<Tensor<2>> = blocks
+            .into_par_iter()
+            .map(|(start, len)| {
+                let w = self.weight.clone().narrow(1, start, len);
+                let b = self.bias.clone().map(|b| b.narrow(0, start, len));
+                linear(x.clone(), w, b)
+            })
+            .collect();
+        Tensor::cat(parts, 1)
     }
+}
+
+/// `splits` (start, len) blocks covering `0..n`, multiples of 16 but the last.
+fn column_blocks(n: usize, splits: usize) -> Vec<(usize, usize)> {
+    let step = n.div_ceil(splits).div_ceil(16) * 16;
+    (0..n)
+        .step_by(step.max(1))
+        .map(|s| (s, step.min(n - s)))
+        .collect()
 }
 
 struct Layer {
@@ -54,10 +83,12 @@ pub struct Qwen2Model {
     /// `[vocab, hidden]`.
     embed: Tensor<2>,
     /// `[hidden, vocab]` when the output projection is not tied to the embedding.
-    lm_head: Option<Tensor<2>>,
+    lm_head: Option<Dense>,
     norm: Tensor<1>,
     layers: Vec<Layer>,
     rope: Rope,
+    /// Column blocks of a matrix-vector product run in parallel (1 on a GPU).
+    splits: usize,
 }
 
 /// PyTorch `[out, in]` row-major values as `[in, out]` row-major.
@@ -127,11 +158,11 @@ impl Loader<'_> {
     }
 }
 
-fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64, dtype: DType) -> Tensor<3> {
+fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64, dtype: DType) -> Tensor<2> {
     let x = x.cast(DType::F32);
-    let mean_square = x.clone().square().mean_dim(2);
+    let mean_square = x.clone().square().mean_dim(1);
     let x = x * mean_square.add_scalar(eps).sqrt().recip();
-    x.cast(dtype) * weight.clone().unsqueeze::<3>()
+    x.cast(dtype) * weight.clone().unsqueeze::<2>()
 }
 
 fn internal(e: impl std::fmt::Debug) -> BackendError {
@@ -146,6 +177,7 @@ impl Qwen2Model {
         mut store: WeightStore,
         device: &Device,
         dtype: DType,
+        splits: usize,
         dir: &Path,
     ) -> Result<Self, BackendError> {
         let c = config;
@@ -212,9 +244,12 @@ impl Qwen2Model {
             l.store.ignore("lm_head.weight", &[c.vocab_size, h]);
             None
         } else {
-            l.store
-                .take("lm_head.weight", &[c.vocab_size, h])
-                .map(|d| Some(l.tensor(transpose(&d, c.vocab_size, h), [h, c.vocab_size])))
+            l.store.take("lm_head.weight", &[c.vocab_size, h]).map(|d| {
+                Some(Dense {
+                    weight: l.tensor(transpose(&d, c.vocab_size, h), [h, c.vocab_size]),
+                    bias: None,
+                })
+            })
         };
         store.finish(dir)?;
         match (embed, norm, lm_head) {
@@ -231,6 +266,7 @@ impl Qwen2Model {
                     norm,
                     layers,
                     rope: Rope::new(c.head_dim, c.rope_theta),
+                    splits,
                 })
             }
             _ => Err(BackendError::internal(format!(
@@ -238,6 +274,23 @@ impl Qwen2Model {
                 dir.display()
             ))),
         }
+    }
+
+    /// Logits through the embedding matrix `[vocab, hidden]`: `x @ embed^T`, the
+    /// vocabulary split over the threads for one row (views, no copy).
+    fn tied_logits(&self, x: Tensor<2>, splits: usize) -> Tensor<2> {
+        let vocab = self.config.vocab_size;
+        if splits <= 1 || x.dims()[0] >= SPLIT_BELOW_ROWS {
+            return x.matmul(self.embed.clone().transpose());
+        }
+        let parts: Vec<Tensor<2>> = column_blocks(vocab, splits)
+            .into_par_iter()
+            .map(|(start, len)| {
+                x.clone()
+                    .matmul(self.embed.clone().narrow(0, start, len).transpose())
+            })
+            .collect();
+        Tensor::cat(parts, 1)
     }
 
     /// The configuration the decoder was built from.
@@ -260,7 +313,7 @@ impl Qwen2Model {
         output: Output,
     ) -> Result<Vec<f32>, BackendError> {
         let c = &self.config;
-        let (n, h) = (tokens.len(), c.hidden_size);
+        let n = tokens.len();
         let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let offset = cache.len;
         let total = offset + n;
@@ -268,15 +321,16 @@ impl Qwen2Model {
 
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
-        let mut x = self.embed.clone().select(0, ids).reshape([1, n, h]);
+        let mut x = self.embed.clone().select(0, ids);
         let rope = self.rope.tables(offset, n, self.dtype, &self.device);
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        let splits = self.splits;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let a = rms_norm(x.clone(), &layer.input_norm, c.rms_norm_eps, self.dtype);
-            let qkv = layer.qkv.forward(a);
-            let q = qkv.clone().narrow(2, 0, qd).reshape([1, n, heads, hd]);
-            let k = qkv.clone().narrow(2, qd, kvd).reshape([1, n, kv_heads, hd]);
-            let v = qkv.narrow(2, qd + kvd, kvd).reshape([1, n, kv_heads, hd]);
+            let qkv = layer.qkv.forward(a, splits);
+            let q = qkv.clone().narrow(1, 0, qd).reshape([1, n, heads, hd]);
+            let k = qkv.clone().narrow(1, qd, kvd).reshape([1, n, kv_heads, hd]);
+            let v = qkv.narrow(1, qd + kvd, kvd).reshape([1, n, kv_heads, hd]);
             let q = rope.apply(q).swap_dims(1, 2);
             let k = rope.apply(k).swap_dims(1, 2);
             let v = v.swap_dims(1, 2);
@@ -293,25 +347,24 @@ impl Qwen2Model {
 
             let ctx = grouped_attention(q, keys, values, offset, &self.device)
                 .swap_dims(1, 2)
-                .reshape([1, n, qd]);
-            x = x + layer.o.forward(ctx);
+                .reshape([n, qd]);
+            x = x + layer.o.forward(ctx, splits);
 
             let m = rms_norm(x.clone(), &layer.post_norm, c.rms_norm_eps, self.dtype);
-            let gu = layer.gate_up.forward(m);
+            let gu = layer.gate_up.forward(m, splits);
             let i = c.intermediate_size;
-            let act = silu(gu.clone().narrow(2, 0, i)) * gu.narrow(2, i, i);
-            x = x + layer.down.forward(act);
+            let act = silu(gu.clone().narrow(1, 0, i)) * gu.narrow(1, i, i);
+            x = x + layer.down.forward(act, splits);
         }
         let x = rms_norm(x, &self.norm, c.rms_norm_eps, self.dtype);
         let out = match output {
-            Output::Hidden => x.reshape([n, h]),
+            Output::Hidden => x,
             Output::LastLogits => {
-                let last = x.narrow(1, n - 1, 1).reshape([1, h]);
-                let head = match &self.lm_head {
-                    Some(w) => w.clone(),
-                    None => self.embed.clone().transpose(),
-                };
-                last.matmul(head)
+                let last = x.narrow(0, n - 1, 1);
+                match &self.lm_head {
+                    Some(head) => head.forward(last, splits),
+                    None => self.tied_logits(last, splits),
+                }
             }
         };
         let values = out

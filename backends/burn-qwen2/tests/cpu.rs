@@ -59,7 +59,7 @@ fn cache_grows_in_chunks_across_boundaries() -> anyhow::Result<()> {
         model.forward(cache.as_mut(), &[t])?;
     }
     let grown = capacity(&mut cache)?;
-    assert!(grown >= 300 && grown < 32768, "capacity {grown}");
+    assert!((300..32768).contains(&grown), "capacity {grown}");
     let last = model.forward(cache.as_mut(), &seq[300..])?;
     assert_eq!(cache.len(), 600);
     assert_close("600 positions, chunked vs one prefill", &last, &full, 1e-4);
