@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ApiJson, check, json_for};
+use super::{ApiJson, check, json_for, view};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelLabel};
 use crate::state::{AppState, GenModel, GenPermit, unix_now};
@@ -95,8 +95,6 @@ pub(crate) struct ChatRequest {
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
     tools: Option<Value>,
-    #[serde(flatten)]
-    sampling: Sampling,
 }
 
 #[derive(Deserialize)]
@@ -114,8 +112,6 @@ pub(crate) struct CompletionRequest {
     stream_options: Option<StreamOptions>,
     echo: Option<bool>,
     suffix: Option<String>,
-    #[serde(flatten)]
-    sampling: Sampling,
 }
 
 /// The model's defaults overridden by the request, checked.
@@ -338,8 +334,10 @@ impl Shape {
 
 pub(crate) async fn chat(
     State(state): State<Arc<AppState>>,
-    ApiJson(req): ApiJson<ChatRequest>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
+    let req: ChatRequest = view(&body)?;
+    let sampling_fields: Sampling = view(&body)?;
     let deadline = Instant::now() + state.options.request_timeout;
     let model = state.generator(req.model.as_deref())?;
     let id = model.id.clone();
@@ -350,7 +348,7 @@ pub(crate) async fn chat(
                 "tool calling is not supported",
             ));
         }
-        let params = sampling(model.handle.default_params(), req.sampling, None)?;
+        let params = sampling(model.handle.default_params(), sampling_fields, None)?;
         let messages = messages(req.messages)?;
         let shape = Shape {
             chat: true,
@@ -378,8 +376,10 @@ pub(crate) async fn chat(
 
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
-    ApiJson(req): ApiJson<CompletionRequest>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
+    let req: CompletionRequest = view(&body)?;
+    let sampling_fields: Sampling = view(&body)?;
     let deadline = Instant::now() + state.options.request_timeout;
     let model = state.generator(req.model.as_deref())?;
     let id = model.id.clone();
@@ -400,7 +400,7 @@ pub(crate) async fn completions(
             "`suffix` is not supported",
         )?;
         // OpenAI's default for completions is 16 tokens.
-        let params = sampling(model.handle.default_params(), req.sampling, Some(16))?;
+        let params = sampling(model.handle.default_params(), sampling_fields, Some(16))?;
         let shape = Shape {
             chat: false,
             id: state.new_id("cmpl"),

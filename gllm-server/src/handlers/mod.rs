@@ -44,24 +44,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(de)
             .map(ApiJson)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                let msg = if inner.is_syntax() || inner.is_eof() {
-                    format!("malformed JSON in the request body: {inner}")
-                } else if path == "." {
-                    format!("invalid request body: {inner}")
-                } else {
-                    format!("invalid value for `{path}`: {inner}")
-                };
-                let err = ApiError::invalid(msg);
-                if path == "." || inner.is_syntax() || inner.is_eof() {
-                    err
-                } else {
-                    err.with_param(&path)
-                }
-            })
+            .map_err(deserialize_error)
     }
+}
+
+/// A 400 for a body that does not parse, naming the field when there is one.
+fn deserialize_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let syntax = inner.is_syntax() || inner.is_eof();
+    let msg = if syntax {
+        format!("malformed JSON in the request body: {inner}")
+    } else if path == "." {
+        format!("invalid request body: {inner}")
+    } else {
+        format!("invalid value for `{path}`: {inner}")
+    };
+    let err = ApiError::invalid(msg);
+    if path == "." || syntax {
+        err
+    } else {
+        err.with_param(&path)
+    }
+}
+
+/// Reads a typed view of an already parsed body (several views may share one body).
+pub(crate) fn view<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(deserialize_error)
 }
 
 /// The body limit in force, for the 413 message (set by the router).

@@ -1,0 +1,383 @@
+//! Bad input, overload, clients that go away, timeouts and graceful shutdown: each
+//! gets its defined status and the server keeps serving.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A request that must still work after whatever came before.
+async fn still_serving(addr: std::net::SocketAddr) -> Result<()> {
+    let r = get(addr, "/health").await?;
+    ensure!(r.status == 200, "health: {}", r.text());
+    let (text, want) = bert_cases().swap_remove(0);
+    let r = post(addr, "/v1/embeddings", &json!({"input": text})).await?;
+    ensure!(r.status == 200, "follow-up: {}", r.text());
+    let got = floats(&r.json()?["data"][0]["embedding"]);
+    ensure!(
+        max_abs_diff(&got, &want) <= 1e-5,
+        "follow-up embedding differs"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_get_their_status_and_the_server_keeps_serving() -> Result<()> {
+    let limit = 64 * 1024;
+    let server = TestServer::start(|o| o.body_limit = limit).await?;
+    let addr = server.addr;
+
+    // Malformed JSON.
+    for path in [
+        "/v1/embeddings",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/rerank",
+        "/rerank",
+        "/embed",
+    ] {
+        let e = post_raw(addr, path, b"{\"input\": [\"a\",")
+            .await?
+            .expect_error(400)?;
+        assert_eq!(e["type"], "invalid_request_error");
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("malformed JSON")),
+            "{path}: {e}"
+        );
+        post_raw(addr, path, b"").await?.expect_error(400)?;
+        post_raw(addr, path, b"[1, 2]").await?.expect_error(400)?;
+    }
+
+    // Wrong types, naming the field.
+    let e = post(addr, "/v1/embeddings", &json!({"input": 5}))
+        .await?
+        .expect_error(400)?;
+    assert_eq!(e["param"], "input");
+    let e = post(addr, "/v1/embeddings", &json!({"input": "a", "model": 7}))
+        .await?
+        .expect_error(400)?;
+    assert_eq!(e["param"], "model");
+    let e = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}),
+    )
+    .await?
+    .expect_error(400)?;
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("temperature")),
+        "{e}"
+    );
+    let e = post(addr, "/v1/rerank", &json!({"query": "q", "documents": "d"}))
+        .await?
+        .expect_error(400)?;
+    assert_eq!(e["param"], "documents");
+    let e = post(addr, "/v1/embeddings", &json!({"model": "tiny-bert"}))
+        .await?
+        .expect_error(400)?;
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains("input")),
+        "{e}"
+    );
+
+    // Empty inputs.
+    let e = post(addr, "/v1/embeddings", &json!({"input": []}))
+        .await?
+        .expect_error(400)?;
+    assert_eq!(e["param"], "input");
+    let e = post(addr, "/embed", &json!({"inputs": []}))
+        .await?
+        .expect_error(400)?;
+    assert_eq!(e["param"], "inputs");
+    let e = post(addr, "/v1/embeddings", &json!({"input": [[]]}))
+        .await?
+        .expect_error(400)?;
+    assert_eq!(e["param"], "input");
+    let e = post(addr, "/v1/chat/completions", &json!({"messages": []}))
+        .await?
+        .expect_error(400)?;
+    assert_eq!(e["param"], "messages");
+    post(addr, "/v1/completions", &json!({"prompt": ""}))
+        .await?
+        .expect_error(400)?;
+
+    // Invalid values.
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    for (field, value) in [
+        ("temperature", json!(-1)),
+        ("temperature", json!(2.5)),
+        ("top_p", json!(0)),
+        ("max_tokens", json!(0)),
+        ("presence_penalty", json!(3)),
+        ("frequency_penalty", json!(-3)),
+        ("n", json!(2)),
+    ] {
+        let mut body = json!({"messages": msgs});
+        body[field] = value;
+        let e = post(addr, "/v1/chat/completions", &body)
+            .await?
+            .expect_error(400)?;
+        assert_eq!(e["param"], field, "{e}");
+    }
+    let e = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "wizard", "content": "hi"}]}),
+    )
+    .await?
+    .expect_error(400)?;
+    assert_eq!(e["param"], "messages[0].role");
+    let e = post(
+        addr,
+        "/v1/embeddings",
+        &json!({"input": "a", "encoding_format": "int8"}),
+    )
+    .await?
+    .expect_error(400)?;
+    assert_eq!(e["param"], "encoding_format");
+    // A token id outside the vocabulary is the backend's invalid input: 400.
+    post(
+        addr,
+        "/v1/embeddings",
+        &json!({"input": [101, 99999999, 102]}),
+    )
+    .await?
+    .expect_error(400)?;
+
+    // Unknown model: 404; a model of another task: 400.
+    let e = post(
+        addr,
+        "/v1/embeddings",
+        &json!({"model": "nope", "input": "a"}),
+    )
+    .await?
+    .expect_error(404)?;
+    assert_eq!(e["code"], "model_not_found");
+    assert_eq!(e["param"], "model");
+    let e = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"model": "tiny-bert", "messages": msgs}),
+    )
+    .await?
+    .expect_error(400)?;
+    assert_eq!(e["code"], "wrong_task");
+    post(
+        addr,
+        "/rerank",
+        &json!({"model": "tiny-qwen2", "query": "q", "texts": ["a"]}),
+    )
+    .await?
+    .expect_error(400)?;
+
+    // Unknown route and wrong method.
+    get(addr, "/v2/everything").await?.expect_error(404)?;
+    get(addr, "/v1/embeddings").await?.expect_error(405)?;
+
+    // Body over the limit: 413.
+    let big = json!({"input": "word ".repeat(limit / 4)});
+    let e = post(addr, "/v1/embeddings", &big)
+        .await?
+        .expect_error(413)?;
+    assert_eq!(e["code"], "body_too_large");
+
+    still_serving(addr).await?;
+    server.stop().await
+}
+
+/// Reads the response head and the first SSE event, then hangs up.
+async fn start_stream_and_hang_up(
+    addr: std::net::SocketAddr,
+    body: &serde_json::Value,
+) -> Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let bytes = serde_json::to_vec(body)?;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(&bytes).await?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"content\"") {
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+            .await
+            .context("no event in 30 s")??;
+        ensure!(n > 0, "closed before any event");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    Ok(String::from_utf8_lossy(&seen).to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_disconnects_mid_stream_cancels_its_generation() -> Result<()> {
+    let server = TestServer::start(|_| {}).await?;
+    let addr = server.addr;
+    let body = json!({"messages": [{"role": "user", "content": "Tell me everything."}],
+                      "temperature": 0, "max_tokens": 20000, "stream": true});
+    let seen = start_stream_and_hang_up(addr, &body).await?;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+
+    // The generation stops (its slot and KV cache are freed) well before 20000 tokens.
+    let started = std::time::Instant::now();
+    loop {
+        let text = get(addr, "/metrics").await?.text();
+        let cancelled = metric(
+            &text,
+            "gllm_generations_total{model=\"tiny-qwen2\",finish_reason=\"cancelled\"}",
+        );
+        let active = metric(&text, "gllm_generations_active{model=\"tiny-qwen2\"}");
+        if cancelled == Some(1.0) && active == Some(0.0) {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "generation not cancelled: {cancelled:?} {active:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    still_serving(addr).await?;
+    // And generation still works.
+    let r = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Hi there!"}], "temperature": 0, "max_tokens": 8}),
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()?["choices"][0]["message"]["content"],
+        chat_cases()[0].text.as_str()
+    );
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_answers_429_and_the_server_stays_healthy() -> Result<()> {
+    let server = TestServer::start(|o| {
+        o.max_queue = 1;
+        o.max_concurrent_generations = 1;
+    })
+    .await?;
+    let addr = server.addr;
+    let long_text = "A fairly long sentence about nothing in particular, repeated. ".repeat(20);
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let text = long_text.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 3 == 2 {
+                post(
+                    addr,
+                    "/v1/chat/completions",
+                    &json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 64}),
+                )
+                .await
+            } else {
+                post(addr, "/v1/embeddings", &json!({"input": [text.clone(), text]})).await
+            }
+        }));
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    for t in tasks {
+        let r = t.await??;
+        match r.status {
+            200 => ok += 1,
+            429 => {
+                let e = r.expect_error(429)?;
+                assert_eq!(e["code"], "queue_full");
+                assert_eq!(e["type"], "rate_limit_error");
+                limited += 1;
+            }
+            s => anyhow::bail!("unexpected status {s}: {}", r.text()),
+        }
+    }
+    assert!(ok >= 2, "some requests are served ({ok})");
+    assert!(limited >= 1, "some requests are refused ({limited} of 48)");
+    let text = get(addr, "/metrics").await?.text();
+    let refused = metric(
+        &text,
+        "gllm_requests_total{endpoint=\"/v1/embeddings\",model=\"tiny-bert\",status=\"429\"}",
+    )
+    .unwrap_or(0.0)
+        + metric(
+            &text,
+            "gllm_requests_total{endpoint=\"/v1/chat/completions\",model=\"tiny-qwen2\",status=\"429\"}",
+        )
+        .unwrap_or(0.0);
+    assert_eq!(refused as usize, limited);
+    still_serving(addr).await?;
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_past_the_timeout_get_504_and_streams_end_with_an_error() -> Result<()> {
+    let server = TestServer::start(|o| o.request_timeout = Duration::from_millis(300)).await?;
+    let addr = server.addr;
+    let msgs = json!([{"role": "user", "content": "Go on."}]);
+    let r = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "temperature": 0, "max_tokens": 30000}),
+    )
+    .await?;
+    let e = r.expect_error(504)?;
+    assert_eq!(e["code"], "timeout");
+    let r = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "temperature": 0, "max_tokens": 30000, "stream": true}),
+    )
+    .await?;
+    assert_eq!(r.status, 200);
+    let events = r.sse_data();
+    let last = events.last().context("events")?;
+    let v: serde_json::Value = serde_json::from_str(last)?;
+    assert_eq!(v["error"]["code"], "timeout", "{last}");
+    still_serving(addr).await?;
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_finishes_the_requests_in_flight() -> Result<()> {
+    let mut server = TestServer::start(|_| {}).await?;
+    let addr = server.addr;
+    let case = chat_cases().swap_remove(0);
+    let body =
+        json!({"messages": case.messages, "temperature": 0, "max_tokens": 1500, "stream": true});
+    let stream = tokio::spawn(async move { post(addr, "/v1/chat/completions", &body).await });
+    // Wait until the generation runs, then ask the server to stop.
+    let started = std::time::Instant::now();
+    loop {
+        let text = get(addr, "/metrics").await?.text();
+        if metric(&text, "gllm_generations_active{model=\"tiny-qwen2\"}") == Some(1.0) {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "generation never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.begin_stop();
+    let r = stream.await??;
+    assert_eq!(r.status, 200);
+    let (text, _, chunks) = chat_stream_text(&r.sse_data())?;
+    assert!(text.starts_with(&case.text), "the whole answer arrives");
+    let finish = &chunks.last().context("chunks")?["choices"][0]["finish_reason"];
+    assert!(finish == "length" || finish == "stop", "{finish}");
+    server.join().await?;
+    // Gone: new connections are refused.
+    assert!(get(addr, "/health").await.is_err());
+    Ok(())
+}
