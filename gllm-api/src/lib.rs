@@ -14,11 +14,15 @@
 //! static FACTORY: MyFactory = MyFactory;
 //! gllm_api::inventory::submit! { gllm_api::Registration::new(&FACTORY) }
 //! ```
+//!
+//! Backends shipped as shared libraries export the same factory through the C
+//! ABI of [`plugin`] instead (`gllm_api::export_plugin!(FACTORY)`).
 #![warn(missing_docs)]
 
 mod backend;
 mod error;
 mod factory;
+pub mod plugin;
 mod spec;
 
 pub use backend::{EncodedInput, InferenceBackend, KvCache, ModelInfo, downcast_cache};

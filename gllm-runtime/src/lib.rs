@@ -17,6 +17,7 @@ pub mod gguf_meta;
 mod handles;
 pub mod manifest;
 pub mod model_files;
+pub mod plugin_host;
 pub mod registry;
 mod runtime;
 pub mod sampling;

@@ -155,11 +155,47 @@ impl Ctx<'_> {
 impl Manifest {
     /// Reads and validates a manifest file. Relative paths inside it are relative to its directory.
     pub fn from_file(path: &Path, known_backends: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            RuntimeError::Manifest(format!("cannot read manifest {}: {e}", path.display()))
-        })?;
+        let text = Self::read(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, &path.display().to_string(), base, known_backends)
+    }
+
+    /// The text of a manifest file.
+    pub fn read(path: &Path) -> Result<String> {
+        std::fs::read_to_string(path).map_err(|e| {
+            RuntimeError::Manifest(format!("cannot read manifest {}: {e}", path.display()))
+        })
+    }
+
+    /// The plugin libraries a manifest names (`[plugins] libraries = [...]`), read
+    /// before the rest so that their backends can be named in `backends`.
+    pub fn plugin_libraries(text: &str, origin: &str, base_dir: &Path) -> Result<Vec<PathBuf>> {
+        let ctx = Ctx { origin, text };
+        let doc: RawDoc = toml::from_str(text)
+            .map_err(|e| ctx.err_at(e.span(), e.message().trim_end().replace('\n', "; ")))?;
+        Self::plugins_of(&ctx, doc.plugins, base_dir)
+    }
+
+    fn plugins_of(
+        ctx: &Ctx<'_>,
+        plugins: Option<Spanned<toml::Table>>,
+        base_dir: &Path,
+    ) -> Result<Vec<PathBuf>> {
+        let Some(t) = plugins else {
+            return Ok(Vec::new());
+        };
+        let span = t.span();
+        let raw: RawPlugins =
+            toml::Value::Table(t.into_inner())
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    ctx.err_at(Some(span), format!("[plugins]: {}", e.message().trim_end()))
+                })?;
+        Ok(raw
+            .libraries
+            .iter()
+            .map(|l| resolve_path(base_dir, l))
+            .collect())
     }
 
     /// Parses and validates manifest text. `origin` names it in messages, `base_dir`
@@ -205,21 +241,7 @@ impl Manifest {
             None => None,
         };
 
-        let plugin_libraries = match doc.plugins {
-            Some(t) => {
-                let span = t.span();
-                let raw: RawPlugins = toml::Value::Table(t.into_inner()).try_into().map_err(
-                    |e: toml::de::Error| {
-                        ctx.err_at(Some(span), format!("[plugins]: {}", e.message().trim_end()))
-                    },
-                )?;
-                raw.libraries
-                    .iter()
-                    .map(|l| resolve_path(base_dir, l))
-                    .collect()
-            }
-            None => Vec::new(),
-        };
+        let plugin_libraries = Self::plugins_of(&ctx, doc.plugins, base_dir)?;
 
         let mut models = Vec::new();
         let mut seen = HashSet::new();

@@ -61,10 +61,19 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Reads a manifest file, with every built-in backend.
+    /// Reads a manifest file, with every built-in backend and the plugins named by
+    /// the manifest's `[plugins]` table and by `GLLM_PLUGIN_PATH`.
     pub fn from_manifest_file(path: &Path) -> Result<Self> {
-        let registry = Registry::builtin();
-        let manifest = Manifest::from_file(path, &registry.names())?;
+        let text = Manifest::read(path)?;
+        let origin = path.display().to_string();
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut registry = Registry::builtin();
+        let mut libraries = Manifest::plugin_libraries(&text, &origin, base)?;
+        libraries.extend(crate::plugin_host::plugin_path_libraries());
+        for lib in libraries {
+            registry.add(crate::plugin_host::load_plugin(&lib)?)?;
+        }
+        let manifest = Manifest::parse(&text, &origin, base, &registry.names())?;
         Ok(Self::new(manifest, registry))
     }
 

@@ -101,11 +101,9 @@ impl TextTokenizer {
     }
 
     /// Encodes a (first, second) pair with the tokenizer's own pair template, truncating the longer first.
-    /// An empty `second` encodes `first` alone, as transformers does (`if text_pair:`).
+    /// An empty `second` is still a (empty) second segment, as in the batched pair
+    /// encoding of sentence-transformers' `CrossEncoder.predict`: `[CLS] a [SEP] [SEP]`.
     pub fn encode_pair(&self, first: &str, second: &str) -> Result<EncodedInput> {
-        if second.is_empty() {
-            return self.encode(first, true);
-        }
         let enc = self
             .inner
             .encode((first, second), true)

@@ -65,13 +65,20 @@ fn cross_encoder_pairs_with_token_type_ids() {
         let query = q["query"].as_str().unwrap();
         let docs = q["documents"].as_array().unwrap();
         for (i, d) in docs.iter().enumerate() {
-            let got = tok.encode_pair(query, d.as_str().unwrap()).unwrap();
-            assert_eq!(got.ids, json_u32s(&q["input_ids"][i]), "{query} / {d}");
-            assert_eq!(
-                got.type_ids,
-                json_u32s(&q["token_type_ids"][i]),
-                "{query} / {d}"
-            );
+            let doc = d.as_str().unwrap();
+            let got = tok.encode_pair(query, doc).unwrap();
+            let mut want_ids = json_u32s(&q["input_ids"][i]);
+            let mut want_types = json_u32s(&q["token_type_ids"][i]);
+            if doc.is_empty() {
+                // The fixture's ids come from `tok(q, "")`, where transformers drops a falsy
+                // text_pair; its logits come from CrossEncoder.predict, whose batched call
+                // keeps the empty segment: [CLS] q [SEP] [SEP]. We follow predict (the logits
+                // match only that way; see the cross-encoder parity tests).
+                want_ids.push(102);
+                want_types.push(1);
+            }
+            assert_eq!(got.ids, want_ids, "{query} / {doc:?}");
+            assert_eq!(got.type_ids, want_types, "{query} / {doc:?}");
             checked += 1;
         }
     }
