@@ -2,7 +2,7 @@
 //! tokens/s for a P-token prompt, then decode tokens/s for N tokens after it (greedy,
 //! one token per step), for burn-qwen2 and, in the same run, candle-qwen2.
 //!
-//! `cargo run --release -p burn-qwen2 --example bench -- [MODEL_DIR] [P=128] [N=64] [f32|bf16|f16|all] [burn|candle|both]`
+//! `cargo run --release -p burn-qwen2 --example burn_qwen2_bench -- [MODEL_DIR] [P=128] [N=64] [f32|bf16|f16|all] [burn|candle|both]`
 //!
 //! MODEL_DIR defaults to `$TMPDIR/gllm-qwen2-0.5b-synth`, synthesized (bf16 safetensors,
 //! with `candle_qwen2::synth`) from `../shared/bench/qwen2-0.5b.config.json` when absent.

@@ -3,12 +3,13 @@
 //! matrix, so each K/V head is multiplied once, whatever the group size.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 
 /// Attention of `q` `[1, heads, n, head_dim]` (positions `offset..offset + n`)
 /// over `k`, `v` `[1, kv_heads, offset + n, head_dim]` (every position so far),
 /// causal: a query sees the keys at its own position and before.
-/// Returns `[1, heads, n, head_dim]`.
+/// Returns `[1, heads, n, head_dim]`. Scores, softmax and the weighted sum run
+/// in f32 whatever the inputs' dtype (the result has the inputs' dtype).
 pub fn grouped_attention(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -16,6 +17,8 @@ pub fn grouped_attention(
     offset: usize,
     device: &Device,
 ) -> Tensor<4> {
+    let dtype = q.dtype();
+    let (q, k, v) = (q.cast(DType::F32), k.cast(DType::F32), v.cast(DType::F32));
     let [b, heads, n, d] = q.dims();
     let [_, kv_heads, total, _] = k.dims();
     let group = heads / kv_heads;
@@ -39,5 +42,5 @@ pub fn grouped_attention(
         scores
     };
     let probs = softmax(scores, 3);
-    probs.matmul(v).reshape([b, heads, n, d])
+    probs.matmul(v).reshape([b, heads, n, d]).cast(dtype)
 }

@@ -77,3 +77,36 @@ fn a_cache_of_another_model_is_refused() -> anyhow::Result<()> {
     assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
     Ok(())
 }
+
+fn load_dtype(dtype: gllm_api::DType) -> anyhow::Result<BurnQwen2> {
+    let mut spec = generate::tiny_qwen2_spec();
+    spec.dtype = Some(dtype);
+    Ok(BurnQwen2::load(&spec, Device::CPU)?)
+}
+
+#[test]
+fn bf16_requests_compute_exactly_in_f32() -> anyhow::Result<()> {
+    use gllm_api::{DType, InferenceBackend};
+    let model = load_dtype(DType::Bf16)?;
+    assert_eq!(model.info().dtype, DType::F32);
+    generate::check_logits_last(&model)?;
+    generate::check_greedy(&model)
+}
+
+#[test]
+fn f16_compute_stays_close() -> anyhow::Result<()> {
+    use gllm_api::{DType, InferenceBackend};
+    let model = load_dtype(DType::F16)?;
+    assert_eq!(model.info().dtype, DType::F16);
+    let refs = tiny_qwen2_dir().join("reference.safetensors");
+    for (i, c) in cases()?.iter().enumerate() {
+        let (_, want) = read_tensor_f32(&refs, &format!("logits_last.{i}"))?;
+        let mut cache = model.new_cache()?;
+        let got = model.forward(cache.as_mut(), &c.input_ids)?;
+        // f16 keeps 11 significant bits: a few hundredths on logits of size ~1.
+        assert_close(&format!("f16 logits_last.{i}"), &got, &want, 0.1);
+        let cos = gllm_testkit::cosine(&got, &want);
+        assert!(cos > 0.999, "case {i}: cosine {cos}");
+    }
+    Ok(())
+}
