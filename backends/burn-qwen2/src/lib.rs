@@ -175,14 +175,8 @@ impl BurnQwen2 {
         )
     }
 
-    /// Checks the input, then runs one forward pass, turning a panic of Burn
-    /// into an error of the right kind (and emptying the cache it broke).
-    fn run(
-        &self,
-        cache: &mut Qwen2Cache,
-        tokens: &[u32],
-        output: Output,
-    ) -> Result<Vec<f32>, BackendError> {
+    /// Refuses a cache of another model, empty input, unknown ids and context overflow.
+    fn check(&self, cache: &mut Qwen2Cache, tokens: &[u32]) -> Result<(), BackendError> {
         let c = self.model.config();
         if cache.model_id != self.id {
             return Err(BackendError::invalid_input(
@@ -209,18 +203,32 @@ impl BurnQwen2 {
         if !cache.is_whole() {
             cache.reset();
         }
+        Ok(())
+    }
+
+    /// Runs `f`, turning a panic of Burn into an error of the right kind.
+    fn contained<T>(&self, f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
         let device = self.device;
-        let result = device::contain(
-            || self.model.forward(cache, tokens, output),
-            |m| match device.kind {
-                DeviceKind::Gpu => BackendError::device_lost(format!("{device}: {m}")),
-                DeviceKind::Cpu => BackendError::internal(m),
-            },
-        );
+        device::contain(f, |m| match device.kind {
+            DeviceKind::Gpu => BackendError::device_lost(format!("{device}: {m}")),
+            DeviceKind::Cpu => BackendError::internal(m),
+        })?
+    }
+
+    /// Checks the input, then runs one forward pass (a cache a failed pass
+    /// left broken is emptied).
+    fn run(
+        &self,
+        cache: &mut Qwen2Cache,
+        tokens: &[u32],
+        output: Output,
+    ) -> Result<Vec<f32>, BackendError> {
+        self.check(cache, tokens)?;
+        let result = self.contained(|| self.model.forward(cache, tokens, output));
         if result.is_err() && !cache.is_whole() {
             cache.reset();
         }
-        result?
+        result
     }
 }
 
@@ -244,5 +252,32 @@ impl InferenceBackend for BurnQwen2 {
     fn forward(&self, cache: &mut dyn KvCache, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
         let cache = gllm_api::downcast_cache::<Qwen2Cache>(cache)?;
         self.run(cache, tokens, Output::LastLogits)
+    }
+
+    fn forward_batch(
+        &self,
+        steps: &mut [(&mut dyn KvCache, &[u32])],
+    ) -> Result<Vec<Vec<f32>>, BackendError> {
+        let mut segments = Vec::with_capacity(steps.len());
+        for (cache, tokens) in steps.iter_mut() {
+            let cache = gllm_api::downcast_cache::<Qwen2Cache>(&mut **cache)?;
+            self.check(cache, tokens)?;
+            segments.push((cache, *tokens));
+        }
+        if segments.len() <= 1 {
+            return segments
+                .into_iter()
+                .map(|(cache, tokens)| self.run(cache, tokens, Output::LastLogits))
+                .collect();
+        }
+        let result = self.contained(|| self.model.forward_many(&mut segments));
+        if result.is_err() {
+            for (cache, _) in &mut segments {
+                if !cache.is_whole() {
+                    cache.reset();
+                }
+            }
+        }
+        result
     }
 }

@@ -312,42 +312,124 @@ impl Qwen2Model {
         tokens: &[u32],
         output: Output,
     ) -> Result<Vec<f32>, BackendError> {
-        let c = &self.config;
-        let n = tokens.len();
-        let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let offset = cache.len;
-        let total = offset + n;
-        cache.reserve(total, kv_heads, hd, self.dtype, &self.device);
+        let mut segments = [(cache, tokens)];
+        let (x, _) = self.run(&mut segments)?;
+        let values = match output {
+            Output::Hidden => read(x)?,
+            Output::LastLogits => read(self.logits(x.narrow(0, tokens.len() - 1, 1)))?,
+        };
+        let [(cache, tokens)] = segments;
+        cache.len += tokens.len();
+        Ok(values)
+    }
 
-        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
+    /// Several sequences in one pass: every sequence's new tokens go through
+    /// the projections and the MLP together (each weight is read once for all
+    /// of them), attention runs per sequence over its own cache. Returns the
+    /// last-position logits of each sequence, in order.
+    pub fn forward_many(
+        &self,
+        segments: &mut [(&mut Qwen2Cache, &[u32])],
+    ) -> Result<Vec<Vec<f32>>, BackendError> {
+        let (x, starts) = self.run(segments)?;
+        let last: Vec<usize> = starts
+            .iter()
+            .zip(segments.iter())
+            .map(|(s, (_, t))| s + t.len() - 1)
+            .collect();
+        let index = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                last.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [last.len()],
+            ),
+            &self.device,
+        );
+        let vocab = self.config.vocab_size;
+        let all = read(self.logits(x.select(0, index)))?;
+        for (cache, tokens) in segments.iter_mut() {
+            cache.len += tokens.len();
+        }
+        Ok(all.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Logits `[rows, vocab]` of final hidden states `[rows, hidden]`.
+    fn logits(&self, x: Tensor<2>) -> Tensor<2> {
+        match &self.lm_head {
+            Some(head) => head.forward(x, self.splits),
+            None => self.tied_logits(x, self.splits),
+        }
+    }
+
+    /// The decoder over the new tokens of every segment, writing their keys and
+    /// values into each segment's cache (lengths are left to the caller): the
+    /// final hidden states `[all new tokens, hidden]`, and the first row of each segment.
+    fn run(
+        &self,
+        segments: &mut [(&mut Qwen2Cache, &[u32])],
+    ) -> Result<(Tensor<2>, Vec<usize>), BackendError> {
+        let c = &self.config;
+        let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let mut starts = Vec::with_capacity(segments.len());
+        let mut positions = Vec::new();
+        let mut ids = Vec::new();
+        for (cache, tokens) in segments.iter_mut() {
+            starts.push(ids.len());
+            positions.extend(cache.len..cache.len + tokens.len());
+            ids.extend(tokens.iter().map(|&t| t as i64));
+            cache.reserve(
+                cache.len + tokens.len(),
+                kv_heads,
+                hd,
+                self.dtype,
+                &self.device,
+            );
+        }
+        let rows = ids.len();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows]), &self.device);
         let mut x = self.embed.clone().select(0, ids);
-        let rope = self.rope.tables(offset, n, self.dtype, &self.device);
+        let rope = self.rope.tables(&positions, self.dtype, &self.device);
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
         let splits = self.splits;
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (l, layer) in self.layers.iter().enumerate() {
             let a = rms_norm(x.clone(), &layer.input_norm, c.rms_norm_eps, self.dtype);
             let qkv = layer.qkv.forward(a, splits);
-            let q = qkv.clone().narrow(1, 0, qd).reshape([1, n, heads, hd]);
-            let k = qkv.clone().narrow(1, qd, kvd).reshape([1, n, kv_heads, hd]);
-            let v = qkv.narrow(1, qd + kvd, kvd).reshape([1, n, kv_heads, hd]);
-            let q = rope.apply(q).swap_dims(1, 2);
-            let k = rope.apply(k).swap_dims(1, 2);
-            let v = v.swap_dims(1, 2);
+            let q = qkv.clone().narrow(1, 0, qd).reshape([1, rows, heads, hd]);
+            let k = qkv
+                .clone()
+                .narrow(1, qd, kvd)
+                .reshape([1, rows, kv_heads, hd]);
+            let v = qkv
+                .narrow(1, qd + kvd, kvd)
+                .reshape([1, rows, kv_heads, hd]);
+            let (q, k) = (rope.apply(q), rope.apply(k));
 
-            let kv = slot
-                .take()
-                .ok_or_else(|| BackendError::internal("KV cache layer missing after reserve"))?;
-            let at = [0..1, 0..kv_heads, offset..total, 0..hd];
-            let k_all = kv.k.slice_assign(at.clone(), k);
-            let v_all = kv.v.slice_assign(at, v);
-            let keys = k_all.clone().narrow(2, 0, total);
-            let values = v_all.clone().narrow(2, 0, total);
-            *slot = Some(LayerKv { k: k_all, v: v_all });
-
-            let ctx = grouped_attention(q, keys, values, offset, &self.device)
-                .swap_dims(1, 2)
-                .reshape([n, qd]);
+            let mut ctx = Vec::with_capacity(segments.len());
+            for ((cache, tokens), &start) in segments.iter_mut().zip(&starts) {
+                let (n, offset) = (tokens.len(), cache.len);
+                let total = offset + n;
+                let mine = |t: &Tensor<4>| t.clone().narrow(1, start, n).swap_dims(1, 2);
+                let slot = &mut cache.layers[l];
+                let kv = slot.take().ok_or_else(|| {
+                    BackendError::internal("KV cache layer missing after reserve")
+                })?;
+                let at = [0..1, 0..kv_heads, offset..total, 0..hd];
+                let k_all = kv.k.slice_assign(at.clone(), mine(&k));
+                let v_all = kv.v.slice_assign(at, mine(&v));
+                let keys = k_all.clone().narrow(2, 0, total);
+                let values = v_all.clone().narrow(2, 0, total);
+                *slot = Some(LayerKv { k: k_all, v: v_all });
+                ctx.push(
+                    grouped_attention(mine(&q), keys, values, offset, &self.device)
+                        .swap_dims(1, 2)
+                        .reshape([n, qd]),
+                );
+            }
+            let ctx = if ctx.len() == 1 {
+                ctx.pop()
+                    .ok_or_else(|| BackendError::internal("no segment"))?
+            } else {
+                Tensor::cat(ctx, 0)
+            };
             x = x + layer.o.forward(ctx, splits);
 
             let m = rms_norm(x.clone(), &layer.post_norm, c.rms_norm_eps, self.dtype);
@@ -356,24 +438,15 @@ impl Qwen2Model {
             let act = silu(gu.clone().narrow(1, 0, i)) * gu.narrow(1, i, i);
             x = x + layer.down.forward(act, splits);
         }
-        let x = rms_norm(x, &self.norm, c.rms_norm_eps, self.dtype);
-        let out = match output {
-            Output::Hidden => x,
-            Output::LastLogits => {
-                let last = x.narrow(0, n - 1, 1);
-                match &self.lm_head {
-                    Some(head) => head.forward(last, splits),
-                    None => self.tied_logits(last, splits),
-                }
-            }
-        };
-        let values = out
-            .cast(DType::F32)
-            .try_into_data()
-            .map_err(internal)?
-            .try_into_vec::<f32>()
-            .map_err(internal)?;
-        cache.len = total;
-        Ok(values)
+        Ok((rms_norm(x, &self.norm, c.rms_norm_eps, self.dtype), starts))
     }
+}
+
+/// A result read back from the device as f32 values, row-major.
+fn read(t: Tensor<2>) -> Result<Vec<f32>, BackendError> {
+    t.cast(DType::F32)
+        .try_into_data()
+        .map_err(internal)?
+        .try_into_vec::<f32>()
+        .map_err(internal)
 }

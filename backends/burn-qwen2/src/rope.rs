@@ -28,12 +28,12 @@ impl Rope {
         Self { inv_freq, head_dim }
     }
 
-    /// The tables for positions `start..start + len`, in `dtype` on `device`.
-    pub fn tables(&self, start: usize, len: usize, dtype: DType, device: &Device) -> RopeTables {
-        let d = self.head_dim;
+    /// The tables for `positions` (one row each), in `dtype` on `device`.
+    pub fn tables(&self, positions: &[usize], dtype: DType, device: &Device) -> RopeTables {
+        let (d, len) = (self.head_dim, positions.len());
         let mut cos = Vec::with_capacity(len * d);
         let mut sin = Vec::with_capacity(len * d);
-        for p in start..start + len {
+        for &p in positions {
             // transformers multiplies in f32, then takes cos/sin of that f32 angle.
             let angles: Vec<f32> = self.inv_freq.iter().map(|f| p as f32 * f).collect();
             for _ in 0..2 {

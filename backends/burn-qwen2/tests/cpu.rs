@@ -110,3 +110,41 @@ fn f16_compute_stays_close() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn forward_batch_equals_each_alone() -> anyhow::Result<()> {
+    use gllm_api::{InferenceBackend, KvCache};
+    let model = model()?;
+    let cases = cases()?;
+    let mut batch: Vec<Box<dyn KvCache>> = Vec::new();
+    let mut alone: Vec<Box<dyn KvCache>> = Vec::new();
+    for _ in &cases {
+        batch.push(model.new_cache()?);
+        alone.push(model.new_cache()?);
+    }
+    // Step 0: prompts of different lengths together; then decode steps, plus a
+    // two-token step for one sequence, all in one batch.
+    let mut feeds: Vec<Vec<u32>> = cases.iter().map(|c| c.input_ids.clone()).collect();
+    for step in 0..6 {
+        let mut steps: Vec<(&mut dyn KvCache, &[u32])> = batch
+            .iter_mut()
+            .zip(&feeds)
+            .map(|(c, t)| (c.as_mut(), t.as_slice()))
+            .collect();
+        let got = model.forward_batch(&mut steps)?;
+        for (i, (cache, feed)) in alone.iter_mut().zip(&feeds).enumerate() {
+            let want = model.forward(cache.as_mut(), feed)?;
+            assert_close(&format!("step {step}, sequence {i}"), &got[i], &want, 1e-4);
+            assert_eq!(batch[i].len(), cache.len());
+        }
+        for (i, f) in feeds.iter_mut().enumerate() {
+            let next = generate::argmax(&got[i]);
+            *f = if i == 0 && step == 2 {
+                vec![next, 7]
+            } else {
+                vec![next]
+            };
+        }
+    }
+    Ok(())
+}
