@@ -88,6 +88,22 @@ pub enum Command {
     /// Measure throughput and print it beside the peers' figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write a random-weight Qwen2 model of a config's shape (for benchmarks).
+    #[cfg(feature = "synth")]
+    Synth {
+        /// A Hugging Face config.json (e.g. ../shared/bench/qwen2-0.5b.config.json).
+        #[arg(long)]
+        config: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Formats to write: safetensors, f16, q8_0, q4_0 (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "safetensors,q8_0,q4_0")]
+        formats: Vec<String>,
+        /// A tokenizer.json to copy beside the weights (the vocabulary must match the config).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -110,6 +110,13 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .context("chat worker failed")?
         }
+        #[cfg(feature = "synth")]
+        Command::Synth {
+            config,
+            out,
+            formats,
+            tokenizer,
+        } => synth(&config, &out, &formats, tokenizer.as_deref()),
         Command::Bench(bench) => {
             let runtime = open()?;
             tokio::task::spawn_blocking(move || match bench {
@@ -129,4 +136,31 @@ async fn run(cli: Cli) -> Result<()> {
             .context("benchmark worker failed")?
         }
     }
+}
+
+#[cfg(feature = "synth")]
+fn synth(
+    config: &std::path::Path,
+    out: &std::path::Path,
+    formats: &[String],
+    tokenizer: Option<&std::path::Path>,
+) -> Result<()> {
+    use candle_qwen2::synth::{SynthFormat, synthesize};
+    let formats = formats
+        .iter()
+        .map(|f| {
+            SynthFormat::parse(f).with_context(|| {
+                format!("unknown format `{f}` (expected safetensors, f16, q8_0 or q4_0)")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let written = synthesize(config, out, &formats)?;
+    if let Some(t) = tokenizer {
+        std::fs::copy(t, out.join("tokenizer.json"))
+            .with_context(|| format!("copying {}", t.display()))?;
+    }
+    for p in &written {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
 }

@@ -44,6 +44,12 @@ backends = ["candle-qwen2"]
 devices = ["gpu", "cpu"]
 
 [[models]]
+id = "tiny-qwen2-burn"
+task = "generate"
+path = "{qwen}"
+backends = ["burn-qwen2"]
+
+[[models]]
 id = "minilm"
 task = "embed"
 path = "{minilm}"
@@ -193,11 +199,17 @@ fn rerank_json_matches_the_cross_encoder() {
 #[test]
 fn generate_json_reproduces_the_greedy_reference() {
     let reference = read_json(&fixture("tiny-qwen2").join("reference.json")).unwrap();
-    for case in reference["cases"].as_array().unwrap() {
+    for (model, case) in ["tiny-qwen2", "tiny-qwen2-burn"].into_iter().flat_map(|m| {
+        reference["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(move |c| (m, c))
+    }) {
         let v = json_of(&gllm(&[
             "generate",
             "--model",
-            "tiny-qwen2",
+            model,
             "--temperature",
             "0",
             "--max-tokens",
@@ -208,7 +220,7 @@ fn generate_json_reproduces_the_greedy_reference() {
         assert_eq!(
             json_u32s(&v["token_ids"]),
             json_u32s(&case["greedy_new_ids"]),
-            "{}",
+            "{model}: {}",
             case["prompt"]
         );
         assert_eq!(v["finish_reason"], "length");
