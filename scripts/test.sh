@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, as CI does. On a fresh machine it first installs
-# what the tests need: Mesa's software Vulkan driver (llvmpipe, for the wgpu code path)
-# and the real models (scripts/fetch-models.sh). Nothing is skipped: a missing
-# fixture or model fails the run.
+# what the tests need: Mesa's software Vulkan driver (llvmpipe, for the wgpu code path),
+# the `openai` Python package (the server's client test) and the real models
+# (scripts/fetch-models.sh). Nothing is skipped: a missing fixture or model fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,12 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
     echo "error: the wgpu tests need Mesa's software Vulkan driver: sudo apt-get install mesa-vulkan-drivers" >&2
     exit 1
   fi
+fi
+
+# The server's client test uses the official `openai` Python package.
+if ! python3 -c "import openai" >/dev/null 2>&1; then
+  echo "installing the openai Python package for the server's client test" >&2
+  python3 -m pip install -q openai
 fi
 
 export GLLM_TEST_MODELS="${GLLM_TEST_MODELS:-$HOME/.cache/gllm-test-models}"
