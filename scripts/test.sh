@@ -25,5 +25,12 @@ fi
 export GLLM_TEST_MODELS="${GLLM_TEST_MODELS:-$HOME/.cache/gllm-test-models}"
 scripts/fetch-models.sh "$GLLM_TEST_MODELS" >/dev/null
 
+# The default build compiles no C or C++: nothing may depend on the `cc` crate.
+if [ -n "$(cargo tree -e build -i cc 2>/dev/null)" ]; then
+  echo "error: the default build compiles C/C++ code; these dependencies pull in the cc crate:" >&2
+  cargo tree -e build -i cc >&2
+  exit 1
+fi
+
 # One build profile (release) for tests, binaries and benchmarks.
 cargo test --release --workspace "$@"
