@@ -1,9 +1,9 @@
 //! llama-bench-style figures for one model: prefill tokens/s for a P-token prompt, then
 //! decode tokens/s for N tokens after it (greedy, one token per step).
 //!
-//! `cargo run --release -p candle-qwen2 --example bench -- MODEL [P=128] [N=64] [dtype]`
+//! `cargo run --release -p candle-qwen2 --example candle_bench -- MODEL [P=128] [N=64] [dtype]`
 //! MODEL: a safetensors model directory or a .gguf file; dtype: f32 (default), bf16, f16.
-//! Threads: `RAYON_NUM_THREADS` (default: all cores).
+//! Threads: `RAYON_NUM_THREADS` (default: all cores). Options: `BENCH_OPTIONS=k=v,k=v`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use gllm_api::{DType, Device, InferenceBackend, ModelSpec, Task, WeightFormat};
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(model) = args.first() else {
-        anyhow::bail!("usage: bench MODEL [PROMPT_TOKENS] [DECODE_TOKENS] [f32|bf16|f16]");
+        anyhow::bail!("usage: candle_bench MODEL [PROMPT_TOKENS] [DECODE_TOKENS] [f32|bf16|f16]");
     };
     let p: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(128);
     let n: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(64);
@@ -37,7 +37,13 @@ fn main() -> anyhow::Result<()> {
         format,
         architecture: "qwen2".into(),
         dtype,
-        options: BTreeMap::new(),
+        // Manifest options as KEY=VALUE,KEY=VALUE (e.g. candle_qmatmul=true).
+        options: std::env::var("BENCH_OPTIONS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect::<BTreeMap<_, _>>(),
     };
     let t = Instant::now();
     let b = candle_qwen2::load(&spec, Device::CPU)?;

@@ -18,6 +18,7 @@ use crate::kernels::HalfKind;
 use crate::linear::Matrix;
 use crate::loader::{LayerPart, Part, TensorSource};
 use crate::model::Qwen2Model;
+use crate::qkernels::{PackedQ, QKind};
 
 /// The GGUF name of a decoder tensor.
 pub fn gguf_name(part: Part) -> String {
@@ -150,11 +151,17 @@ pub struct GgufSource {
     reader: RefCell<BufReader<File>>,
     device: Device,
     dequantize: bool,
+    candle_qmatmul: bool,
 }
 
 impl GgufSource {
     /// Opens a GGUF file and reads its header.
-    pub fn open(path: &Path, device: Device, dequantize: bool) -> Result<Self> {
+    pub fn open(
+        path: &Path,
+        device: Device,
+        dequantize: bool,
+        candle_qmatmul: bool,
+    ) -> Result<Self> {
         let file = File::open(path)
             .map_err(|e| invalid_model(format!("cannot open {}: {e}", path.display())))?;
         let mut reader = BufReader::new(file);
@@ -165,6 +172,7 @@ impl GgufSource {
             reader: RefCell::new(reader),
             device,
             dequantize,
+            candle_qmatmul,
         })
     }
 
@@ -223,6 +231,21 @@ impl TensorSource for GgufSource {
             _ if self.dequantize => Ok(Matrix::F32(
                 qt.dequantize(&self.device).map_err(model_err(name))?,
             )),
+            (GgmlDType::Q4_0 | GgmlDType::Q8_0, _)
+                if self.device.is_cpu() && !self.candle_qmatmul =>
+            {
+                let kind = if qt.dtype() == GgmlDType::Q4_0 {
+                    QKind::Q4_0
+                } else {
+                    QKind::Q8_0
+                };
+                let bytes = qt.data().map_err(model_err(name))?;
+                PackedQ::from_gguf_blocks(kind, rows, cols, &bytes)
+                    .map(Matrix::Packed)
+                    .ok_or_else(|| {
+                        invalid_model(format!("tensor `{name}`: malformed {kind:?} blocks"))
+                    })
+            }
             _ => Ok(Matrix::Quant(Arc::new(qt))),
         }
     }
@@ -237,8 +260,13 @@ impl TensorSource for GgufSource {
 
 /// Loads a GGUF file. `dequantize` widens block-quantized weights to f32 (exact f32
 /// arithmetic on the dequantized weights, as transformers computes with a GGUF).
-pub fn load_gguf(path: &Path, device: Device, dequantize: bool) -> Result<Qwen2Model> {
-    let src = GgufSource::open(path, device.clone(), dequantize)?;
+pub fn load_gguf(
+    path: &Path,
+    device: Device,
+    dequantize: bool,
+    candle_qmatmul: bool,
+) -> Result<Qwen2Model> {
+    let src = GgufSource::open(path, device.clone(), dequantize, candle_qmatmul)?;
     let cfg = config_from_gguf(src.content())?;
     crate::loader::check_strict(&cfg, &src, &gguf_name, &[])?;
     crate::loader::build(cfg, &src, &gguf_name, device)

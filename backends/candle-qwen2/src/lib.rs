@@ -13,7 +13,9 @@
 //! for benchmarks).
 //!
 //! Manifest options: `dequantize = "true"` widens GGUF block-quantized weights to f32
-//! at load (exact float32 arithmetic on the dequantized weights, slower).
+//! at load (exact float32 arithmetic on the dequantized weights, slower);
+//! `candle_qmatmul = "true"` multiplies Q4_0/Q8_0 weights with candle's own quantized
+//! kernels instead of this crate's repacked ones ([`qkernels`]), for comparison.
 
 pub mod cache;
 pub mod config;
@@ -24,6 +26,7 @@ pub mod kernels;
 pub mod linear;
 pub mod loader;
 pub mod model;
+pub mod qkernels;
 pub mod synth;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,9 +120,10 @@ pub fn load(spec: &ModelSpec, device: Device) -> Result<Qwen2Backend, BackendErr
     }
     let dev = candle_device(device)?;
     let dequantize = option_flag(spec, "dequantize")?;
+    let candle_qmatmul = option_flag(spec, "candle_qmatmul")?;
     let model = match spec.format {
         WeightFormat::Safetensors => hf::load_dir(&spec.path, spec.dtype, dev)?,
-        WeightFormat::Gguf => gguf::load_gguf(&spec.path, dev, dequantize)?,
+        WeightFormat::Gguf => gguf::load_gguf(&spec.path, dev, dequantize, candle_qmatmul)?,
     };
     let dtype = match spec.format {
         WeightFormat::Safetensors => spec.dtype.unwrap_or(DType::F32),

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, internal};
 use crate::kernels::{self, HalfKind};
+use crate::qkernels::PackedQ;
 
 /// A [rows, cols] weight matrix (rows = output features, as PyTorch stores `Linear.weight`).
 pub enum Matrix {
@@ -26,6 +27,8 @@ pub enum Matrix {
     },
     /// A GGUF block-quantized tensor, multiplied by candle's quantized kernels.
     Quant(Arc<QTensor>),
+    /// GGUF Q4_0/Q8_0 blocks repacked for this crate's CPU kernels.
+    Packed(PackedQ),
 }
 
 impl std::fmt::Debug for Matrix {
@@ -35,6 +38,7 @@ impl std::fmt::Debug for Matrix {
             Matrix::F32(_) => write!(f, "Matrix::F32[{r}, {c}]"),
             Matrix::Half { kind, .. } => write!(f, "Matrix::{kind:?}[{r}, {c}]"),
             Matrix::Quant(q) => write!(f, "Matrix::{:?}[{r}, {c}]", q.dtype()),
+            Matrix::Packed(p) => write!(f, "Matrix::Packed{:?}[{r}, {c}]", p.kind),
         }
     }
 }
@@ -46,6 +50,7 @@ impl Matrix {
             Matrix::F32(t) => t.dims2().unwrap_or((0, 0)),
             Matrix::Half { rows, cols, .. } => (*rows, *cols),
             Matrix::Quant(q) => q.shape().dims2().unwrap_or((0, 0)),
+            Matrix::Packed(p) => (p.rows, p.cols),
         }
     }
 
@@ -76,6 +81,24 @@ impl Matrix {
                 }
             }
             Matrix::Quant(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?),
+            Matrix::Packed(p) => {
+                let (m, k) = x.dims2()?;
+                if k != p.cols {
+                    return Err(internal(format!(
+                        "matmul: input width {k} != weight width {}",
+                        p.cols
+                    )));
+                }
+                let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let mut out_t = vec![0f32; m * p.rows];
+                p.matmul_t(&xs, m, &mut out_t);
+                let out = Tensor::from_vec(out_t, (p.rows, m), x.device())?;
+                if m == 1 {
+                    Ok(out.reshape((1, p.rows))?)
+                } else {
+                    Ok(out.t()?.contiguous()?)
+                }
+            }
         }
     }
 
@@ -97,6 +120,13 @@ impl Matrix {
                 let ids = Tensor::new(ids, &q.device())?;
                 Ok(q.embedding(&ids)?.to_device(device)?)
             }
+            Matrix::Packed(p) => {
+                let mut out = vec![0f32; ids.len() * p.cols];
+                for (row, &id) in out.chunks_exact_mut(p.cols).zip(ids) {
+                    p.row_f32(id as usize, row);
+                }
+                Ok(Tensor::from_vec(out, (ids.len(), p.cols), device)?)
+            }
         }
     }
 
@@ -114,6 +144,13 @@ impl Matrix {
                 Ok(Tensor::from_vec(v, (*rows, *cols), device)?)
             }
             Matrix::Quant(q) => Ok(q.dequantize(device)?.to_dtype(DType::F32)?),
+            Matrix::Packed(p) => {
+                let mut out = vec![0f32; p.rows * p.cols];
+                for (r, row) in out.chunks_exact_mut(p.cols).enumerate() {
+                    p.row_f32(r, row);
+                }
+                Ok(Tensor::from_vec(out, (p.rows, p.cols), device)?)
+            }
         }
     }
 }
