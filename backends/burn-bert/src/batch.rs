@@ -8,6 +8,9 @@ use gllm_api::{BackendError, EncodedInput};
 use crate::config::BertConfig;
 use crate::model::Batch;
 
+/// The rows of one batch, or why it failed.
+type Rows = Result<Vec<Vec<f32>>, BackendError>;
+
 /// One checked input: token ids and segment ids (empty: all zeros).
 pub type Checked = (Vec<u32>, Vec<u32>);
 
@@ -74,44 +77,63 @@ fn truncate(v: &[u32], max: usize) -> Vec<u32> {
     out
 }
 
+/// How inputs are cut into batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Most inputs in one batch.
+    pub batch_size: usize,
+    /// Most tokens in one batch: padded tokens, or real ones when `packed`.
+    pub batch_tokens: usize,
+    /// Threads that run batches side by side (each should get work).
+    pub threads: usize,
+    /// Whether the encoder computes on real tokens only (then batches are
+    /// balanced by real tokens, and padding costs only attention).
+    pub packed: bool,
+}
+
 /// Index lists of the batches: inputs longest first, at most `batch_size`
-/// each (fewer, so that every thread gets work) and at most `batch_tokens`
-/// padded tokens (a single longer input still forms a batch).
-fn plan(
-    lengths: &[usize],
-    batch_size: usize,
-    batch_tokens: usize,
-    threads: usize,
-) -> Vec<Vec<usize>> {
+/// each and at most `batch_tokens` tokens (a single longer input still forms
+/// a batch); with several threads, batches are made small enough for every
+/// thread to get work.
+fn plan(lengths: &[usize], p: Plan) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-    let per = batch_size
-        .min(lengths.len().div_ceil(threads.max(1)))
-        .max(1);
-    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let threads = p.threads.max(1);
+    let per = p.batch_size.min(lengths.len().div_ceil(threads)).max(1);
+    let total: usize = lengths.iter().sum();
+    let token_cap = if p.packed {
+        p.batch_tokens.min(total.div_ceil(threads)).max(1)
+    } else {
+        p.batch_tokens
+    };
+    let mut batches: Vec<(Vec<usize>, usize)> = Vec::new();
     for i in order {
+        let fits = |b: &Vec<usize>, tokens: usize| {
+            if p.packed {
+                b.len() < p.batch_size && tokens + lengths[i] <= token_cap
+            } else {
+                // Sorted longest first: the batch's padded length is its first input's.
+                b.len() < per && (b.len() + 1) * lengths[b[0]] <= token_cap
+            }
+        };
         match batches.last_mut() {
-            // Sorted longest first: the batch's padded length is its first input's.
-            Some(b) if b.len() < per && (b.len() + 1) * lengths[b[0]] <= batch_tokens => b.push(i),
-            _ => batches.push(vec![i]),
+            Some((b, tokens)) if fits(b, *tokens) => {
+                b.push(i);
+                *tokens += lengths[i];
+            }
+            _ => batches.push((vec![i], lengths[i])),
         }
     }
-    batches
+    batches.into_iter().map(|(b, _)| b).collect()
 }
 
 /// Runs `f` on every batch (on up to `threads` threads) and returns its rows in input order.
-pub fn run_batches<F>(
-    inputs: &[Checked],
-    batch_size: usize,
-    batch_tokens: usize,
-    threads: usize,
-    f: F,
-) -> Result<Vec<Vec<f32>>, BackendError>
+pub fn run_batches<F>(inputs: &[Checked], p: Plan, f: F) -> Result<Vec<Vec<f32>>, BackendError>
 where
     F: Fn(&Batch) -> Result<Vec<Vec<f32>>, BackendError> + Sync,
 {
     let lengths: Vec<usize> = inputs.iter().map(|(ids, _)| ids.len()).collect();
-    let batches = plan(&lengths, batch_size, batch_tokens, threads);
+    let batches = plan(&lengths, p);
     let run = |members: &[usize]| {
         let b = Batch {
             ids: members.iter().map(|&i| inputs[i].0.as_slice()).collect(),
@@ -119,8 +141,8 @@ where
         };
         f(&b)
     };
-    let workers = threads.min(batches.len());
-    let results: Vec<(usize, Result<Vec<Vec<f32>>, BackendError>)> = if workers <= 1 {
+    let workers = p.threads.min(batches.len());
+    let results: Vec<(usize, Rows)> = if workers <= 1 {
         batches.iter().map(|m| run(m)).enumerate().collect()
     } else {
         let next = AtomicUsize::new(0);
@@ -175,17 +197,39 @@ where
 mod tests {
     use super::*;
 
+    fn padded(batch_size: usize, batch_tokens: usize, threads: usize) -> Plan {
+        Plan {
+            batch_size,
+            batch_tokens,
+            threads,
+            packed: false,
+        }
+    }
+
     #[test]
     fn plan_sorts_by_length_and_respects_limits() {
         let lengths = [3, 10, 5, 10, 1];
-        let b = plan(&lengths, 2, 1000, 1);
+        let b = plan(&lengths, padded(2, 1000, 1));
         assert_eq!(b, vec![vec![1, 3], vec![2, 0], vec![4]]);
         // Token budget: 10 + 10 > 15, so the two long inputs are apart.
-        let b = plan(&lengths, 8, 15, 1);
+        let b = plan(&lengths, padded(8, 15, 1));
         assert_eq!(b, vec![vec![1], vec![3], vec![2, 0, 4]]);
         // Two threads: batches of at most ceil(5 / 2) = 3.
-        let b = plan(&lengths, 32, 1000, 2);
+        let b = plan(&lengths, padded(32, 1000, 2));
         assert_eq!(b, vec![vec![1, 3, 2], vec![0, 4]]);
+    }
+
+    #[test]
+    fn packed_plans_balance_real_tokens() {
+        let lengths = [3, 10, 5, 10, 2];
+        let p = Plan {
+            batch_size: 32,
+            batch_tokens: 1000,
+            threads: 2,
+            packed: true,
+        };
+        // 30 tokens over two threads: at most 15 each.
+        assert_eq!(plan(&lengths, p), vec![vec![1], vec![3, 2], vec![0, 4]]);
     }
 
     #[test]

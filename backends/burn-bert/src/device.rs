@@ -74,7 +74,7 @@ fn probe(device: &BurnDevice) -> Result<(), String> {
                 .try_into_data()
                 .map_err(|e| format!("{e:?}"))
         },
-        |m| BackendError::internal(m),
+        BackendError::internal,
     )
     .map_err(|e| e.message)??;
     match result.try_to_vec::<f32>() {

@@ -14,6 +14,7 @@
 
 mod batch;
 pub mod config;
+pub mod cpu;
 pub mod device;
 pub mod model;
 pub mod modules;
@@ -72,6 +73,8 @@ struct Options {
     batch_tokens: usize,
     /// CPU threads that run batches side by side.
     threads: usize,
+    /// CPU path with packed hidden states and fused host kernels (option `fused`, default true).
+    fused: bool,
 }
 
 impl Options {
@@ -91,10 +94,20 @@ impl Options {
             DeviceKind::Cpu => get("threads", cores)?,
             DeviceKind::Gpu => 1,
         };
+        let fused = match spec.options.get("fused").map(String::as_str) {
+            None | Some("true") => device.kind == DeviceKind::Cpu,
+            Some("false") => false,
+            Some(v) => {
+                return Err(BackendError::invalid_input(format!(
+                    "option `fused` = `{v}` is not true or false"
+                )));
+            }
+        };
         Ok(Self {
             batch_size: get("batch_size", 32)?,
             batch_tokens: get("batch_tokens", 16384)?,
             threads,
+            fused,
         })
     }
 }
@@ -148,7 +161,7 @@ impl BurnBert {
         let store = WeightStore::open(dir)?;
         let burn_device = device::burn_device(device)?;
         let encoder = device::contain(
-            || BertEncoder::load(&config, store, head, &burn_device, dir),
+            || BertEncoder::load(&config, store, head, &burn_device, dir, options.fused),
             |m| match device.kind {
                 DeviceKind::Gpu => BackendError::device_unavailable(format!(
                     "{device}: loading the weights failed: {m}"
@@ -218,7 +231,16 @@ impl BurnBert {
             ids: vec![&inputs[0].0],
             type_ids: vec![&inputs[0].1],
         };
-        self.run(|| self.encoder.hidden_states(&b))
+        self.run(|| Ok(self.encoder.hidden_states(&b)?.rows(0).to_vec()))
+    }
+
+    fn plan(&self) -> batch::Plan {
+        batch::Plan {
+            batch_size: self.options.batch_size,
+            batch_tokens: self.options.batch_tokens,
+            threads: self.options.threads,
+            packed: self.options.fused,
+        }
     }
 
     /// Runs `f`, turning a panic of Burn into an error of the right kind.
@@ -256,28 +278,18 @@ impl InferenceBackend for BurnBert {
         };
         let hidden = self.encoder.config().hidden_size;
         let inputs = batch::checked(inputs, self.encoder.config(), self.max_positions)?;
-        batch::run_batches(
-            &inputs,
-            self.options.batch_size,
-            self.options.batch_tokens,
-            self.options.threads,
-            |b| {
-                let states = self.run(|| self.encoder.hidden_states(b))?;
-                let s = b.max_len();
-                Ok(b.ids
-                    .iter()
-                    .enumerate()
-                    .map(|(r, ids)| {
-                        let rows = &states[r * s * hidden..(r * s + ids.len()) * hidden];
-                        let mut v = chain.pooling.pool(rows, hidden);
-                        if chain.normalize {
-                            pooling::normalize(&mut v);
-                        }
-                        v
-                    })
-                    .collect())
-            },
-        )
+        batch::run_batches(&inputs, self.plan(), |b| {
+            let states = self.run(|| self.encoder.hidden_states(b))?;
+            Ok((0..b.ids.len())
+                .map(|r| {
+                    let mut v = chain.pooling.pool(states.rows(r), hidden);
+                    if chain.normalize {
+                        pooling::normalize(&mut v);
+                    }
+                    v
+                })
+                .collect())
+        })
     }
 
     fn rerank(&self, pairs: &[EncodedInput]) -> Result<Vec<Vec<f32>>, BackendError> {
@@ -288,15 +300,9 @@ impl InferenceBackend for BurnBert {
         }
         let labels = self.encoder.num_labels();
         let inputs = batch::checked(pairs, self.encoder.config(), self.max_positions)?;
-        batch::run_batches(
-            &inputs,
-            self.options.batch_size,
-            self.options.batch_tokens,
-            self.options.threads,
-            |b| {
-                let logits = self.run(|| self.encoder.logits(b))?;
-                Ok(logits.chunks_exact(labels).map(<[f32]>::to_vec).collect())
-            },
-        )
+        batch::run_batches(&inputs, self.plan(), |b| {
+            let logits = self.run(|| self.encoder.logits(b))?;
+            Ok(logits.chunks_exact(labels).map(<[f32]>::to_vec).collect())
+        })
     }
 }

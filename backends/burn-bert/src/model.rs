@@ -10,6 +10,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use gllm_api::BackendError;
 
 use crate::config::{Activation, BertConfig};
+use crate::cpu;
 use crate::weights::WeightStore;
 
 /// A dense layer, weight stored `[in, out]` (transposed from PyTorch's `[out, in]`).
@@ -17,6 +18,8 @@ use crate::weights::WeightStore;
 struct Dense {
     weight: Tensor<2>,
     bias: Tensor<1>,
+    /// The bias on the host, for the CPU path's fused kernels.
+    bias_host: Vec<f32>,
 }
 
 impl Dense {
@@ -29,6 +32,8 @@ impl Dense {
 struct Norm {
     gamma: Tensor<1>,
     beta: Tensor<1>,
+    gamma_host: Vec<f32>,
+    beta_host: Vec<f32>,
 }
 
 #[derive(Clone)]
@@ -85,6 +90,8 @@ pub struct BertEncoder {
     embed_norm: Norm,
     layers: Vec<Layer>,
     classifier: Option<Classifier>,
+    /// CPU path: packed hidden states and fused host kernels.
+    packed: bool,
 }
 
 /// Takes tensors from the store, creating them on the device; missing or
@@ -96,11 +103,12 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn vector(&mut self, name: &str, len: usize) -> Option<Tensor<1>> {
+    fn vector(&mut self, name: &str, len: usize) -> Option<(Tensor<1>, Vec<f32>)> {
         let t = self.store.take(&format!("{}{name}", self.prefix), &[len])?;
-        Some(Tensor::from_data(
-            TensorData::new(t.data, [len]),
-            self.device,
+        let host = t.data.clone();
+        Some((
+            Tensor::from_data(TensorData::new(t.data, [len]), self.device),
+            host,
         ))
     }
 
@@ -130,19 +138,23 @@ impl Loader<'_> {
 
     fn dense(&mut self, name: &str, out: usize, inp: usize) -> Option<Dense> {
         let w = self.weight_t(&format!("{name}.weight"), out, inp);
-        let b = self.vector(&format!("{name}.bias"), out);
+        let (bias, bias_host) = self.vector(&format!("{name}.bias"), out)?;
         Some(Dense {
             weight: Tensor::from_data(TensorData::new(w?, [inp, out]), self.device),
-            bias: b?,
+            bias,
+            bias_host,
         })
     }
 
     fn norm(&mut self, name: &str, len: usize) -> Option<Norm> {
         let gamma = self.vector(&format!("{name}.weight"), len);
-        let beta = self.vector(&format!("{name}.bias"), len);
+        let (beta, beta_host) = self.vector(&format!("{name}.bias"), len)?;
+        let (gamma, gamma_host) = gamma?;
         Some(Norm {
-            gamma: gamma?,
-            beta: beta?,
+            gamma,
+            beta,
+            gamma_host,
+            beta_host,
         })
     }
 
@@ -167,7 +179,8 @@ impl Loader<'_> {
         }
         Some(Dense {
             weight: Tensor::from_data(TensorData::new(weight, [h, 3 * h]), self.device),
-            bias: Tensor::from_data(TensorData::new(bias, [3 * h]), self.device),
+            bias: Tensor::from_data(TensorData::new(bias.clone(), [3 * h]), self.device),
+            bias_host: bias,
         })
     }
 }
@@ -185,12 +198,15 @@ impl BertEncoder {
     /// (`embeddings.…`, as sentence-transformers saves BertModel) and the
     /// `bert.`-prefixed one (BertForSequenceClassification) are read. Every
     /// problem with the weights is reported at once by [`WeightStore::finish`].
+    /// `packed` selects the CPU path (packed hidden states, fused host kernels),
+    /// which needs a backend whose tensors reach the host without a copy (`flex`).
     pub fn load(
         config: &BertConfig,
         mut store: WeightStore,
         head: Head,
         device: &Device,
         dir: &Path,
+        packed: bool,
     ) -> Result<Self, BackendError> {
         let prefix = if store.contains("bert.embeddings.word_embeddings.weight")
             || store.names().any(|n| n.starts_with("bert."))
@@ -299,6 +315,7 @@ impl BertEncoder {
                     embed_norm,
                     layers,
                     classifier,
+                    packed,
                 })
             }
             _ => Err(BackendError::internal(format!(
@@ -346,19 +363,7 @@ impl BertEncoder {
         let x = x + self.position.clone().select(0, index(positions));
         let mut x = norm(x, &self.embed_norm, c.layer_norm_eps);
 
-        // Padding keys are masked (true = masked); no mask when nothing is padded.
-        let mask = if batch.ids.iter().any(|r| r.len() < s) {
-            let mut m = Vec::with_capacity(b * s * s);
-            for row in &batch.ids {
-                for _ in 0..s {
-                    m.extend((0..s).map(|j| j >= row.len()));
-                }
-            }
-            let m = Tensor::<4, Bool>::from_data(TensorData::new(m, [b, 1, s, s]), &self.device);
-            Some(m.expand([b, heads, s, s]))
-        } else {
-            None
-        };
+        let mask = attention_mask(batch, heads, &self.device);
         let options = AttentionModuleOptions {
             scale: Some(1.0 / (hd as f64).sqrt()),
             softcap: None,
@@ -392,13 +397,132 @@ impl BertEncoder {
         x
     }
 
-    /// The last hidden state of a batch, read back: `[batch * max_len, hidden]` row-major.
-    pub fn hidden_states(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
-        self.encode(batch)
-            .try_into_data()
-            .map_err(internal)?
-            .try_into_vec::<f32>()
-            .map_err(internal)
+    /// Runs the encoder on a batch on the CPU path: hidden states stay packed
+    /// (`[tokens, hidden]`, real tokens only) and the element-wise work runs
+    /// in the fused host kernels of [`crate::cpu`]; Burn does the matmuls and attention.
+    fn encode_packed(&self, batch: &Batch) -> Result<Tensor<2>, BackendError> {
+        let c = &self.config;
+        let (b, s, h) = (batch.ids.len(), batch.max_len(), c.hidden_size);
+        let (heads, hd) = (c.num_attention_heads, c.head_dim());
+        let eps = c.layer_norm_eps as f32;
+        let lens: Vec<usize> = batch.ids.iter().map(|r| r.len()).collect();
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |acc, l| {
+                let start = *acc;
+                *acc += l;
+                Some(start)
+            })
+            .collect();
+        let n: usize = lens.iter().sum();
+        let packing = cpu::Packing {
+            lens: &lens,
+            starts: &starts,
+            max_len: s,
+        };
+        let mut ids = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        for (row, tt) in batch.ids.iter().zip(&batch.type_ids) {
+            ids.extend(row.iter().map(|&t| t as i64));
+            if tt.is_empty() {
+                types.extend(std::iter::repeat_n(0i64, row.len()));
+            } else {
+                types.extend(tt.iter().map(|&t| t as i64));
+            }
+            positions.extend(0..row.len() as i64);
+        }
+        let index =
+            |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &self.device);
+        let x = self.word.clone().select(0, index(ids))
+            + self.token_type.clone().select(0, index(types));
+        let x = x + self.position.clone().select(0, index(positions));
+        let mut x = norm(x, &self.embed_norm, c.layer_norm_eps);
+
+        let mask = attention_mask(batch, heads, &self.device);
+        let options = AttentionModuleOptions {
+            scale: Some(1.0 / (hd as f64).sqrt()),
+            softcap: None,
+            is_causal: false,
+        };
+        let tensor = |v: Vec<f32>, shape: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(v, shape), &self.device)
+        };
+        let tensor4 = |v: Vec<f32>| {
+            Tensor::<4>::from_data(TensorData::new(v, [b, heads, s, hd]), &self.device)
+        };
+        for layer in &self.layers {
+            let qkv = host(x.clone().matmul(layer.qkv.weight.clone()))?;
+            let [q, k, v] = cpu::split_heads(&qkv, &layer.qkv.bias_host, &packing, heads, hd);
+            let ctx = attention(
+                tensor4(q),
+                tensor4(k),
+                tensor4(v),
+                mask.clone(),
+                None,
+                options,
+            );
+            let ctx = cpu::merge_heads(&host4(ctx)?, &packing, heads, hd);
+
+            let mut a = host(tensor(ctx, [n, h]).matmul(layer.attn_out.weight.clone()))?;
+            let residual = host(x)?;
+            cpu::bias_residual_norm(
+                &mut a,
+                &layer.attn_out.bias_host,
+                &residual,
+                &layer.attn_norm.gamma_host,
+                &layer.attn_norm.beta_host,
+                eps,
+            );
+            drop(residual);
+            let a = tensor(a, [n, h]);
+
+            let mut i = host(a.clone().matmul(layer.intermediate.weight.clone()))?;
+            cpu::bias_activation(&mut i, &layer.intermediate.bias_host, c.hidden_act);
+            let i = tensor(i, [n, c.intermediate_size]);
+
+            let mut o = host(i.matmul(layer.output.weight.clone()))?;
+            let residual = host(a)?;
+            cpu::bias_residual_norm(
+                &mut o,
+                &layer.output.bias_host,
+                &residual,
+                &layer.output_norm.gamma_host,
+                &layer.output_norm.beta_host,
+                eps,
+            );
+            x = tensor(o, [n, h]);
+        }
+        Ok(x)
+    }
+
+    /// The last hidden state of a batch, read back, each input's rows apart from padding.
+    pub fn hidden_states(&self, batch: &Batch) -> Result<Hidden, BackendError> {
+        let lens: Vec<usize> = batch.ids.iter().map(|r| r.len()).collect();
+        let (data, starts) = if self.packed {
+            let data = host(self.encode_packed(batch)?)?;
+            let starts = lens
+                .iter()
+                .scan(0, |acc, l| {
+                    let start = *acc;
+                    *acc += l;
+                    Some(start)
+                })
+                .collect();
+            (data, starts)
+        } else {
+            let s = batch.max_len();
+            (
+                host(self.encode(batch))?,
+                (0..lens.len()).map(|i| i * s).collect(),
+            )
+        };
+        Ok(Hidden {
+            data,
+            starts,
+            lens,
+            hidden: self.config.hidden_size,
+        })
     }
 
     /// Raw classifier logits of a batch: `[batch, num_labels]` row-major.
@@ -409,14 +533,62 @@ impl BertEncoder {
             ));
         };
         let (b, s, h) = (batch.ids.len(), batch.max_len(), self.config.hidden_size);
-        let x = self.encode(batch).reshape([b, s, h]);
-        let first = x.narrow(1, 0, 1).reshape([b, h]);
+        let first = if self.packed {
+            let states = self.hidden_states(batch)?;
+            let cls: Vec<f32> = (0..b)
+                .flat_map(|i| states.rows(i)[..h].iter().copied())
+                .collect();
+            Tensor::<2>::from_data(TensorData::new(cls, [b, h]), &self.device)
+        } else {
+            let x = self.encode(batch).reshape([b, s, h]);
+            x.narrow(1, 0, 1).reshape([b, h])
+        };
         let pooled = head.pooler.forward(first).tanh();
-        head.classifier
-            .forward(pooled)
-            .try_into_data()
-            .map_err(internal)?
-            .try_into_vec::<f32>()
-            .map_err(internal)
+        host(head.classifier.forward(pooled))
     }
+}
+
+/// Hidden states read back from the device.
+pub struct Hidden {
+    data: Vec<f32>,
+    starts: Vec<usize>,
+    lens: Vec<usize>,
+    hidden: usize,
+}
+
+impl Hidden {
+    /// The rows (`[tokens, hidden]`, row-major) of input `i` of the batch.
+    pub fn rows(&self, i: usize) -> &[f32] {
+        let h = self.hidden;
+        &self.data[self.starts[i] * h..(self.starts[i] + self.lens[i]) * h]
+    }
+}
+
+/// The attention mask of a padded batch, `[batch, heads, max_len, max_len]`
+/// (true = masked: the padding keys), or none when nothing is padded.
+fn attention_mask(batch: &Batch, heads: usize, device: &Device) -> Option<Tensor<4, Bool>> {
+    let (b, s) = (batch.ids.len(), batch.max_len());
+    if batch.ids.iter().all(|r| r.len() == s) {
+        return None;
+    }
+    let mut m = Vec::with_capacity(b * s * s);
+    for row in &batch.ids {
+        for _ in 0..s {
+            m.extend((0..s).map(|j| j >= row.len()));
+        }
+    }
+    let m = Tensor::<4, Bool>::from_data(TensorData::new(m, [b, 1, s, s]), device);
+    Some(m.expand([b, heads, s, s]))
+}
+
+/// A tensor's values on the host (without a copy where the backend allows).
+fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, BackendError> {
+    t.try_into_data()
+        .map_err(internal)?
+        .try_into_vec::<f32>()
+        .map_err(internal)
+}
+
+fn host4(t: Tensor<4>) -> Result<Vec<f32>, BackendError> {
+    host(t)
 }

@@ -35,3 +35,45 @@ fn tiny_cross_encoder_logits() -> anyhow::Result<()> {
 fn all_minilm_l6_v2() -> anyhow::Result<()> {
     embed::minilm_parity(&FACTORY, Device::CPU, 1e-5)
 }
+
+/// The generic path (padded batches, Burn ops only: the one GPUs run) on the CPU.
+#[test]
+fn unfused_path_matches_the_references() -> anyhow::Result<()> {
+    use gllm_testkit::{json_f32s, json_u32s, read_json};
+    let dir = fixture("tiny-bert");
+    let mut spec = embed::spec(&dir, Task::Embed);
+    spec.options.insert("fused".into(), "false".into());
+    let model = BurnBert::load(&spec, Device::CPU)?;
+    let reference = read_json(&dir.join("reference.json"))?;
+    let inputs = embed::reference_inputs(&reference)?;
+    let want = embed::reference_rows(&reference, "embeddings")?;
+    embed::check_embeddings(&model, "tiny-bert (unfused)", &inputs, &want, 1e-5)?;
+
+    let dir = fixture("tiny-cross-encoder");
+    let mut spec = embed::spec(&dir, Task::Rerank);
+    spec.options.insert("fused".into(), "false".into());
+    let model = BurnBert::load(&spec, Device::CPU)?;
+    let reference = read_json(&dir.join("reference.json"))?;
+    let q = &reference["queries"][0];
+    let pairs: Vec<gllm_api::EncodedInput> = q["input_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(q["token_type_ids"].as_array().into_iter().flatten())
+        .map(|(i, t)| gllm_api::EncodedInput {
+            ids: json_u32s(i),
+            type_ids: json_u32s(t),
+        })
+        .collect();
+    let got: Vec<f32> = gllm_api::InferenceBackend::rerank(&model, &pairs)?
+        .iter()
+        .map(|r| r[0])
+        .collect();
+    gllm_testkit::assert_close(
+        "tiny-cross-encoder (unfused)",
+        &got,
+        &json_f32s(&q["logits"]),
+        1e-5,
+    );
+    Ok(())
+}
