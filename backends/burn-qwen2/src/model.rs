@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use burn::tensor::activation::silu;
-use burn::tensor::module::linear;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use gllm_api::BackendError;
 use rayon::prelude::*;
@@ -16,7 +15,9 @@ use crate::config::Qwen2Config;
 use crate::rope::Rope;
 use crate::weights::WeightStore;
 
-/// A dense layer, weight stored `[in, out]` (transposed from PyTorch's `[out, in]`).
+/// A dense layer, weight stored `[out, in]` as PyTorch stores it: a block of
+/// output columns is a contiguous block of rows, and a matrix-vector product
+/// reads each row as one dot product.
 struct Dense {
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
@@ -27,20 +28,28 @@ struct Dense {
 /// threads instead (views of the one weight, no copy).
 const SPLIT_BELOW_ROWS: usize = 8;
 
+/// `x @ w^T + b` for `x` `[rows, in]`, `w` `[out, in]`.
+fn project(x: Tensor<2>, w: Tensor<2>, b: Option<Tensor<1>>) -> Tensor<2> {
+    let y = x.matmul(w.transpose());
+    match b {
+        Some(b) => y + b.unsqueeze::<2>(),
+        None => y,
+    }
+}
+
 impl Dense {
-    /// `x @ weight + bias` for `x` `[rows, in]`, over `splits` column blocks run in parallel.
+    /// `x @ weight^T + bias` for `x` `[rows, in]`, over `splits` row blocks of the weight run in parallel.
     fn forward(&self, x: Tensor<2>, splits: usize) -> Tensor<2> {
-        let out = self.weight.dims()[1];
+        let out = self.weight.dims()[0];
         if splits <= 1 || x.dims()[0] >= SPLIT_BELOW_ROWS || out < 64 * splits {
-            return linear(x, self.weight.clone(), self.bias.clone());
+            return project(x, self.weight.clone(), self.bias.clone());
         }
-        let blocks = column_blocks(out, splits);
-        let parts: Vec<Tensor<2>> = blocks
+        let parts: Vec<Tensor<2>> = column_blocks(out, splits)
             .into_par_iter()
             .map(|(start, len)| {
-                let w = self.weight.clone().narrow(1, start, len);
+                let w = self.weight.clone().narrow(0, start, len);
                 let b = self.bias.clone().map(|b| b.narrow(0, start, len));
-                linear(x.clone(), w, b)
+                project(x.clone(), w, b)
             })
             .collect();
         Tensor::cat(parts, 1)
@@ -82,24 +91,14 @@ pub struct Qwen2Model {
     dtype: DType,
     /// `[vocab, hidden]`.
     embed: Tensor<2>,
-    /// `[hidden, vocab]` when the output projection is not tied to the embedding.
-    lm_head: Option<Dense>,
+    /// The output projection `[vocab, hidden]`: the embedding matrix itself
+    /// (the same tensor, not a copy) when tied.
+    lm_head: Dense,
     norm: Tensor<1>,
     layers: Vec<Layer>,
     rope: Rope,
     /// Column blocks of a matrix-vector product run in parallel (1 on a GPU).
     splits: usize,
-}
-
-/// PyTorch `[out, in]` row-major values as `[in, out]` row-major.
-fn transpose(data: &[f32], out: usize, inp: usize) -> Vec<f32> {
-    let mut t = vec![0.0f32; out * inp];
-    for (o, row) in data.chunks_exact(inp).enumerate() {
-        for (i, v) in row.iter().enumerate() {
-            t[i * out + o] = *v;
-        }
-    }
-    t
 }
 
 /// Takes tensors from the store and creates them on the device in the
@@ -121,38 +120,39 @@ impl Loader<'_> {
         Some(self.tensor(data, [len]))
     }
 
-    /// Several PyTorch `[out_j, in]` weights (and biases) as one `[in, sum out_j]` layer.
+    /// Several PyTorch `[out_j, in]` weights (and biases) as one `[sum out_j, in]` layer.
     fn fused(&mut self, names: &[&str], outs: &[usize], inp: usize, bias: bool) -> Option<Dense> {
         let total: usize = outs.iter().sum();
-        let mut parts = Vec::with_capacity(names.len());
-        let mut biases = Vec::with_capacity(names.len());
+        let mut weight = Some(Vec::with_capacity(total * inp));
+        let mut biases = bias.then(|| Vec::with_capacity(total));
         for (name, &out) in names.iter().zip(outs) {
-            parts.push(self.store.take(&format!("{name}.weight"), &[out, inp]));
+            // Every part is taken (and checked) even after one failed.
+            match self.store.take(&format!("{name}.weight"), &[out, inp]) {
+                Some(w) => {
+                    if let Some(all) = &mut weight {
+                        all.extend_from_slice(&w);
+                    }
+                }
+                None => weight = None,
+            }
             if bias {
-                biases.push(self.store.take(&format!("{name}.bias"), &[out]));
+                match self.store.take(&format!("{name}.bias"), &[out]) {
+                    Some(b) => {
+                        if let Some(all) = &mut biases {
+                            all.extend_from_slice(&b);
+                        }
+                    }
+                    None => biases = None,
+                }
             }
         }
-        let mut weight = vec![0.0f32; inp * total];
-        let mut col = 0;
-        for (part, &out) in parts.into_iter().zip(outs) {
-            let t = transpose(&part?, out, inp);
-            for i in 0..inp {
-                weight[i * total + col..i * total + col + out]
-                    .copy_from_slice(&t[i * out..(i + 1) * out]);
-            }
-            col += out;
-        }
-        let bias = if bias {
-            let mut all = Vec::with_capacity(total);
-            for b in biases {
-                all.extend_from_slice(&b?);
-            }
-            Some(self.tensor(all, [total]))
-        } else {
-            None
+        let bias = match biases {
+            Some(all) => Some(self.tensor(all, [total])),
+            None if bias => return None,
+            None => None,
         };
         Some(Dense {
-            weight: self.tensor(weight, [inp, total]),
+            weight: self.tensor(weight?, [total, inp]),
             bias,
         })
     }
@@ -239,58 +239,38 @@ impl Qwen2Model {
             }
         }
         let norm = l.vector("model.norm.weight", h);
-        let lm_head = if c.tie_word_embeddings {
-            // Some tied checkpoints still store the (identical) head: accept it.
+        // `None`: tied (some tied checkpoints still store the identical head: accepted).
+        let separate_head = if c.tie_word_embeddings {
             l.store.ignore("lm_head.weight", &[c.vocab_size, h]);
             None
         } else {
-            l.store.take("lm_head.weight", &[c.vocab_size, h]).map(|d| {
-                Some(Dense {
-                    weight: l.tensor(transpose(&d, c.vocab_size, h), [h, c.vocab_size]),
-                    bias: None,
-                })
-            })
+            l.store
+                .take("lm_head.weight", &[c.vocab_size, h])
+                .map(|d| l.tensor(d, [c.vocab_size, h]))
         };
         store.finish(dir)?;
-        match (embed, norm, lm_head) {
-            (Some(embed), Some(norm), lm_head)
-                if layers.len() == c.num_hidden_layers
-                    && (c.tie_word_embeddings || lm_head.is_some()) =>
-            {
-                Ok(Self {
-                    config: config.clone(),
-                    device: device.clone(),
-                    dtype,
-                    embed,
-                    lm_head: lm_head.flatten(),
-                    norm,
-                    layers,
-                    rope: Rope::new(c.head_dim, c.rope_theta),
-                    splits,
-                })
-            }
+        let complete = layers.len() == c.num_hidden_layers
+            && (c.tie_word_embeddings || separate_head.is_some());
+        match (embed, norm) {
+            (Some(embed), Some(norm)) if complete => Ok(Self {
+                config: config.clone(),
+                device: device.clone(),
+                dtype,
+                lm_head: Dense {
+                    weight: separate_head.unwrap_or_else(|| embed.clone()),
+                    bias: None,
+                },
+                embed,
+                norm,
+                layers,
+                rope: Rope::new(c.head_dim, c.rope_theta),
+                splits,
+            }),
             _ => Err(BackendError::internal(format!(
                 "{}: weights are incomplete but no problem was recorded",
                 dir.display()
             ))),
         }
-    }
-
-    /// Logits through the embedding matrix `[vocab, hidden]`: `x @ embed^T`, the
-    /// vocabulary split over the threads for one row (views, no copy).
-    fn tied_logits(&self, x: Tensor<2>, splits: usize) -> Tensor<2> {
-        let vocab = self.config.vocab_size;
-        if splits <= 1 || x.dims()[0] >= SPLIT_BELOW_ROWS {
-            return x.matmul(self.embed.clone().transpose());
-        }
-        let parts: Vec<Tensor<2>> = column_blocks(vocab, splits)
-            .into_par_iter()
-            .map(|(start, len)| {
-                x.clone()
-                    .matmul(self.embed.clone().narrow(0, start, len).transpose())
-            })
-            .collect();
-        Tensor::cat(parts, 1)
     }
 
     /// The configuration the decoder was built from.
@@ -354,10 +334,7 @@ impl Qwen2Model {
 
     /// Logits `[rows, vocab]` of final hidden states `[rows, hidden]`.
     fn logits(&self, x: Tensor<2>) -> Tensor<2> {
-        match &self.lm_head {
-            Some(head) => head.forward(x, self.splits),
-            None => self.tied_logits(x, self.splits),
-        }
+        self.lm_head.forward(x, self.splits)
     }
 
     /// The decoder over the new tokens of every segment, writing their keys and
