@@ -31,7 +31,7 @@ pub enum ServerError {
         id: String,
         /// The runtime's error.
         #[source]
-        source: RuntimeError,
+        source: Box<RuntimeError>,
     },
     /// The options are inconsistent (a zero queue, a zero budget, ...).
     #[error("invalid server option: {0}")]

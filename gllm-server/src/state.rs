@@ -169,7 +169,7 @@ impl AppState {
             let id = entry.id.clone();
             let load_err = |source| ServerError::Load {
                 id: id.clone(),
-                source,
+                source: Box::new(source),
             };
             let model = match entry.task {
                 Task::Embed => {

@@ -381,3 +381,35 @@ async fn shutdown_finishes_the_requests_in_flight() -> Result<()> {
     assert!(get(addr, "/health").await.is_err());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_that_fails_to_load_stops_the_server_with_its_error() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("gllm-server-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let manifest = dir.join("models.toml");
+    // A BERT directory declared as a Qwen2 generator: no backend can load it.
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[models]]\nid = \"broken\"\ntask = \"generate\"\npath = \"{}\"\nbackends = [\"candle-qwen2\"]\ndevices = [\"cpu\"]\n",
+            gllm_testkit::fixture("tiny-bert").display()
+        ),
+    )?;
+    let runtime = gllm_runtime::Runtime::from_manifest_file(&manifest)?;
+    let options = gllm_server::ServeOptions {
+        addr: "127.0.0.1:0".parse()?,
+        ..Default::default()
+    };
+    let server = gllm_server::Server::bind(runtime, options).await?;
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        server.run(std::future::pending::<()>()),
+    )
+    .await
+    .context("the server kept running")?;
+    match result {
+        Err(gllm_server::ServerError::Load { id, .. }) => assert_eq!(id, "broken"),
+        other => anyhow::bail!("expected a load error, got {other:?}"),
+    }
+    Ok(())
+}
