@@ -37,6 +37,13 @@ impl QKind {
     fn block_bytes(self) -> usize {
         2 + self.quant_bytes()
     }
+
+    fn per_byte(self) -> usize {
+        match self {
+            QKind::Q4_0 => 2,
+            QKind::Q8_0 => 1,
+        }
+    }
 }
 
 /// A [rows, cols] matrix of Q4_0/Q8_0 blocks, scales and quants split.
@@ -54,7 +61,11 @@ pub struct PackedQ {
     nb_pad: usize,
     /// f16 bits of the block scales, [rows, nb_pad].
     scales: Vec<u16>,
-    /// Quants, [rows, nb, quant_bytes].
+    /// Blocks per row rounded up to 2 (Q4_0 stores blocks in pairs).
+    nb_even: usize,
+    /// Quants. Q8_0: [rows, nb, 32] i8. Q4_0: [rows, nb_even / 2, 32] bytes, byte `j` of
+    /// pair `p` holding element `j` of block `2p` (low nibble) and of block `2p + 1`
+    /// (high nibble), so one 32-byte load and two masks give two blocks in order.
     quants: Vec<u8>,
 }
 
@@ -66,17 +77,31 @@ impl PackedQ {
         }
         let nb = cols / QK;
         let nb_pad = nb.next_multiple_of(8);
-        let (bb, qb) = (kind.block_bytes(), kind.quant_bytes());
+        let nb_even = nb.next_multiple_of(2);
+        let bb = kind.block_bytes();
         if data.len() != rows * nb * bb {
             return None;
         }
         let mut scales = vec![0u16; rows * nb_pad];
-        let mut quants = vec![0u8; rows * nb * qb];
+        let mut quants = vec![0u8; rows * nb_even * QK / kind.per_byte()];
         for r in 0..rows {
             for b in 0..nb {
                 let blk = &data[(r * nb + b) * bb..(r * nb + b + 1) * bb];
                 scales[r * nb_pad + b] = u16::from_le_bytes([blk[0], blk[1]]);
-                quants[(r * nb + b) * qb..(r * nb + b + 1) * qb].copy_from_slice(&blk[2..]);
+                let q = &blk[2..];
+                match kind {
+                    QKind::Q8_0 => {
+                        quants[(r * nb + b) * QK..(r * nb + b + 1) * QK].copy_from_slice(q)
+                    }
+                    QKind::Q4_0 => {
+                        let pair = &mut quants[(r * nb_even + b - b % 2) * QK / 2..][..QK];
+                        let shift = 4 * (b % 2);
+                        for j in 0..QK / 2 {
+                            pair[j] |= (q[j] & 0x0F) << shift;
+                            pair[j + QK / 2] |= (q[j] >> 4) << shift;
+                        }
+                    }
+                }
             }
         }
         Some(Self {
@@ -85,30 +110,30 @@ impl PackedQ {
             cols,
             nb,
             nb_pad,
+            nb_even,
             scales,
             quants,
         })
     }
 
+    /// The integer value of element `j` of block `b` of row `r`.
+    #[inline]
+    fn q(&self, r: usize, b: usize, j: usize) -> i32 {
+        match self.kind {
+            QKind::Q8_0 => self.quants[(r * self.nb + b) * QK + j] as i8 as i32,
+            QKind::Q4_0 => {
+                let byte = self.quants[(r * self.nb_even + b - b % 2) * QK / 2 + j];
+                ((byte >> (4 * (b % 2))) & 0x0F) as i32 - 8
+            }
+        }
+    }
+
     /// Dequantizes row `r` into `out` (len cols).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
-        let qb = self.kind.quant_bytes();
         for b in 0..self.nb {
             let d = half::f16::from_bits(self.scales[r * self.nb_pad + b]).to_f32();
-            let q = &self.quants[(r * self.nb + b) * qb..(r * self.nb + b + 1) * qb];
-            let o = &mut out[b * QK..(b + 1) * QK];
-            match self.kind {
-                QKind::Q4_0 => {
-                    for j in 0..QK / 2 {
-                        o[j] = d * ((q[j] & 0x0F) as i32 - 8) as f32;
-                        o[j + QK / 2] = d * ((q[j] >> 4) as i32 - 8) as f32;
-                    }
-                }
-                QKind::Q8_0 => {
-                    for j in 0..QK {
-                        o[j] = d * (q[j] as i8) as f32;
-                    }
-                }
+            for (j, o) in out[b * QK..(b + 1) * QK].iter_mut().enumerate() {
+                *o = d * self.q(r, b, j) as f32;
             }
         }
     }
@@ -120,7 +145,7 @@ impl PackedQ {
         if m == 0 || self.rows == 0 {
             return;
         }
-        let act = QAct::quantize(x, m, self.nb, self.nb_pad);
+        let act = QAct::quantize(x, m, self.nb, self.nb_even, self.nb_pad);
         out_t
             .par_chunks_mut(ROWS_PER_TASK * m)
             .enumerate()
@@ -167,27 +192,12 @@ impl PackedQ {
 
     #[allow(dead_code)]
     fn dot_scalar(&self, act: &QAct, i: usize, r: usize) -> f32 {
-        let qb = self.kind.quant_bytes();
         let mut sum = 0f32;
         for b in 0..self.nb {
             let dw = half::f16::from_bits(self.scales[r * self.nb_pad + b]).to_f32();
             let da = act.d[i * self.nb_pad + b];
-            let q = &self.quants[(r * self.nb + b) * qb..(r * self.nb + b + 1) * qb];
-            let a = &act.qs[(i * self.nb + b) * QK..(i * self.nb + b + 1) * QK];
-            let mut s = 0i32;
-            match self.kind {
-                QKind::Q4_0 => {
-                    for j in 0..QK / 2 {
-                        s += ((q[j] & 0x0F) as i32 - 8) * a[j] as i32;
-                        s += ((q[j] >> 4) as i32 - 8) * a[j + QK / 2] as i32;
-                    }
-                }
-                QKind::Q8_0 => {
-                    for j in 0..QK {
-                        s += (q[j] as i8) as i32 * a[j] as i32;
-                    }
-                }
-            }
+            let a = &act.qs[(i * self.nb_even + b) * QK..(i * self.nb_even + b + 1) * QK];
+            let s: i32 = (0..QK).map(|j| self.q(r, b, j) * a[j] as i32).sum();
             sum += dw * da * s as f32;
         }
         sum
@@ -196,7 +206,7 @@ impl PackedQ {
 
 /// Activations quantized to Q8_0 blocks.
 struct QAct {
-    /// [m, nb, 32].
+    /// [m, nb_even, 32] (a zero block pads odd counts).
     qs: Vec<i8>,
     /// Scales (f16-rounded, as f32), [m, nb_pad], zero-padded.
     d: Vec<f32>,
@@ -205,8 +215,8 @@ struct QAct {
 }
 
 impl QAct {
-    fn quantize(x: &[f32], m: usize, nb: usize, nb_pad: usize) -> Self {
-        let mut qs = vec![0i8; m * nb * QK];
+    fn quantize(x: &[f32], m: usize, nb: usize, nb_even: usize, nb_pad: usize) -> Self {
+        let mut qs = vec![0i8; m * nb_even * QK];
         let mut d = vec![0f32; m * nb_pad];
         let mut s = vec![0f32; m * nb_pad];
         for i in 0..m {
@@ -215,7 +225,7 @@ impl QAct {
                 let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let dd = amax / 127.0;
                 let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
-                let q = &mut qs[(i * nb + b) * QK..(i * nb + b + 1) * QK];
+                let q = &mut qs[(i * nb_even + b) * QK..(i * nb_even + b + 1) * QK];
                 let mut sum = 0i32;
                 for (qv, xv) in q.iter_mut().zip(xs) {
                     *qv = (xv * id).round() as i8;
@@ -272,17 +282,18 @@ mod avx {
         rows: [usize; ROWS],
     ) -> [f32; ROWS] {
         unsafe {
-            let qb = if Q4 { QK / 2 } else { QK };
-            let (nb, nb_pad) = (p.nb, p.nb_pad);
+            let (nb, nb_pad, nb_even) = (p.nb, p.nb_pad, p.nb_even);
             let ones = _mm256_set1_epi16(1);
-            let low4 = _mm_set1_epi8(0x0F);
-            let mut acc = [_mm256_setzero_ps(); ROWS];
+            let low4 = _mm256_set1_epi8(0x0F);
+            let mut acc0 = [_mm256_setzero_ps(); ROWS];
+            let mut acc1 = [_mm256_setzero_ps(); ROWS];
             let mut corr = [_mm256_setzero_ps(); ROWS];
-            let aq = act.qs.as_ptr().add(i * nb * QK);
+            let aq = act.qs.as_ptr().add(i * nb_even * QK);
             let ad = act.d.as_ptr().add(i * nb_pad);
             let asum = act.s.as_ptr().add(i * nb_pad);
             let sp: [*const u16; ROWS] = rows.map(|r| p.scales.as_ptr().add(r * nb_pad));
-            let qp: [*const u8; ROWS] = rows.map(|r| p.quants.as_ptr().add(r * nb * qb));
+            let row_bytes = if Q4 { nb_even * QK / 2 } else { nb * QK };
+            let qp: [*const u8; ROWS] = rows.map(|r| p.quants.as_ptr().add(r * row_bytes));
             let mut g = 0;
             while g < nb {
                 let da8 = _mm256_loadu_ps(ad.add(g));
@@ -295,30 +306,74 @@ mod avx {
                     }
                 }
                 let end = (g + 8).min(nb);
-                for b in g..end {
-                    let a = _mm256_loadu_si256(aq.add(b * QK) as *const __m256i);
-                    let lane = _mm256_set1_epi32((b - g) as i32);
-                    for r in 0..ROWS {
-                        let prod = if Q4 {
-                            let w = _mm_loadu_si128(qp[r].add(b * qb) as *const __m128i);
-                            let lo = _mm_and_si128(w, low4);
-                            let hi = _mm_and_si128(_mm_srli_epi16::<4>(w), low4);
-                            let w = _mm256_set_m128i(hi, lo);
-                            _mm256_maddubs_epi16(w, a)
+                // Two blocks per step (g is even; an odd tail pairs with a zero block).
+                let mut b = g;
+                while b < end {
+                    let a0 = _mm256_loadu_si256(aq.add(b * QK) as *const __m256i);
+                    let l0 = _mm256_set1_epi32((b - g) as i32);
+                    let l1 = _mm256_set1_epi32((b - g + 1) as i32);
+                    if Q4 {
+                        let a1 = _mm256_loadu_si256(aq.add((b + 1) * QK) as *const __m256i);
+                        for r in 0..ROWS {
+                            let v = _mm256_loadu_si256(qp[r].add(b * QK / 2) as *const __m256i);
+                            let lo = _mm256_and_si256(v, low4);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
+                            let d0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), ones);
+                            let d1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), ones);
+                            acc0[r] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(d0),
+                                _mm256_permutevar8x32_ps(ds[r], l0),
+                                acc0[r],
+                            );
+                            acc1[r] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(d1),
+                                _mm256_permutevar8x32_ps(ds[r], l1),
+                                acc1[r],
+                            );
+                        }
+                    } else {
+                        let has1 = b + 1 < end;
+                        let a1 = if has1 {
+                            _mm256_loadu_si256(aq.add((b + 1) * QK) as *const __m256i)
                         } else {
-                            let w = _mm256_loadu_si256(qp[r].add(b * qb) as *const __m256i);
-                            _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
+                            _mm256_setzero_si256()
                         };
-                        let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
-                        let scale = _mm256_permutevar8x32_ps(ds[r], lane);
-                        acc[r] = _mm256_fmadd_ps(dot, scale, acc[r]);
+                        for r in 0..ROWS {
+                            let w0 = _mm256_loadu_si256(qp[r].add(b * QK) as *const __m256i);
+                            let d0 = _mm256_madd_epi16(
+                                _mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(a0, w0)),
+                                ones,
+                            );
+                            acc0[r] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(d0),
+                                _mm256_permutevar8x32_ps(ds[r], l0),
+                                acc0[r],
+                            );
+                            if has1 {
+                                let w1 =
+                                    _mm256_loadu_si256(qp[r].add((b + 1) * QK) as *const __m256i);
+                                let d1 = _mm256_madd_epi16(
+                                    _mm256_maddubs_epi16(
+                                        _mm256_abs_epi8(w1),
+                                        _mm256_sign_epi8(a1, w1),
+                                    ),
+                                    ones,
+                                );
+                                acc1[r] = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(d1),
+                                    _mm256_permutevar8x32_ps(ds[r], l1),
+                                    acc1[r],
+                                );
+                            }
+                        }
                     }
+                    b += 2;
                 }
                 g += 8;
             }
             let mut out = [0f32; ROWS];
             for r in 0..ROWS {
-                out[r] = hsum(acc[r]);
+                out[r] = hsum(_mm256_add_ps(acc0[r], acc1[r]));
                 if Q4 {
                     out[r] -= 8.0 * hsum(corr[r]);
                 }
@@ -349,8 +404,11 @@ mod tests {
 
     #[test]
     fn matches_scalar_and_dequantized() {
-        for kind in [QKind::Q4_0, QKind::Q8_0] {
-            let (rows, cols, m) = (13, 320, 3);
+        for (kind, cols) in [QKind::Q4_0, QKind::Q8_0]
+            .into_iter()
+            .flat_map(|k| [(k, 320), (k, 288), (k, 32)])
+        {
+            let (rows, m) = (13, 3);
             let p = PackedQ::from_gguf_blocks(kind, rows, cols, &blocks(kind, rows, cols))
                 .expect("valid blocks");
             let x: Vec<f32> = (0..m * cols)
@@ -358,12 +416,13 @@ mod tests {
                 .collect();
             let mut out_t = vec![0f32; rows * m];
             p.matmul_t(&x, m, &mut out_t);
-            let act = QAct::quantize(&x, m, p.nb, p.nb_pad);
+            let act = QAct::quantize(&x, m, p.nb, p.nb_even, p.nb_pad);
             let mut w = vec![0f32; cols];
             for r in 0..rows {
                 p.row_f32(r, &mut w);
                 for i in 0..m {
                     let exact: f32 = (0..cols).map(|c| w[c] * x[i * cols + c]).sum();
+                    let scale: f32 = (0..cols).map(|c| (w[c] * x[i * cols + c]).abs()).sum();
                     let q = p.dot_scalar(&act, i, r);
                     let got = out_t[r * m + i];
                     assert!(
@@ -371,7 +430,7 @@ mod tests {
                         "{kind:?} {r} {i}: {got} vs {q}"
                     );
                     assert!(
-                        (got - exact).abs() <= 0.02 * exact.abs().max(1.0),
+                        (got - exact).abs() <= 0.01 * scale,
                         "{kind:?} {r} {i}: {got} vs exact {exact}"
                     );
                 }
