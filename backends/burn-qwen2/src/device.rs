@@ -49,12 +49,16 @@ fn wgpu_adapters(device: Device) -> Result<Vec<BurnDevice>, BackendError> {
 }
 
 /// A cheap check that `device` exists: the CPU always does; a GPU when wgpu
-/// lists an adapter of that ordinal. Runs nothing on it.
+/// lists an adapter of that ordinal. Only counts the adapters (opens none and
+/// runs nothing on them).
 pub fn probe(device: Device) -> Result<(), BackendError> {
     match device.kind {
         DeviceKind::Cpu => Ok(()),
         DeviceKind::Gpu => {
-            let count = wgpu_adapters(device)?.len();
+            let count = contain(
+                || BurnDevice::enumerate(DeviceType::Wgpu).into_vec().len(),
+                |m| BackendError::device_unavailable(format!("{device} (wgpu): {m}")),
+            )?;
             if device.ordinal < count {
                 Ok(())
             } else {

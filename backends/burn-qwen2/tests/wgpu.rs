@@ -54,3 +54,10 @@ fn a_missing_gpu_is_unavailable() {
     assert_eq!(e.kind, ErrorKind::DeviceUnavailable, "{e}");
     assert!(e.message.contains("gpu:99"), "{e}");
 }
+
+#[test]
+fn the_first_gpu_probes_available() {
+    // CI installs llvmpipe, so a gpu:0 exists; probing it opens nothing.
+    FACTORY.probe(GPU).expect("gpu:0 probe");
+    FACTORY.probe(Device::CPU).expect("cpu probe");
+}
