@@ -175,8 +175,12 @@ pub fn merge_heads(ctx: &[f32], p: &Packing, heads: usize, head_dim: usize) -> V
             let row = &mut out[(start + t) * h..(start + t + 1) * h];
             for head in 0..heads {
                 let at = ((b * heads + head) * s + t) * head_dim;
-                row[head * head_dim..(head + 1) * head_dim]
-                    .copy_from_slice(&ctx[at..at + head_dim]);
+                for (d, v) in row[head * head_dim..(head + 1) * head_dim]
+                    .iter_mut()
+                    .zip(&ctx[at..at + head_dim])
+                {
+                    *d = *v;
+                }
             }
         }
     }

@@ -445,15 +445,22 @@ impl BertEncoder {
             softcap: None,
             is_causal: false,
         };
-        let tensor = |v: Vec<f32>, shape: [usize; 2]| {
-            Tensor::<2>::from_data(TensorData::new(v, shape), &self.device)
-        };
         let tensor4 = |v: Vec<f32>| {
             Tensor::<4>::from_data(TensorData::new(v, [b, heads, s, hd]), &self.device)
         };
+        // Buffers go to the host and back as `TensorData`, which `flex`
+        // moves without copying (a `Vec` would need a copy to change alignment).
+        let back = |d: TensorData| Tensor::<2>::from_data(d, &self.device);
         for layer in &self.layers {
-            let qkv = host(x.clone().matmul(layer.qkv.weight.clone()))?;
-            let [q, k, v] = cpu::split_heads(&qkv, &layer.qkv.bias_host, &packing, heads, hd);
+            let qkv = data(x.clone().matmul(layer.qkv.weight.clone()))?;
+            let [q, k, v] = cpu::split_heads(
+                qkv.as_slice::<f32>().map_err(internal)?,
+                &layer.qkv.bias_host,
+                &packing,
+                heads,
+                hd,
+            );
+            drop(qkv);
             let ctx = attention(
                 tensor4(q),
                 tensor4(k),
@@ -462,36 +469,47 @@ impl BertEncoder {
                 None,
                 options,
             );
-            let ctx = cpu::merge_heads(&host4(ctx)?, &packing, heads, hd);
+            let ctx = data(ctx)?;
+            let ctx = cpu::merge_heads(
+                ctx.as_slice::<f32>().map_err(internal)?,
+                &packing,
+                heads,
+                hd,
+            );
+            let ctx = Tensor::<2>::from_data(TensorData::new(ctx, [n, h]), &self.device);
 
-            let mut a = host(tensor(ctx, [n, h]).matmul(layer.attn_out.weight.clone()))?;
-            let residual = host(x)?;
+            let mut a = data(ctx.matmul(layer.attn_out.weight.clone()))?;
+            let residual = data(x)?;
             cpu::bias_residual_norm(
-                &mut a,
+                a.as_mut_slice::<f32>().map_err(internal)?,
                 &layer.attn_out.bias_host,
-                &residual,
+                residual.as_slice::<f32>().map_err(internal)?,
                 &layer.attn_norm.gamma_host,
                 &layer.attn_norm.beta_host,
                 eps,
             );
             drop(residual);
-            let a = tensor(a, [n, h]);
+            let a = back(a);
 
-            let mut i = host(a.clone().matmul(layer.intermediate.weight.clone()))?;
-            cpu::bias_activation(&mut i, &layer.intermediate.bias_host, c.hidden_act);
-            let i = tensor(i, [n, c.intermediate_size]);
+            let mut i = data(a.clone().matmul(layer.intermediate.weight.clone()))?;
+            cpu::bias_activation(
+                i.as_mut_slice::<f32>().map_err(internal)?,
+                &layer.intermediate.bias_host,
+                c.hidden_act,
+            );
+            let i = back(i);
 
-            let mut o = host(i.matmul(layer.output.weight.clone()))?;
-            let residual = host(a)?;
+            let mut o = data(i.matmul(layer.output.weight.clone()))?;
+            let residual = data(a)?;
             cpu::bias_residual_norm(
-                &mut o,
+                o.as_mut_slice::<f32>().map_err(internal)?,
                 &layer.output.bias_host,
-                &residual,
+                residual.as_slice::<f32>().map_err(internal)?,
                 &layer.output_norm.gamma_host,
                 &layer.output_norm.beta_host,
                 eps,
             );
-            x = tensor(o, [n, h]);
+            x = back(o);
         }
         Ok(x)
     }
@@ -589,6 +607,7 @@ fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, BackendError> {
         .map_err(internal)
 }
 
-fn host4(t: Tensor<4>) -> Result<Vec<f32>, BackendError> {
-    host(t)
+/// A tensor's data on the host (moved, not copied, where the backend allows).
+fn data<const D: usize>(t: Tensor<D>) -> Result<TensorData, BackendError> {
+    t.try_into_data().map_err(internal)
 }
