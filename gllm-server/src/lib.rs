@@ -223,3 +223,42 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_checked() {
+        assert!(ServeOptions::default().check().is_ok());
+        let bad = [
+            ServeOptions {
+                max_queue: 0,
+                ..Default::default()
+            },
+            ServeOptions {
+                body_limit: 0,
+                ..Default::default()
+            },
+            ServeOptions {
+                request_timeout: Duration::ZERO,
+                ..Default::default()
+            },
+            ServeOptions {
+                max_batch_tokens: 0,
+                ..Default::default()
+            },
+            ServeOptions {
+                max_concurrent_generations: 0,
+                ..Default::default()
+            },
+            ServeOptions {
+                api_key: Some(String::new()),
+                ..Default::default()
+            },
+        ];
+        for o in bad {
+            assert!(matches!(o.check(), Err(ServerError::Options(_))), "{o:?}");
+        }
+    }
+}
