@@ -155,6 +155,111 @@ impl Matrix {
     }
 }
 
+impl Matrix {
+    /// Stacks matrices of one storage kind and width into one (rows in order), so that
+    /// projections sharing an input run as one matmul; `None` when they differ.
+    pub fn concat_rows(parts: &[&Matrix]) -> Option<Matrix> {
+        let cols = parts.first()?.dims().1;
+        if parts.iter().any(|p| p.dims().1 != cols) {
+            return None;
+        }
+        match parts[0] {
+            Matrix::F32(_) => {
+                let ts: Option<Vec<&Tensor>> = parts
+                    .iter()
+                    .map(|p| match p {
+                        Matrix::F32(t) => Some(t),
+                        _ => None,
+                    })
+                    .collect();
+                Tensor::cat(&ts?, 0).ok().map(Matrix::F32)
+            }
+            Matrix::Half { kind, .. } => {
+                let mut data = Vec::new();
+                let mut rows = 0;
+                for p in parts {
+                    match p {
+                        Matrix::Half {
+                            data: d,
+                            kind: k,
+                            rows: r,
+                            ..
+                        } if k == kind => {
+                            data.extend_from_slice(d);
+                            rows += r;
+                        }
+                        _ => return None,
+                    }
+                }
+                Some(Matrix::Half {
+                    data,
+                    kind: *kind,
+                    rows,
+                    cols,
+                })
+            }
+            Matrix::Packed(_) => {
+                let ps: Option<Vec<&PackedQ>> = parts
+                    .iter()
+                    .map(|p| match p {
+                        Matrix::Packed(q) => Some(q),
+                        _ => None,
+                    })
+                    .collect();
+                PackedQ::concat_rows(&ps?).map(Matrix::Packed)
+            }
+            Matrix::Quant(_) => None,
+        }
+    }
+}
+
+/// Projections of one input: either separate layers or one fused layer whose output
+/// columns are the parts' outputs side by side.
+#[derive(Debug)]
+pub enum Projections {
+    /// One layer per output.
+    Separate(Vec<Linear>),
+    /// One stacked layer, and the width of each part.
+    Fused(Linear, Vec<usize>),
+}
+
+impl Projections {
+    /// Fuses `parts` when their weights (and biases) can be stacked.
+    pub fn new(parts: Vec<Linear>) -> Self {
+        let widths: Vec<usize> = parts.iter().map(|l| l.weight.dims().0).collect();
+        let weights: Vec<&Matrix> = parts.iter().map(|l| &l.weight).collect();
+        let bias = if parts.iter().all(|l| l.bias.is_none()) {
+            Some(None)
+        } else {
+            let bs: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
+            bs.and_then(|b| Tensor::cat(&b, 0).ok()).map(Some)
+        };
+        match (Matrix::concat_rows(&weights), bias) {
+            (Some(weight), Some(bias)) if parts.len() > 1 => {
+                Projections::Fused(Linear { weight, bias }, widths)
+            }
+            _ => Projections::Separate(parts),
+        }
+    }
+
+    /// The outputs of every part for `x` [m, in].
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Projections::Separate(ls) => ls.iter().map(|l| l.forward(x)).collect(),
+            Projections::Fused(l, widths) => {
+                let y = l.forward(x)?;
+                let mut out = Vec::with_capacity(widths.len());
+                let mut off = 0;
+                for w in widths {
+                    out.push(y.narrow(1, off, *w)?);
+                    off += w;
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
 /// `y = x · Wᵀ (+ b)`.
 #[derive(Debug)]
 pub struct Linear {

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 
 use crate::config::Qwen2Config;
 use crate::error::{Result, invalid_model};
-use crate::linear::{Linear, Matrix};
+use crate::linear::{Linear, Matrix, Projections};
 use crate::model::{Layer, Qwen2Model};
 
 /// One tensor of the decoder, independent of the file format's naming.
@@ -161,13 +161,14 @@ pub fn build(
         };
         layers.push(Layer {
             input_norm: src.vector(&n(InputNorm))?,
-            q: lin(QW, Some(QB))?,
-            k: lin(KW, Some(KB))?,
-            v: lin(VW, Some(VB))?,
+            qkv: Projections::new(vec![
+                lin(QW, Some(QB))?,
+                lin(KW, Some(KB))?,
+                lin(VW, Some(VB))?,
+            ]),
             o: lin(OW, None)?,
             post_norm: src.vector(&n(PostNorm))?,
-            gate: lin(Gate, None)?,
-            up: lin(Up, None)?,
+            gate_up: Projections::new(vec![lin(Gate, None)?, lin(Up, None)?]),
             down: lin(Down, None)?,
         });
     }

@@ -7,27 +7,21 @@ use candle_core::{Device, Tensor};
 use crate::cache::{LayerKv, Qwen2Cache};
 use crate::config::{Qwen2Config, RopeStyle};
 use crate::error::{Result, internal, invalid_input};
-use crate::linear::{Linear, Matrix};
+use crate::linear::{Linear, Matrix, Projections};
 
 /// One decoder layer.
 #[derive(Debug)]
 pub struct Layer {
     /// RMSNorm before attention [hidden].
     pub input_norm: Tensor,
-    /// Query projection.
-    pub q: Linear,
-    /// Key projection.
-    pub k: Linear,
-    /// Value projection.
-    pub v: Linear,
+    /// Query, key and value projections (fused into one matmul where possible).
+    pub qkv: Projections,
     /// Attention output projection.
     pub o: Linear,
     /// RMSNorm before the MLP [hidden].
     pub post_norm: Tensor,
-    /// SwiGLU gate projection.
-    pub gate: Linear,
-    /// SwiGLU up projection.
-    pub up: Linear,
+    /// SwiGLU gate and up projections (fused where possible).
+    pub gate_up: Projections,
     /// MLP down projection.
     pub down: Linear,
 }
@@ -184,9 +178,14 @@ impl Qwen2Model {
         let heads = |t: Tensor, count: usize| -> Result<Tensor> {
             Ok(t.reshape((n, count, d))?.transpose(0, 1)?.contiguous()?)
         };
-        let q = heads(l.q.forward(&h)?, hq)?.unsqueeze(0)?;
-        let k = heads(l.k.forward(&h)?, hkv)?.unsqueeze(0)?;
-        let v = heads(l.v.forward(&h)?, hkv)?;
+        let [q, k, v]: [Tensor; 3] = l
+            .qkv
+            .forward(&h)?
+            .try_into()
+            .map_err(|_| internal("q/k/v projections did not give three outputs"))?;
+        let q = heads(q, hq)?.unsqueeze(0)?;
+        let k = heads(k, hkv)?.unsqueeze(0)?;
+        let v = heads(v, hkv)?;
         let q = self.rope(&q, cos, sin)?.squeeze(0)?;
         let k = self.rope(&k, cos, sin)?.squeeze(0)?;
 
@@ -212,8 +211,11 @@ impl Qwen2Model {
         let x = (x + l.o.forward(&out)?)?;
 
         let h = candle_nn::ops::rms_norm(&x, &l.post_norm, eps)?;
-        let gate = l.gate.forward(&h)?;
-        let up = l.up.forward(&h)?;
+        let [gate, up]: [Tensor; 2] = l
+            .gate_up
+            .forward(&h)?
+            .try_into()
+            .map_err(|_| internal("gate/up projections did not give two outputs"))?;
         let mlp = l.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
         Ok((x + mlp)?)
     }

@@ -37,13 +37,6 @@ impl QKind {
     fn block_bytes(self) -> usize {
         2 + self.quant_bytes()
     }
-
-    fn per_byte(self) -> usize {
-        match self {
-            QKind::Q4_0 => 2,
-            QKind::Q8_0 => 1,
-        }
-    }
 }
 
 /// A [rows, cols] matrix of Q4_0/Q8_0 blocks, scales and quants split.
@@ -83,7 +76,11 @@ impl PackedQ {
             return None;
         }
         let mut scales = vec![0u16; rows * nb_pad];
-        let mut quants = vec![0u8; rows * nb_even * QK / kind.per_byte()];
+        let row_bytes = match kind {
+            QKind::Q8_0 => nb * QK,
+            QKind::Q4_0 => nb_even * QK / 2,
+        };
+        let mut quants = vec![0u8; rows * row_bytes];
         for r in 0..rows {
             for b in 0..nb {
                 let blk = &data[(r * nb + b) * bb..(r * nb + b + 1) * bb];
@@ -113,6 +110,33 @@ impl PackedQ {
             nb_even,
             scales,
             quants,
+        })
+    }
+
+    /// Stacks matrices of the same kind and width (rows of `parts[0]` first).
+    pub fn concat_rows(parts: &[&PackedQ]) -> Option<PackedQ> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.kind != first.kind || p.cols != first.cols)
+        {
+            return None;
+        }
+        Some(PackedQ {
+            kind: first.kind,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            nb: first.nb,
+            nb_pad: first.nb_pad,
+            nb_even: first.nb_even,
+            scales: parts
+                .iter()
+                .flat_map(|p| p.scales.iter().copied())
+                .collect(),
+            quants: parts
+                .iter()
+                .flat_map(|p| p.quants.iter().copied())
+                .collect(),
         })
     }
 
@@ -400,6 +424,22 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn concatenated_rows_multiply_like_the_parts() {
+        for kind in [QKind::Q4_0, QKind::Q8_0] {
+            let cols = 32;
+            let a = PackedQ::from_gguf_blocks(kind, 5, cols, &blocks(kind, 5, cols)).expect("a");
+            let b = PackedQ::from_gguf_blocks(kind, 3, cols, &blocks(kind, 3, cols)).expect("b");
+            let ab = PackedQ::concat_rows(&[&a, &b]).expect("same kind");
+            let x: Vec<f32> = (0..cols).map(|i| i as f32 / 7.0 - 2.0).collect();
+            let (mut oa, mut ob, mut oab) = (vec![0f32; 5], vec![0f32; 3], vec![0f32; 8]);
+            a.matmul_t(&x, 1, &mut oa);
+            b.matmul_t(&x, 1, &mut ob);
+            ab.matmul_t(&x, 1, &mut oab);
+            assert_eq!(oab, [oa, ob].concat(), "{kind:?}");
+        }
     }
 
     #[test]
