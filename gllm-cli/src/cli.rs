@@ -88,6 +88,9 @@ pub enum Command {
     /// Measure throughput and print it beside the peers' figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve the manifest's models over HTTP (OpenAI- and TEI-compatible).
+    #[cfg(feature = "serve")]
+    Serve(ServeArgs),
     /// Write a random-weight Qwen2 model of a config's shape (for benchmarks).
     #[cfg(feature = "synth")]
     Synth {
@@ -104,6 +107,36 @@ pub enum Command {
         #[arg(long)]
         tokenizer: Option<PathBuf>,
     },
+}
+
+/// `gllm serve` flags.
+#[cfg(feature = "serve")]
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    #[arg(long, env = "GLLM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Requests that may wait per model before new ones get 429.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// Largest request body in bytes (413 above).
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// Longest a request may take, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub request_timeout: u64,
+    /// Padded token budget of one embedding/rerank batch (longest × count).
+    #[arg(long, default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+    /// Generations that run at once per model.
+    #[arg(long, default_value_t = 8)]
+    pub max_concurrent_generations: usize,
 }
 
 #[derive(Subcommand, Debug)]

@@ -110,6 +110,20 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .context("chat worker failed")?
         }
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => {
+            let options = gllm_server::ServeOptions {
+                addr: std::net::SocketAddr::new(args.host, args.port),
+                api_key: args.api_key,
+                max_queue: args.max_queue,
+                body_limit: args.body_limit,
+                request_timeout: std::time::Duration::from_secs(args.request_timeout),
+                max_batch_tokens: args.max_batch_tokens,
+                max_concurrent_generations: args.max_concurrent_generations,
+            };
+            gllm_server::serve(open()?, options, gllm_server::shutdown_signal()).await?;
+            Ok(())
+        }
         #[cfg(feature = "synth")]
         Command::Synth {
             config,
