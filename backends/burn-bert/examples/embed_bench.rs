@@ -5,6 +5,7 @@
 //! cargo run --release -p burn-bert --example embed_bench -- \
 //!     [MODEL_DIR] [CORPUS] [BATCH] [cpu|gpu]
 //! ```
+//! (an empty argument takes the default). `BENCH_ROUNDS` sets the number of timed passes (3).
 //! Defaults: all-MiniLM-L6-v2 from `fetch-real-models.sh`, `../shared/bench/corpus.txt`, 32, cpu.
 
 use std::path::PathBuf;
@@ -16,16 +17,15 @@ use gllm_api::{Device, EncodedInput, InferenceBackend, Task};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let model = args
-        .first()
+    let arg = |i: usize| args.get(i).filter(|a| !a.is_empty());
+    let model = arg(0)
         .map(PathBuf::from)
         .unwrap_or_else(|| gllm_testkit::real_model("all-MiniLM-L6-v2"));
-    let corpus = args
-        .get(1)
+    let corpus = arg(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| gllm_testkit::workspace_root().join("../shared/bench/corpus.txt"));
-    let batch: usize = args.get(2).map_or(Ok(32), |b| b.parse())?;
-    let device = match args.get(3).map(String::as_str) {
+    let batch: usize = arg(2).map_or(Ok(32), |b| b.parse())?;
+    let device = match arg(3).map(String::as_str) {
         Some("gpu") => Device::gpu(0),
         _ => Device::CPU,
     };
