@@ -413,3 +413,50 @@ async fn a_model_that_fails_to_load_stops_the_server_with_its_error() -> Result<
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_input_fails_only_its_own_request_in_a_shared_batch() -> Result<()> {
+    let server = TestServer::start(|_| {}).await?;
+    let addr = server.addr;
+    let reference = reference("tiny-bert");
+    let cases = std::sync::Arc::new(bert_cases());
+    let ids = std::sync::Arc::new(reference["input_ids"].clone());
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(32));
+    let mut tasks = Vec::new();
+    for k in 0..32usize {
+        let (cases, ids, barrier) = (cases.clone(), ids.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let i = k % cases.len();
+            if k % 4 == 3 {
+                // Token ids outside the vocabulary: this request alone must fail.
+                let r = post(
+                    addr,
+                    "/v1/embeddings",
+                    &json!({"input": [101, 4_000_000, 102]}),
+                )
+                .await?;
+                r.expect_error(400)?;
+            } else {
+                let r = post(addr, "/v1/embeddings", &json!({"input": [ids[i].clone()]})).await?;
+                ensure!(r.status == 200, "{}", r.text());
+                let got = floats(&r.json()?["data"][0]["embedding"]);
+                ensure!(
+                    max_abs_diff(&got, &cases[i].1) <= 1e-5,
+                    "request {k} differs"
+                );
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let text = get(addr, "/metrics").await?.text();
+    println!(
+        "largest batch: {:?}",
+        metric(&text, "gllm_batch_requests_max{model=\"tiny-bert\"}")
+    );
+    still_serving(addr).await?;
+    server.stop().await
+}
