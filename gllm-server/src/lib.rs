@@ -147,6 +147,7 @@ impl Server {
         let addr = self.local_addr()?;
         let state = Arc::new(state::AppState::new(self.runtime, self.options));
         let app = router::build(state.clone());
+        // `gllm serve` tests read the bound port from this line: keep its form.
         eprintln!(
             "gllm serve: listening on http://{addr} (loading {} models)",
             state.runtime.manifest().models.len()

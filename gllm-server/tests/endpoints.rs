@@ -264,6 +264,7 @@ async fn greedy_chat_completions_match_the_reference() -> Result<()> {
             "{:?}",
             r.headers
         );
+        assert_eq!(r.header("x-accel-buffering"), Some("no"));
         let events = r.sse_data();
         let (text, usage, chunks) = chat_stream_text(&events)?;
         assert_eq!(text, case.text);

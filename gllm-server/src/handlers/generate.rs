@@ -506,6 +506,11 @@ async fn respond(
         state.options.request_timeout,
     ));
     let mut response = Sse::new(ReceiverStream::new(rx)).into_response();
+    // Ask reverse proxies (nginx) not to buffer the stream.
+    response.headers_mut().insert(
+        axum::http::HeaderName::from_static("x-accel-buffering"),
+        axum::http::HeaderValue::from_static("no"),
+    );
     response.extensions_mut().insert(ModelLabel(id));
     Ok(response)
 }
