@@ -13,14 +13,10 @@ pub fn plugin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "gllm-plugin-bert",
-                "-p",
-                "gllm-plugin-faulty",
-            ])
+            // The whole workspace with all targets: the same feature resolution as
+            // `cargo test --workspace`, so nothing is rebuilt but the plugin libraries
+            // (building `-p` alone would resolve features differently and rebuild Burn).
+            .args(["build", "--release", "--workspace", "--all-targets"])
             .current_dir(gllm_testkit::workspace_root())
             .status()
             .expect("run cargo build for the plugins");
