@@ -53,6 +53,12 @@ pub const ABI_MAJOR: u32 = 1;
 /// ABI minor version: additions old hosts may ignore.
 pub const ABI_MINOR: u32 = 0;
 
+/// True when a host of this ABI may load a plugin built for `major.minor`: the
+/// majors are equal and the plugin's minor is at least the host's.
+pub fn abi_compatible(major: u32, minor: u32) -> bool {
+    major == ABI_MAJOR && minor.checked_sub(ABI_MINOR).is_some()
+}
+
 /// 0 = success, else an [`ErrorKind`] code.
 pub type Status = u32;
 /// [`Status`] of success.

@@ -85,23 +85,23 @@ impl GgufMetadata {
         let mut r = Reader {
             inner: BufReader::with_capacity(1 << 20, file),
         };
-        let magic = r.bytes::<4>().map_err(|e| err(e))?;
+        let magic = r.bytes::<4>().map_err(&err)?;
         if &magic != b"GGUF" {
             return Err(err("not a GGUF file (bad magic)".into()));
         }
-        let version = r.u32().map_err(|e| err(e))?;
+        let version = r.u32().map_err(&err)?;
         if !(2..=3).contains(&version) {
             return Err(err(format!("unsupported GGUF version {version}")));
         }
-        let tensor_count = r.u64().map_err(|e| err(e))?;
-        let kv_count = r.u64().map_err(|e| err(e))?;
+        let tensor_count = r.u64().map_err(&err)?;
+        let kv_count = r.u64().map_err(&err)?;
         if kv_count > 1 << 20 {
             return Err(err(format!("implausible metadata count {kv_count}")));
         }
         let mut values = BTreeMap::new();
         for _ in 0..kv_count {
-            let key = r.string().map_err(|e| err(e))?;
-            let ty = r.u32().map_err(|e| err(e))?;
+            let key = r.string().map_err(&err)?;
+            let ty = r.u32().map_err(&err)?;
             let value = r
                 .value(ty, 0)
                 .map_err(|e| err(format!("metadata `{key}`: {e}")))?;

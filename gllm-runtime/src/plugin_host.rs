@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use gllm_api::plugin::{
     ABI_MAJOR, ABI_MINOR, ENTRY_SYMBOL, EntryFn, PLUGIN_MAGIC, PluginBuffer, PluginDescriptor,
-    PluginInput, PluginModelInfo, PluginVTable, STATUS_OK, Status, capabilities_from_json,
-    device_to_c, info_from_c, spec_to_json, status_kind,
+    PluginInput, PluginModelInfo, PluginVTable, STATUS_OK, Status, abi_compatible,
+    capabilities_from_json, device_to_c, info_from_c, spec_to_json, status_kind,
 };
 use gllm_api::{
     BackendError, BackendFactory, Capabilities, Device, EncodedInput, InferenceBackend, KvCache,
@@ -58,7 +58,7 @@ pub fn load_plugin(path: &Path) -> Result<BackendEntry> {
     }
     // SAFETY: the magic says this is a descriptor; the version fields follow it in every ABI.
     let desc: &'static PluginDescriptor = unsafe { &*desc };
-    if desc.abi_major != ABI_MAJOR || desc.abi_minor < ABI_MINOR {
+    if !abi_compatible(desc.abi_major, desc.abi_minor) {
         return Err(plugin_err(
             path,
             format!(

@@ -48,10 +48,13 @@ impl ModelPlan {
     }
 }
 
+/// One model's slot: locked while it loads, so that each model loads once.
+type ModelSlot = Arc<Mutex<Option<Arc<ServedModel>>>>;
+
 struct Inner {
     manifest: Manifest,
     registry: Registry,
-    loaded: Mutex<HashMap<String, Arc<Mutex<Option<Arc<ServedModel>>>>>>,
+    loaded: Mutex<HashMap<String, ModelSlot>>,
 }
 
 /// The entry point: cheap to clone, shared by every handle.

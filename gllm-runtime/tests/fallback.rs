@@ -8,36 +8,29 @@ use gllm_api::{Device, ErrorKind};
 use gllm_runtime::{GenerateRequest, RuntimeError, SamplingParams, StreamEvent};
 use support::{counters_of, fake_embedding, fixture_path, runtime};
 
-fn embed_manifest(id: &str, options: &str) -> String {
+/// A one-model manifest on the fault-test backend, GPU first.
+fn manifest(task: &str, fixture: &str, id: &str, options: &str) -> String {
     format!(
         r#"
 [[models]]
 id = "{id}"
-task = "embed"
+task = "{task}"
 path = "{}"
 backends = ["fault-test"]
 devices = ["gpu", "cpu"]
 [models.options]
 {options}
 "#,
-        fixture_path("tiny-bert")
+        fixture_path(fixture)
     )
 }
 
+fn embed_manifest(id: &str, options: &str) -> String {
+    manifest("embed", "tiny-bert", id, options)
+}
+
 fn generate_manifest(id: &str, options: &str) -> String {
-    format!(
-        r#"
-[[models]]
-id = "{id}"
-task = "generate"
-path = "{}"
-backends = ["fault-test"]
-devices = ["gpu", "cpu"]
-[models.options]
-{options}
-"#,
-        fixture_path("tiny-qwen2")
-    )
+    manifest("generate", "tiny-qwen2", id, options)
 }
 
 fn texts() -> Vec<String> {

@@ -186,7 +186,7 @@ fn malformed() -> Vec<(String, Vec<&'static str>)> {
         ),
         // 14. bad hf repo id
         (
-            format!("[[models]]\nid = \"m1\"\ntask = \"embed\"\nhf = \"just-a-name\"\n"),
+            "[[models]]\nid = \"m1\"\ntask = \"embed\"\nhf = \"just-a-name\"\n".to_string(),
             vec!["model `m1`", "`hf`", "org/name"],
         ),
         // 15. empty backends list
