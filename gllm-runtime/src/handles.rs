@@ -15,6 +15,9 @@ pub use crate::generate::{FinishReason, Generation};
 use crate::sampling::SamplingParams;
 use crate::served::{ActiveBackend, Sequence, ServedModel};
 
+/// Extra chat-template variables, as transformers' `apply_chat_template(**kwargs)` takes them.
+pub type TemplateKwargs = serde_json::Map<String, serde_json::Value>;
+
 /// Inputs per backend call for embed/rerank (sorted by length, so padding stays small).
 const BATCH_SIZE: usize = 32;
 
@@ -291,6 +294,17 @@ impl GeneratorHandle {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        self.render_chat_with(messages, add_generation_prompt, &TemplateKwargs::new())
+    }
+
+    /// [`GeneratorHandle::render_chat`] with extra template variables (e.g. `enable_thinking`),
+    /// as transformers' `apply_chat_template(..., **kwargs)`.
+    pub fn render_chat_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        kwargs: &TemplateKwargs,
+    ) -> Result<String> {
         let tmpl =
             self.model
                 .text
@@ -300,13 +314,22 @@ impl GeneratorHandle {
                     id: self.model.entry.id.clone(),
                     message: "the model has no chat template".into(),
                 })?;
-        tmpl.render(messages, add_generation_prompt)
+        tmpl.render_with(messages, add_generation_prompt, kwargs)
             .map_err(RuntimeError::Template)
     }
 
     /// The token ids of a rendered conversation (no special tokens added: the template has them).
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let text = self.render_chat(messages, true)?;
+        self.encode_chat_with(messages, &TemplateKwargs::new())
+    }
+
+    /// [`GeneratorHandle::encode_chat`] with extra template variables.
+    pub fn encode_chat_with(
+        &self,
+        messages: &[ChatMessage],
+        kwargs: &TemplateKwargs,
+    ) -> Result<Vec<u32>> {
+        let text = self.render_chat_with(messages, true, kwargs)?;
         Ok(self
             .model
             .text
@@ -369,9 +392,19 @@ impl GeneratorHandle {
         messages: Vec<ChatMessage>,
         params: SamplingParams,
     ) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
+        self.chat_stream_with(messages, TemplateKwargs::new(), params)
+    }
+
+    /// [`GeneratorHandle::chat_stream`] with extra template variables (e.g. `enable_thinking`).
+    pub fn chat_stream_with(
+        &self,
+        messages: Vec<ChatMessage>,
+        kwargs: TemplateKwargs,
+        params: SamplingParams,
+    ) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
         let this = self.clone();
         self.stream_with(move |on_delta| {
-            let ids = this.encode_chat(&messages)?;
+            let ids = this.encode_chat_with(&messages, &kwargs)?;
             this.generate_ids_blocking(&ids, &params, on_delta)
         })
     }

@@ -29,6 +29,7 @@ pub use error::{Result, RuntimeError};
 pub use handles::{
     ChatMessage, ChatSession, EmbedderHandle, Embedding, FinishReason, GenerateBench,
     GenerateRequest, Generation, GeneratorHandle, RerankResult, RerankerHandle, StreamEvent,
+    TemplateKwargs,
 };
 pub use model_files::Activation;
 pub use runtime::{CandidateReport, ModelPlan, Runtime};

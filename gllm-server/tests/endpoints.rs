@@ -228,7 +228,7 @@ async fn greedy_chat_completions_match_the_reference() -> Result<()> {
         let r = post(
             addr,
             "/v1/chat/completions",
-            &json!({"model": "tiny-qwen2", "messages": case.messages,
+            &json!({"model": "tiny-qwen2", "messages": case.messages, "chat_template_kwargs": case.kwargs,
                     "temperature": 0, "max_tokens": 8}),
         )
         .await?;
@@ -252,7 +252,7 @@ async fn greedy_chat_completions_match_the_reference() -> Result<()> {
         let r = post(
             addr,
             "/v1/chat/completions",
-            &json!({"model": "tiny-qwen2", "messages": case.messages, "temperature": 0,
+            &json!({"model": "tiny-qwen2", "messages": case.messages, "chat_template_kwargs": case.kwargs, "temperature": 0,
                     "max_completion_tokens": 8, "stream": true,
                     "stream_options": {"include_usage": true}}),
         )
@@ -281,7 +281,7 @@ async fn greedy_chat_completions_match_the_reference() -> Result<()> {
         let r = post(
             addr,
             "/v1/chat/completions",
-            &json!({"messages": case.messages, "temperature": 0, "max_tokens": 8, "stream": true}),
+            &json!({"messages": case.messages, "chat_template_kwargs": case.kwargs, "temperature": 0, "max_tokens": 8, "stream": true}),
         )
         .await?;
         let (text, usage, chunks) = chat_stream_text(&r.sse_data())?;
@@ -302,7 +302,7 @@ async fn greedy_chat_completions_match_the_reference() -> Result<()> {
     let r = post(
         addr,
         "/v1/chat/completions",
-        &json!({"messages": case.messages, "temperature": 0, "max_tokens": 8, "stop": [stop]}),
+        &json!({"messages": case.messages, "chat_template_kwargs": case.kwargs, "temperature": 0, "max_tokens": 8, "stop": [stop]}),
     )
     .await?;
     ensure!(r.status == 200, "{}", r.text());
@@ -319,7 +319,7 @@ async fn greedy_chat_completions_match_the_reference() -> Result<()> {
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
 
     // The same seed gives the same sample; penalties are accepted.
-    let body = json!({"messages": case.messages, "temperature": 1.0, "top_p": 0.9, "seed": 1234,
+    let body = json!({"messages": case.messages, "chat_template_kwargs": case.kwargs, "temperature": 1.0, "top_p": 0.9, "seed": 1234,
                       "max_tokens": 12, "presence_penalty": 0.5, "frequency_penalty": 0.5});
     let a = post(addr, "/v1/chat/completions", &body).await?.json()?;
     let b = post(addr, "/v1/chat/completions", &body).await?.json()?;

@@ -73,7 +73,7 @@ async fn sixty_four_clients_mixing_embed_rerank_and_streamed_chat() -> Result<()
                         let resp = post(
                             addr,
                             "/v1/chat/completions",
-                            &json!({"messages": case.messages, "temperature": 0,
+                            &json!({"messages": case.messages, "chat_template_kwargs": case.kwargs, "temperature": 0,
                                     "max_tokens": 8, "stream": true}),
                         )
                         .await?;

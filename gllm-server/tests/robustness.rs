@@ -353,8 +353,7 @@ async fn shutdown_finishes_the_requests_in_flight() -> Result<()> {
     let mut server = TestServer::start(|_| {}).await?;
     let addr = server.addr;
     let case = chat_cases().swap_remove(0);
-    let body =
-        json!({"messages": case.messages, "temperature": 0, "max_tokens": 1500, "stream": true});
+    let body = json!({"messages": case.messages, "chat_template_kwargs": case.kwargs, "temperature": 0, "max_tokens": 1500, "stream": true});
     let stream = tokio::spawn(async move { post(addr, "/v1/chat/completions", &body).await });
     // Wait until the generation runs, then ask the server to stop.
     let started = std::time::Instant::now();

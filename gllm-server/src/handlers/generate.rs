@@ -95,6 +95,8 @@ pub(crate) struct ChatRequest {
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
     tools: Option<Value>,
+    /// Extra chat-template variables (e.g. `{"enable_thinking": false}`), as vLLM takes them.
+    chat_template_kwargs: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Deserialize)]
@@ -358,7 +360,8 @@ pub(crate) async fn chat(
             include_usage: stream_usage(req.stream_options),
         };
         let permit = model.admit().await?;
-        let events: EventStream = Box::pin(model.handle.chat_stream(messages, params));
+        let kwargs = req.chat_template_kwargs.unwrap_or_default();
+        let events: EventStream = Box::pin(model.handle.chat_stream_with(messages, kwargs, params));
         respond(
             &state,
             model,

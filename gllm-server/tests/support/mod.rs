@@ -402,21 +402,39 @@ pub fn rerank_cases() -> Vec<RerankCase> {
 /// One chat case with its first 8 greedy tokens.
 pub struct ChatCase {
     pub messages: Value,
+    /// Chat-template variables of the case (sent as `chat_template_kwargs`).
+    pub kwargs: serde_json::Map<String, Value>,
     pub prompt_tokens: usize,
     pub greedy_ids: Vec<u32>,
     pub text: String,
 }
 
-/// The chat-template cases of tiny-qwen2 that need no template keyword arguments.
+/// Every chat-template case of tiny-qwen2, with its template variables.
 pub fn chat_cases() -> Vec<ChatCase> {
     let r = reference("tiny-qwen2");
     r["chat_template"]
         .as_array()
         .expect("chat_template")
         .iter()
-        .filter(|c| c.get("enable_thinking").is_none())
         .map(|c| ChatCase {
             messages: c["messages"].clone(),
+            // every other key of the case is a template variable (e.g. enable_thinking)
+            kwargs: c
+                .as_object()
+                .expect("case")
+                .iter()
+                .filter(|(k, _)| {
+                    ![
+                        "messages",
+                        "add_generation_prompt",
+                        "text",
+                        "input_ids",
+                        "greedy_8",
+                    ]
+                    .contains(&k.as_str())
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             prompt_tokens: c["input_ids"].as_array().expect("ids").len(),
             greedy_ids: c["greedy_8"]["ids"]
                 .as_array()
