@@ -11,7 +11,7 @@ gllm=target/release/gllm
 
 set -x
 "$gllm" models
-"$gllm" embed --model minilm --json "The quick brown fox jumps over the lazy dog." "A fast auburn fox leapt over a sleepy hound." | head -c 400; echo
+"$gllm" embed --model minilm "The quick brown fox jumps over the lazy dog." "A fast auburn fox leapt over a sleepy hound." | cut -c1-160
 "$gllm" rerank --model tiny-reranker --query "how to learn rust" "Rust is a systems language." "Sourdough needs a starter."
 "$gllm" generate --model smollm2 --temperature 0 --max-tokens 32 "The capital of France is"
 "$gllm" chat --model smollm2 --temperature 0 --max-tokens 48 "Name three fruits."
