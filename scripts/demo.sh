@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GLLM_TEST_MODELS="${GLLM_TEST_MODELS:-$HOME/.cache/gllm-test-models}"
+# Mesa (the software Vulkan device) complains without one.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 scripts/fetch-models.sh "$GLLM_TEST_MODELS" >/dev/null
 cargo build --release --bin gllm
 gllm=target/release/gllm
