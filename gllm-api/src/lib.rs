@@ -10,7 +10,7 @@
 //! 2. implements [`BackendFactory`] (name, capabilities, `load`),
 //! 3. registers the factory with `inventory::submit!` as a [`Registration`]:
 //!
-//! ```ignore
+//! ```text
 //! static FACTORY: MyFactory = MyFactory;
 //! gllm_api::inventory::submit! { gllm_api::Registration::new(&FACTORY) }
 //! ```

@@ -29,7 +29,7 @@
 //! ## Writing a plugin
 //! Implement [`crate::BackendFactory`] and [`crate::InferenceBackend`] as for a
 //! built-in backend, build a `cdylib`, and export the factory:
-//! ```ignore
+//! ```text
 //! static FACTORY: MyFactory = MyFactory;
 //! gllm_api::export_plugin!(FACTORY);
 //! ```

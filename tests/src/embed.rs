@@ -4,7 +4,7 @@
 //! Each check takes a factory and a device, so a built-in or plugin backend
 //! runs the same checks on every device it supports:
 //!
-//! ```ignore
+//! ```text
 //! gllm_testkit::embed::tiny_bert_parity(&burn_bert::FACTORY, Device::CPU, 1e-5)?;
 //! ```
 
