@@ -82,6 +82,12 @@ pub(crate) fn contain<T>(
     }
 }
 
+/// A load error that ends the search: anything but a device error or an
+/// unsupported configuration (corrupt weights must not be masked by a fallback).
+fn stops_fallback(e: &BackendError) -> bool {
+    !e.is_device_error() && e.kind != gllm_api::ErrorKind::Unsupported
+}
+
 /// Tries candidates from `start` on, skipping `skip_device`; returns the first that loads.
 /// Device errors move on; any other error stops (corrupt weights must not be masked).
 fn load_first(
@@ -111,7 +117,7 @@ fn load_first(
                     device: c.device,
                     failure: Some(e.to_string()),
                 });
-                if !e.is_device_error() && e.kind != gllm_api::ErrorKind::Unsupported {
+                if stops_fallback(&e) {
                     return Err((e, i));
                 }
                 last = e;
@@ -143,7 +149,7 @@ impl ServedModel {
                 }),
                 fallbacks: AtomicU64::new(0),
             }),
-            Err((e, i)) if !e.is_device_error() && e.kind != gllm_api::ErrorKind::Unsupported => {
+            Err((e, i)) if stops_fallback(&e) => {
                 let c = &candidates[i];
                 Err(RuntimeError::Backend {
                     id: entry.id.clone(),
