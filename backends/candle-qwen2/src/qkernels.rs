@@ -2,20 +2,29 @@
 //!
 //! Same arithmetic as llama.cpp (and candle): activations are quantized to Q8_0 blocks
 //! (32 values, scale = amax / 127 rounded to f16) once per matmul, and each weight block
-//! contributes `d_w * d_a * Σ q_w q_a` in exact integer dot products. What differs is
-//! the layout and the loop: scales and quants live in separate arrays (eight f16 scales
-//! widen in one instruction), four weight rows share each activation load with four
-//! independent accumulators, and rows are split across the rayon pool.
+//! contributes `d_w * d_a * Σ q_w q_a` with the sum computed exactly in integers.
 //!
-//! The SIMD path needs avx2 + fma + f16c at compile time (x86-64-v3); otherwise a scalar
-//! path computes the same sums.
+//! What differs is the layout. Weights are stored as unsigned bytes `u = q + offset`
+//! (offset 8 for Q4_0, 128 for Q8_0) and interleaved in groups of eight rows: for each
+//! block, one 32-byte word holds four consecutive values of each of the eight rows, so
+//! one `u8 × i8` dot-product instruction (`vpdpbusd`) against four broadcast activation
+//! bytes advances all eight rows at once, and the eight integer sums land in the eight
+//! lanes of one register, ready to be scaled by the eight rows' block scales (loaded
+//! together, also interleaved). The offset is taken back out with the activation
+//! block's integer sum: `Σ (u - off) a = Σ u a - off Σ a`.
+//!
+//! Kernels are picked at run time: AVX-512 VNNI (256-bit, with 32 registers) where the
+//! CPU has it, AVX2 + FMA + F16C otherwise, and a scalar loop elsewhere; all three
+//! compute the same integer sums, so they agree up to f32 summation order.
 
 use rayon::prelude::*;
 
 /// Values per block.
 pub const QK: usize = 32;
-const ROWS: usize = 4;
-const ROWS_PER_TASK: usize = 32;
+/// Rows interleaved in one group.
+const GROUP: usize = 8;
+/// 32-bit words (four values each) per block.
+const WORDS: usize = QK / 4;
 
 /// The two repacked block formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,19 +36,29 @@ pub enum QKind {
 }
 
 impl QKind {
-    fn quant_bytes(self) -> usize {
+    /// Bytes of quants per block in the GGUF file.
+    fn gguf_quant_bytes(self) -> usize {
         match self {
             QKind::Q4_0 => QK / 2,
             QKind::Q8_0 => QK,
         }
     }
 
-    fn block_bytes(self) -> usize {
-        2 + self.quant_bytes()
+    /// Bytes of one (group, block) cell of repacked quants.
+    fn cell_bytes(self) -> usize {
+        GROUP * self.gguf_quant_bytes()
+    }
+
+    /// The unsigned offset of the stored values.
+    fn offset(self) -> i32 {
+        match self {
+            QKind::Q4_0 => 8,
+            QKind::Q8_0 => 128,
+        }
     }
 }
 
-/// A [rows, cols] matrix of Q4_0/Q8_0 blocks, scales and quants split.
+/// A [rows, cols] matrix of Q4_0/Q8_0 blocks, repacked into groups of eight rows.
 #[derive(Debug)]
 pub struct PackedQ {
     /// Block format.
@@ -50,15 +69,14 @@ pub struct PackedQ {
     pub cols: usize,
     /// Blocks per row.
     nb: usize,
-    /// Blocks per row rounded up to 8 (scale rows are zero-padded to it).
-    nb_pad: usize,
-    /// f16 bits of the block scales, [rows, nb_pad].
+    /// Row groups (rows / 8 rounded up; padding rows have zero scales).
+    groups: usize,
+    /// f16 bits of the block scales, [groups, nb, 8].
     scales: Vec<u16>,
-    /// Blocks per row rounded up to 2 (Q4_0 stores blocks in pairs).
-    nb_even: usize,
-    /// Quants. Q8_0: [rows, nb, 32] i8. Q4_0: [rows, nb_even / 2, 32] bytes, byte `j` of
-    /// pair `p` holding element `j` of block `2p` (low nibble) and of block `2p + 1`
-    /// (high nibble), so one 32-byte load and two masks give two blocks in order.
+    /// Unsigned quants, [groups, nb, cell]. Q8_0: word `k` (32 bytes) of a cell holds,
+    /// at bytes `4r..4r + 4`, values `4k..4k + 4` of row `r` of the group. Q4_0: word
+    /// `c` (c < 4) holds values `4c..4c + 4` of each row in its low nibbles and values
+    /// `16 + 4c..16 + 4c + 4` in its high nibbles.
     quants: Vec<u8>,
 }
 
@@ -69,35 +87,39 @@ impl PackedQ {
             return None;
         }
         let nb = cols / QK;
-        let nb_pad = nb.next_multiple_of(8);
-        let nb_even = nb.next_multiple_of(2);
-        let bb = kind.block_bytes();
+        let bb = 2 + kind.gguf_quant_bytes();
         if data.len() != rows * nb * bb {
             return None;
         }
-        let mut scales = vec![0u16; rows * nb_pad];
-        let row_bytes = match kind {
-            QKind::Q8_0 => nb * QK,
-            QKind::Q4_0 => nb_even * QK / 2,
-        };
-        let mut quants = vec![0u8; rows * row_bytes];
+        let groups = rows.div_ceil(GROUP);
+        let cell = kind.cell_bytes();
+        let mut scales = vec![0u16; groups * nb * GROUP];
+        let mut quants = vec![0u8; groups * nb * cell];
+        let mut values = [0u8; QK];
         for r in 0..rows {
+            let (g, lane) = (r / GROUP, r % GROUP);
             for b in 0..nb {
                 let blk = &data[(r * nb + b) * bb..(r * nb + b + 1) * bb];
-                scales[r * nb_pad + b] = u16::from_le_bytes([blk[0], blk[1]]);
+                scales[(g * nb + b) * GROUP + lane] = u16::from_le_bytes([blk[0], blk[1]]);
                 let q = &blk[2..];
                 match kind {
-                    QKind::Q8_0 => {
-                        quants[(r * nb + b) * QK..(r * nb + b + 1) * QK].copy_from_slice(q)
-                    }
+                    // GGUF Q4_0: byte j holds value j (low nibble) and j + 16 (high).
                     QKind::Q4_0 => {
-                        let pair = &mut quants[(r * nb_even + b - b % 2) * QK / 2..][..QK];
-                        let shift = 4 * (b % 2);
                         for j in 0..QK / 2 {
-                            pair[j] |= (q[j] & 0x0F) << shift;
-                            pair[j + QK / 2] |= (q[j] >> 4) << shift;
+                            values[j] = q[j] & 0x0F;
+                            values[j + QK / 2] = q[j] >> 4;
                         }
                     }
+                    QKind::Q8_0 => {
+                        for (v, &byte) in values.iter_mut().zip(q) {
+                            *v = byte ^ 0x80;
+                        }
+                    }
+                }
+                let out = &mut quants[(g * nb + b) * cell..(g * nb + b + 1) * cell];
+                for (e, &v) in values.iter().enumerate() {
+                    let (byte, shift) = Self::position(kind, lane, e);
+                    out[byte] |= v << shift;
                 }
             }
         }
@@ -106,19 +128,32 @@ impl PackedQ {
             rows,
             cols,
             nb,
-            nb_pad,
-            nb_even,
+            groups,
             scales,
             quants,
         })
     }
 
-    /// Stacks matrices of the same kind and width (rows of `parts[0]` first).
+    /// Where value `e` of lane `lane` sits in a cell: (byte, bit shift).
+    #[inline]
+    fn position(kind: QKind, lane: usize, e: usize) -> (usize, u32) {
+        let (word, t) = (e / 4, e % 4);
+        match kind {
+            QKind::Q8_0 => (word * 32 + lane * 4 + t, 0),
+            QKind::Q4_0 => ((word % 4) * 32 + lane * 4 + t, 4 * (word / 4) as u32),
+        }
+    }
+
+    /// Stacks matrices of the same kind and width (rows of `parts[0]` first); `None`
+    /// when they differ or a part other than the last has rows that are not a multiple
+    /// of eight (its last group would be partly padding).
     pub fn concat_rows(parts: &[&PackedQ]) -> Option<PackedQ> {
         let first = parts.first()?;
+        let (init, _) = parts.split_at(parts.len() - 1);
         if parts
             .iter()
             .any(|p| p.kind != first.kind || p.cols != first.cols)
+            || init.iter().any(|p| !p.rows.is_multiple_of(GROUP))
         {
             return None;
         }
@@ -127,8 +162,7 @@ impl PackedQ {
             rows: parts.iter().map(|p| p.rows).sum(),
             cols: first.cols,
             nb: first.nb,
-            nb_pad: first.nb_pad,
-            nb_even: first.nb_even,
+            groups: parts.iter().map(|p| p.groups).sum(),
             scales: parts
                 .iter()
                 .flat_map(|p| p.scales.iter().copied())
@@ -140,24 +174,31 @@ impl PackedQ {
         })
     }
 
-    /// The integer value of element `j` of block `b` of row `r`.
+    /// The unsigned stored value of element `e` of block `b` of row `r`.
     #[inline]
-    fn q(&self, r: usize, b: usize, j: usize) -> i32 {
+    fn stored(&self, r: usize, b: usize, e: usize) -> i32 {
+        let (g, lane) = (r / GROUP, r % GROUP);
+        let (byte, shift) = Self::position(self.kind, lane, e);
+        let v = self.quants[(g * self.nb + b) * self.kind.cell_bytes() + byte] >> shift;
         match self.kind {
-            QKind::Q8_0 => self.quants[(r * self.nb + b) * QK + j] as i8 as i32,
-            QKind::Q4_0 => {
-                let byte = self.quants[(r * self.nb_even + b - b % 2) * QK / 2 + j];
-                ((byte >> (4 * (b % 2))) & 0x0F) as i32 - 8
-            }
+            QKind::Q4_0 => (v & 0x0F) as i32,
+            QKind::Q8_0 => v as i32,
         }
+    }
+
+    #[inline]
+    fn scale(&self, r: usize, b: usize) -> f32 {
+        let (g, lane) = (r / GROUP, r % GROUP);
+        half::f16::from_bits(self.scales[(g * self.nb + b) * GROUP + lane]).to_f32()
     }
 
     /// Dequantizes row `r` into `out` (len cols).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let off = self.kind.offset();
         for b in 0..self.nb {
-            let d = half::f16::from_bits(self.scales[r * self.nb_pad + b]).to_f32();
-            for (j, o) in out[b * QK..(b + 1) * QK].iter_mut().enumerate() {
-                *o = d * self.q(r, b, j) as f32;
+            let d = self.scale(r, b);
+            for (e, o) in out[b * QK..(b + 1) * QK].iter_mut().enumerate() {
+                *o = d * (self.stored(r, b, e) - off) as f32;
             }
         }
     }
@@ -169,241 +210,251 @@ impl PackedQ {
         if m == 0 || self.rows == 0 {
             return;
         }
-        let act = QAct::quantize(x, m, self.nb, self.nb_even, self.nb_pad);
+        let act = QAct::quantize(x, m, self.nb);
+        let kernel = Kernel::detect();
+        // A few tasks per thread, and enough work in each to amortize the hand-off.
+        let tasks = 8 * rayon::current_num_threads();
+        let min_groups = (4096 / (self.nb * m)).max(1);
+        let per_task = self.groups.div_ceil(tasks).max(min_groups);
         out_t
-            .par_chunks_mut(ROWS_PER_TASK * m)
+            .par_chunks_mut(per_task * GROUP * m)
             .enumerate()
             .for_each(|(task, out)| {
-                let j0 = task * ROWS_PER_TASK;
-                let rows = out.len() / m;
-                let mut j = 0;
-                while j < rows {
-                    // The last group repeats its final row instead of reading past the end.
-                    let idx: [usize; ROWS] = std::array::from_fn(|r| j0 + (j + r).min(rows - 1));
-                    for i in 0..m {
-                        let d = self.dot4(&act, i, idx);
-                        for (r, v) in d.iter().enumerate().take(rows - j) {
-                            out[(j + r) * m + i] = *v;
-                        }
-                    }
-                    j += ROWS;
+                let g0 = task * per_task;
+                for (gi, out) in out.chunks_mut(GROUP * m).enumerate() {
+                    kernel.group(self, &act, g0 + gi, out);
                 }
             });
     }
 
-    fn dot4(&self, act: &QAct, i: usize, rows: [usize; ROWS]) -> [f32; ROWS] {
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        ))]
-        {
-            // SAFETY: features enabled at compile time; every index below is within the
-            // row's `nb` blocks of quants and `nb_pad` scales, and the activation's too.
-            unsafe { avx::dot4(self, act, i, rows) }
+    /// One group's rows for every activation row, scalar (the reference for the SIMD
+    /// kernels, and the path on CPUs without them).
+    fn group_scalar(&self, act: &QAct, g: usize, out: &mut [f32]) {
+        let m = act.m;
+        let off = self.kind.offset();
+        for lane in 0..out.len() / m {
+            let r = g * GROUP + lane;
+            for i in 0..m {
+                let mut sum = 0f32;
+                for b in 0..self.nb {
+                    let a = &act.qs[(i * self.nb + b) * QK..][..QK];
+                    let dot: i32 = (0..QK).map(|e| self.stored(r, b, e) * a[e] as i32).sum();
+                    let isum = dot - off * act.sums[i * self.nb + b];
+                    sum += self.scale(r, b) * act.d[i * self.nb + b] * isum as f32;
+                }
+                out[lane * m + i] = sum;
+            }
         }
-        #[cfg(not(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma",
-            target_feature = "f16c"
-        )))]
-        {
-            rows.map(|r| self.dot_scalar(act, i, r))
-        }
-    }
-
-    #[allow(dead_code)]
-    fn dot_scalar(&self, act: &QAct, i: usize, r: usize) -> f32 {
-        let mut sum = 0f32;
-        for b in 0..self.nb {
-            let dw = half::f16::from_bits(self.scales[r * self.nb_pad + b]).to_f32();
-            let da = act.d[i * self.nb_pad + b];
-            let a = &act.qs[(i * self.nb_even + b) * QK..(i * self.nb_even + b + 1) * QK];
-            let s: i32 = (0..QK).map(|j| self.q(r, b, j) * a[j] as i32).sum();
-            sum += dw * da * s as f32;
-        }
-        sum
     }
 }
 
 /// Activations quantized to Q8_0 blocks.
 struct QAct {
-    /// [m, nb_even, 32] (a zero block pads odd counts).
+    /// Rows.
+    m: usize,
+    /// [m, nb, 32].
     qs: Vec<i8>,
-    /// Scales (f16-rounded, as f32), [m, nb_pad], zero-padded.
+    /// Scales (f16-rounded, as f32), [m, nb].
     d: Vec<f32>,
-    /// d * Σ q per block, [m, nb_pad] (the Q4_0 offset correction).
-    s: Vec<f32>,
+    /// Σ q per block, [m, nb] (for the weights' offset).
+    sums: Vec<i32>,
 }
 
 impl QAct {
-    fn quantize(x: &[f32], m: usize, nb: usize, nb_even: usize, nb_pad: usize) -> Self {
-        let mut qs = vec![0i8; m * nb_even * QK];
-        let mut d = vec![0f32; m * nb_pad];
-        let mut s = vec![0f32; m * nb_pad];
-        for i in 0..m {
-            for b in 0..nb {
-                let xs = &x[(i * nb + b) * QK..(i * nb + b + 1) * QK];
-                let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let dd = amax / 127.0;
-                let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
-                let q = &mut qs[(i * nb_even + b) * QK..(i * nb_even + b + 1) * QK];
-                let mut sum = 0i32;
-                for (qv, xv) in q.iter_mut().zip(xs) {
-                    *qv = (xv * id).round() as i8;
-                    sum += *qv as i32;
-                }
-                let dr = half::f16::from_f32(dd).to_f32();
-                d[i * nb_pad + b] = dr;
-                s[i * nb_pad + b] = dr * sum as f32;
+    fn quantize(x: &[f32], m: usize, nb: usize) -> Self {
+        let mut qs = vec![0i8; m * nb * QK];
+        let mut d = vec![0f32; m * nb];
+        let mut sums = vec![0i32; m * nb];
+        for (blk, xs) in x.chunks_exact(QK).enumerate() {
+            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let dd = amax / 127.0;
+            let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
+            let q = &mut qs[blk * QK..(blk + 1) * QK];
+            let mut sum = 0i32;
+            for (qv, xv) in q.iter_mut().zip(xs) {
+                *qv = (xv * id).round() as i8;
+                sum += *qv as i32;
             }
+            d[blk] = half::f16::from_f32(dd).to_f32();
+            sums[blk] = sum;
         }
-        Self { qs, d, s }
+        Self { m, qs, d, sums }
     }
 }
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-mod avx {
+/// The kernel this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+}
+
+impl Kernel {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            if avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                return Kernel::Vnni;
+            }
+            if avx2 {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Scalar
+    }
+
+    /// Every kernel this CPU can run (for tests).
+    #[cfg(test)]
+    fn available() -> Vec<Self> {
+        let mut out = vec![Kernel::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let best = Self::detect();
+            if best != Kernel::Scalar {
+                out.push(Kernel::Avx2);
+            }
+            if best == Kernel::Vnni {
+                out.push(Kernel::Vnni);
+            }
+        }
+        out
+    }
+
+    /// Rows of group `g` (`out` is [rows of the group, m]) for every activation row.
+    fn group(self, p: &PackedQ, act: &QAct, g: usize, out: &mut [f32]) {
+        match self {
+            Kernel::Scalar => p.group_scalar(act, g, out),
+            // SAFETY: `detect` saw the CPU features each kernel is compiled for, and the
+            // kernels read only within group `g`'s cells and the activation's blocks.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::group_avx2(p, act, g, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => unsafe { x86::group_vnni(p, act, g, out) },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{PackedQ, QAct, QK, QKind, ROWS};
+    use super::{GROUP, PackedQ, QAct, QK, QKind, WORDS};
 
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-            _mm_cvtss_f32(s)
-        }
-    }
-
-    #[inline(always)]
-    pub(super) unsafe fn dot4(
-        p: &PackedQ,
-        act: &QAct,
-        i: usize,
-        rows: [usize; ROWS],
-    ) -> [f32; ROWS] {
-        match p.kind {
-            QKind::Q4_0 => unsafe { dot4_kind::<true>(p, act, i, rows) },
-            QKind::Q8_0 => unsafe { dot4_kind::<false>(p, act, i, rows) },
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn dot4_kind<const Q4: bool>(
-        p: &PackedQ,
-        act: &QAct,
-        i: usize,
-        rows: [usize; ROWS],
-    ) -> [f32; ROWS] {
-        unsafe {
-            let (nb, nb_pad, nb_even) = (p.nb, p.nb_pad, p.nb_even);
-            let ones = _mm256_set1_epi16(1);
+    /// The body shared by both kernels: for each tile of `$tile` activation rows, walk
+    /// the group's blocks, load (and for Q4_0 unpack) the eight weight words once, and
+    /// dot them with each row's broadcast activation words through `$dot`.
+    macro_rules! group_kernel {
+        ($p:ident, $act:ident, $g:ident, $out:ident, $tile:literal, $q8_prep:ident, $dot:ident, $q8_off:expr) => {{
+            let (nb, m) = ($p.nb, $act.m);
+            let q4 = $p.kind == QKind::Q4_0;
+            let off = if q4 { 8 } else { $q8_off };
+            let cell = $p.kind.cell_bytes();
+            let sp = $p.scales.as_ptr().add($g * nb * GROUP);
+            let qp = $p.quants.as_ptr().add($g * nb * cell);
+            let lanes = $out.len() / m;
             let low4 = _mm256_set1_epi8(0x0F);
-            let mut acc0 = [_mm256_setzero_ps(); ROWS];
-            let mut acc1 = [_mm256_setzero_ps(); ROWS];
-            let mut corr = [_mm256_setzero_ps(); ROWS];
-            let aq = act.qs.as_ptr().add(i * nb_even * QK);
-            let ad = act.d.as_ptr().add(i * nb_pad);
-            let asum = act.s.as_ptr().add(i * nb_pad);
-            let sp: [*const u16; ROWS] = rows.map(|r| p.scales.as_ptr().add(r * nb_pad));
-            let row_bytes = if Q4 { nb_even * QK / 2 } else { nb * QK };
-            let qp: [*const u8; ROWS] = rows.map(|r| p.quants.as_ptr().add(r * row_bytes));
-            let mut g = 0;
-            while g < nb {
-                let da8 = _mm256_loadu_ps(ad.add(g));
-                let mut ds = [_mm256_setzero_ps(); ROWS];
-                for r in 0..ROWS {
-                    let dw8 = _mm256_cvtph_ps(_mm_loadu_si128(sp[r].add(g) as *const __m128i));
-                    ds[r] = _mm256_mul_ps(dw8, da8);
-                    if Q4 {
-                        corr[r] = _mm256_fmadd_ps(dw8, _mm256_loadu_ps(asum.add(g)), corr[r]);
-                    }
-                }
-                let end = (g + 8).min(nb);
-                // Two blocks per step (g is even; an odd tail pairs with a zero block).
-                let mut b = g;
-                while b < end {
-                    let a0 = _mm256_loadu_si256(aq.add(b * QK) as *const __m256i);
-                    let l0 = _mm256_set1_epi32((b - g) as i32);
-                    let l1 = _mm256_set1_epi32((b - g + 1) as i32);
-                    if Q4 {
-                        let a1 = _mm256_loadu_si256(aq.add((b + 1) * QK) as *const __m256i);
-                        for r in 0..ROWS {
-                            let v = _mm256_loadu_si256(qp[r].add(b * QK / 2) as *const __m256i);
-                            let lo = _mm256_and_si256(v, low4);
-                            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
-                            let d0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), ones);
-                            let d1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), ones);
-                            acc0[r] = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(d0),
-                                _mm256_permutevar8x32_ps(ds[r], l0),
-                                acc0[r],
-                            );
-                            acc1[r] = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(d1),
-                                _mm256_permutevar8x32_ps(ds[r], l1),
-                                acc1[r],
-                            );
+            let mut i0 = 0;
+            while i0 < m {
+                let tile = (m - i0).min($tile);
+                let mut acc = [_mm256_setzero_ps(); $tile];
+                for b in 0..nb {
+                    let c = qp.add(b * cell);
+                    let mut w = [_mm256_setzero_si256(); WORDS];
+                    if q4 {
+                        for k in 0..WORDS / 2 {
+                            let v = _mm256_loadu_si256(c.add(32 * k) as *const __m256i);
+                            w[k] = _mm256_and_si256(v, low4);
+                            w[k + WORDS / 2] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
                         }
                     } else {
-                        let has1 = b + 1 < end;
-                        let a1 = if has1 {
-                            _mm256_loadu_si256(aq.add((b + 1) * QK) as *const __m256i)
-                        } else {
-                            _mm256_setzero_si256()
-                        };
-                        for r in 0..ROWS {
-                            let w0 = _mm256_loadu_si256(qp[r].add(b * QK) as *const __m256i);
-                            let d0 = _mm256_madd_epi16(
-                                _mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(a0, w0)),
-                                ones,
-                            );
-                            acc0[r] = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(d0),
-                                _mm256_permutevar8x32_ps(ds[r], l0),
-                                acc0[r],
-                            );
-                            if has1 {
-                                let w1 =
-                                    _mm256_loadu_si256(qp[r].add((b + 1) * QK) as *const __m256i);
-                                let d1 = _mm256_madd_epi16(
-                                    _mm256_maddubs_epi16(
-                                        _mm256_abs_epi8(w1),
-                                        _mm256_sign_epi8(a1, w1),
-                                    ),
-                                    ones,
-                                );
-                                acc1[r] = _mm256_fmadd_ps(
-                                    _mm256_cvtepi32_ps(d1),
-                                    _mm256_permutevar8x32_ps(ds[r], l1),
-                                    acc1[r],
-                                );
-                            }
+                        for (k, wk) in w.iter_mut().enumerate() {
+                            *wk = $q8_prep(_mm256_loadu_si256(c.add(32 * k) as *const __m256i));
                         }
                     }
-                    b += 2;
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp.add(b * GROUP) as *const __m128i));
+                    for t in 0..tile {
+                        let blk = (i0 + t) * nb + b;
+                        let a = $act.qs.as_ptr().add(blk * QK) as *const i32;
+                        let mut s0 = _mm256_setzero_si256();
+                        let mut s1 = _mm256_setzero_si256();
+                        for k in (0..WORDS).step_by(2) {
+                            s0 = $dot(s0, w[k], _mm256_set1_epi32(a.add(k).read_unaligned()), q4);
+                            s1 = $dot(
+                                s1,
+                                w[k + 1],
+                                _mm256_set1_epi32(a.add(k + 1).read_unaligned()),
+                                q4,
+                            );
+                        }
+                        let isum = _mm256_sub_epi32(
+                            _mm256_add_epi32(s0, s1),
+                            _mm256_set1_epi32(off * *$act.sums.get_unchecked(blk)),
+                        );
+                        let ds = _mm256_mul_ps(dw, _mm256_set1_ps(*$act.d.get_unchecked(blk)));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), ds, acc[t]);
+                    }
                 }
-                g += 8;
-            }
-            let mut out = [0f32; ROWS];
-            for r in 0..ROWS {
-                out[r] = hsum(_mm256_add_ps(acc0[r], acc1[r]));
-                if Q4 {
-                    out[r] -= 8.0 * hsum(corr[r]);
+                for (t, a) in acc.iter().enumerate().take(tile) {
+                    let mut v = [0f32; GROUP];
+                    _mm256_storeu_ps(v.as_mut_ptr(), *a);
+                    for (lane, x) in v.iter().enumerate().take(lanes) {
+                        *$out.get_unchecked_mut(lane * m + i0 + t) = *x;
+                    }
                 }
+                i0 += tile;
             }
-            out
+        }};
+    }
+
+    #[inline(always)]
+    unsafe fn keep(v: __m256i) -> __m256i {
+        v
+    }
+
+    /// Q8_0 weights back to signed bytes (the AVX2 dot needs a sign it can flip).
+    #[inline(always)]
+    unsafe fn to_signed(v: __m256i) -> __m256i {
+        unsafe { _mm256_xor_si256(v, _mm256_set1_epi8(-128)) }
+    }
+
+    #[inline(always)]
+    unsafe fn dot_vnni(acc: __m256i, w: __m256i, a: __m256i, _q4: bool) -> __m256i {
+        unsafe { _mm256_dpbusd_epi32(acc, w, a) }
+    }
+
+    #[inline(always)]
+    unsafe fn dot_avx2(acc: __m256i, w: __m256i, a: __m256i, q4: bool) -> __m256i {
+        unsafe {
+            // Q4_0: unsigned nibbles times signed bytes never saturate the i16 pair sums.
+            // Q8_0 (signed here): |w| times a with w's sign moved onto a.
+            let prod = if q4 {
+                _mm256_maddubs_epi16(w, a)
+            } else {
+                _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
+            };
+            _mm256_add_epi32(acc, _mm256_madd_epi16(prod, _mm256_set1_epi16(1)))
         }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn group_vnni(p: &PackedQ, act: &QAct, g: usize, out: &mut [f32]) {
+        unsafe { group_kernel!(p, act, g, out, 4, keep, dot_vnni, 128) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group_avx2(p: &PackedQ, act: &QAct, g: usize, out: &mut [f32]) {
+        unsafe { group_kernel!(p, act, g, out, 1, to_signed, dot_avx2, 0) }
     }
 }
 
@@ -418,7 +469,7 @@ mod tests {
             for b in 0..nb {
                 let d = half::f16::from_f32(0.01 + 0.001 * ((r * 7 + b) % 5) as f32);
                 out.extend(d.to_le_bytes());
-                for j in 0..kind.quant_bytes() {
+                for j in 0..kind.gguf_quant_bytes() {
                     out.push(((r * 31 + b * 17 + j * 13) % 256) as u8);
                 }
             }
@@ -426,15 +477,49 @@ mod tests {
         out
     }
 
+    /// The value GGUF's own layout gives element `e` of block `b` of row `r`.
+    fn gguf_value(kind: QKind, data: &[u8], nb: usize, r: usize, b: usize, e: usize) -> f32 {
+        let bb = 2 + kind.gguf_quant_bytes();
+        let blk = &data[(r * nb + b) * bb..(r * nb + b + 1) * bb];
+        let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        let q = match kind {
+            QKind::Q4_0 if e < 16 => (blk[2 + e] & 0x0F) as i32 - 8,
+            QKind::Q4_0 => (blk[2 + e - 16] >> 4) as i32 - 8,
+            QKind::Q8_0 => blk[2 + e] as i8 as i32,
+        };
+        d * q as f32
+    }
+
+    #[test]
+    fn rows_dequantize_like_gguf() {
+        for kind in [QKind::Q4_0, QKind::Q8_0] {
+            let (rows, cols) = (11, 64);
+            let data = blocks(kind, rows, cols);
+            let p = PackedQ::from_gguf_blocks(kind, rows, cols, &data).expect("valid");
+            let mut row = vec![0f32; cols];
+            for r in 0..rows {
+                p.row_f32(r, &mut row);
+                for (c, v) in row.iter().enumerate() {
+                    let want = gguf_value(kind, &data, cols / QK, r, c / QK, c % QK);
+                    assert_eq!(*v, want, "{kind:?} row {r} col {c}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn concatenated_rows_multiply_like_the_parts() {
         for kind in [QKind::Q4_0, QKind::Q8_0] {
             let cols = 32;
-            let a = PackedQ::from_gguf_blocks(kind, 5, cols, &blocks(kind, 5, cols)).expect("a");
+            let a = PackedQ::from_gguf_blocks(kind, 8, cols, &blocks(kind, 8, cols)).expect("a");
             let b = PackedQ::from_gguf_blocks(kind, 3, cols, &blocks(kind, 3, cols)).expect("b");
+            assert!(
+                PackedQ::concat_rows(&[&b, &a]).is_none(),
+                "3 rows, then more"
+            );
             let ab = PackedQ::concat_rows(&[&a, &b]).expect("same kind");
             let x: Vec<f32> = (0..cols).map(|i| i as f32 / 7.0 - 2.0).collect();
-            let (mut oa, mut ob, mut oab) = (vec![0f32; 5], vec![0f32; 3], vec![0f32; 8]);
+            let (mut oa, mut ob, mut oab) = (vec![0f32; 8], vec![0f32; 3], vec![0f32; 11]);
             a.matmul_t(&x, 1, &mut oa);
             b.matmul_t(&x, 1, &mut ob);
             ab.matmul_t(&x, 1, &mut oab);
@@ -443,36 +528,54 @@ mod tests {
     }
 
     #[test]
-    fn matches_scalar_and_dequantized() {
+    fn every_kernel_matches_the_scalar_sums_and_the_dequantized_product() {
         for (kind, cols) in [QKind::Q4_0, QKind::Q8_0]
             .into_iter()
             .flat_map(|k| [(k, 320), (k, 288), (k, 32)])
         {
-            let (rows, m) = (13, 3);
-            let p = PackedQ::from_gguf_blocks(kind, rows, cols, &blocks(kind, rows, cols))
-                .expect("valid blocks");
-            let x: Vec<f32> = (0..m * cols)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
-                .collect();
-            let mut out_t = vec![0f32; rows * m];
-            p.matmul_t(&x, m, &mut out_t);
-            let act = QAct::quantize(&x, m, p.nb, p.nb_even, p.nb_pad);
-            let mut w = vec![0f32; cols];
-            for r in 0..rows {
-                p.row_f32(r, &mut w);
-                for i in 0..m {
-                    let exact: f32 = (0..cols).map(|c| w[c] * x[i * cols + c]).sum();
-                    let scale: f32 = (0..cols).map(|c| (w[c] * x[i * cols + c]).abs()).sum();
-                    let q = p.dot_scalar(&act, i, r);
-                    let got = out_t[r * m + i];
-                    assert!(
-                        (got - q).abs() <= 1e-4 * q.abs().max(1.0),
-                        "{kind:?} {r} {i}: {got} vs {q}"
-                    );
-                    assert!(
-                        (got - exact).abs() <= 0.01 * scale,
-                        "{kind:?} {r} {i}: {got} vs exact {exact}"
-                    );
+            for m in [1, 3, 6] {
+                let rows = 13;
+                let p = PackedQ::from_gguf_blocks(kind, rows, cols, &blocks(kind, rows, cols))
+                    .expect("valid blocks");
+                let x: Vec<f32> = (0..m * cols)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+                    .collect();
+                let act = QAct::quantize(&x, m, p.nb);
+                let mut want = vec![0f32; rows * m];
+                for g in 0..p.groups {
+                    let end = ((g + 1) * GROUP).min(rows);
+                    p.group_scalar(&act, g, &mut want[g * GROUP * m..end * m]);
+                }
+                let mut w = vec![0f32; cols];
+                for r in 0..rows {
+                    p.row_f32(r, &mut w);
+                    for i in 0..m {
+                        let exact: f32 = (0..cols).map(|c| w[c] * x[i * cols + c]).sum();
+                        let scale: f32 = (0..cols).map(|c| (w[c] * x[i * cols + c]).abs()).sum();
+                        let q = want[r * m + i];
+                        assert!(
+                            (q - exact).abs() <= 0.01 * scale,
+                            "{kind:?} {r} {i}: {q} vs exact {exact}"
+                        );
+                    }
+                }
+                for kernel in Kernel::available() {
+                    let mut got = vec![0f32; rows * m];
+                    for g in 0..p.groups {
+                        let end = ((g + 1) * GROUP).min(rows);
+                        kernel.group(&p, &act, g, &mut got[g * GROUP * m..end * m]);
+                    }
+                    for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                            "{kernel:?} {kind:?} cols {cols} m {m} [{j}]: {g} vs {w}"
+                        );
+                    }
+                }
+                let mut full = vec![0f32; rows * m];
+                p.matmul_t(&x, m, &mut full);
+                for (g, w) in full.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0));
                 }
             }
         }

@@ -1,0 +1,73 @@
+//! Throughput of the packed Q4_0/Q8_0 matmul kernels alone, on the Qwen2-0.5B matrix
+//! shapes, for one activation row (decode) and for a prompt-sized batch (prefill).
+//!
+//! `cargo run --release -p candle-qwen2 --example qkernel_bench [-- M]`
+//! Threads: `RAYON_NUM_THREADS` (default: all cores). Prints GB/s of weights read and
+//! the time per call, the figures to compare kernel changes by.
+
+use std::time::Instant;
+
+use candle_qwen2::qkernels::{PackedQ, QK, QKind};
+
+fn blocks(kind: QKind, rows: usize, cols: usize) -> Vec<u8> {
+    let qb = match kind {
+        QKind::Q4_0 => QK / 2,
+        QKind::Q8_0 => QK,
+    };
+    let nb = rows * cols / QK;
+    let mut out = Vec::with_capacity(nb * (2 + qb));
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..nb {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let d = half::f16::from_f32(0.001 + (state % 1000) as f32 * 1e-5);
+        out.extend(d.to_le_bytes());
+        for j in 0..qb {
+            out.push((state >> (j % 56)) as u8 ^ j as u8);
+        }
+    }
+    out
+}
+
+fn main() -> anyhow::Result<()> {
+    let m: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1);
+    // (name, rows, cols): fused qkv, o, fused gate/up, down, lm_head.
+    let shapes = [
+        ("qkv", 1152, 896),
+        ("o", 896, 896),
+        ("gate_up", 9728, 896),
+        ("down", 896, 4864),
+        ("lm_head", 151936, 896),
+    ];
+    println!("m = {m}, threads = {}", rayon::current_num_threads());
+    for kind in [QKind::Q4_0, QKind::Q8_0] {
+        for (name, rows, cols) in shapes {
+            let data = blocks(kind, rows, cols);
+            let bytes = data.len();
+            let p = PackedQ::from_gguf_blocks(kind, rows, cols, &data)
+                .ok_or_else(|| anyhow::anyhow!("bad blocks"))?;
+            let x: Vec<f32> = (0..m * cols)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+                .collect();
+            let mut out = vec![0f32; m * rows];
+            p.matmul_t(&x, m, &mut out);
+            let iters = (2_000_000_000 / (bytes * m.max(1))).clamp(3, 2000);
+            let t = Instant::now();
+            for _ in 0..iters {
+                p.matmul_t(&x, m, &mut out);
+            }
+            let s = t.elapsed().as_secs_f64() / iters as f64;
+            println!(
+                "{kind:?} {name:8} [{rows:6} x {cols:4}]  {:8.1} us  {:6.1} GB/s",
+                s * 1e6,
+                bytes as f64 / s / 1e9
+            );
+        }
+    }
+    Ok(())
+}
