@@ -1,5 +1,7 @@
-//! The caller-owned KV cache of one sequence: per layer, keys and values
-//! [kv_heads, capacity, head_dim] that grow in chunks as positions are appended.
+//! The caller-owned KV cache of one sequence: per layer, keys and values that grow as
+//! positions are appended. On the CPU they are plain position-major buffers
+//! ([positions, kv_heads, head_dim]) that [`crate::attention`] reads in place; on other
+//! devices, tensors [kv_heads, capacity, head_dim] that grow in chunks.
 
 use candle_core::{DType, Tensor};
 use gllm_api::{BackendError, KvCache};
@@ -14,9 +16,31 @@ const CHUNK: usize = 256;
 pub(crate) struct LayerKv {
     k: Option<Tensor>,
     v: Option<Tensor>,
+    host_k: Vec<f32>,
+    host_v: Vec<f32>,
 }
 
 impl LayerKv {
+    /// Writes `k`, `v` ([n, kv_heads, head_dim], `width` = kv_heads · head_dim values a
+    /// position) at positions `len..len + n` of the CPU buffers and returns the buffers'
+    /// positions `0..len + n`.
+    pub(crate) fn append_host(
+        &mut self,
+        len: usize,
+        width: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> (&[f32], &[f32]) {
+        let end = len * width + k.len();
+        for (buf, new) in [(&mut self.host_k, k), (&mut self.host_v, v)] {
+            if buf.len() < end {
+                buf.resize(end, 0.0);
+            }
+            buf[len * width..end].copy_from_slice(new);
+        }
+        (&self.host_k[..end], &self.host_v[..end])
+    }
+
     fn capacity(&self) -> usize {
         self.k.as_ref().and_then(|k| k.dim(1).ok()).unwrap_or(0)
     }

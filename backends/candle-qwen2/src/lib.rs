@@ -17,6 +17,7 @@
 //! `candle_qmatmul = "true"` multiplies Q4_0/Q8_0 weights with candle's own quantized
 //! kernels instead of this crate's repacked ones ([`qkernels`]), for comparison.
 
+pub mod attention;
 pub mod cache;
 pub mod config;
 pub mod error;

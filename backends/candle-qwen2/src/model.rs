@@ -4,6 +4,7 @@
 
 use candle_core::{Device, Tensor};
 
+use crate::attention::{AttentionShape, attend, rope_in_place};
 use crate::cache::{LayerKv, Qwen2Cache};
 use crate::config::{Qwen2Config, RopeStyle};
 use crate::error::{Result, internal, invalid_input};
@@ -75,7 +76,8 @@ impl Qwen2Model {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    fn rope_tables(&self, offset: usize, n: usize) -> Result<(Tensor, Tensor)> {
+    /// Cosines and sines of positions `offset..offset + n`, each [n, head_dim / 2].
+    fn rope_tables(&self, offset: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
@@ -86,10 +88,7 @@ impl Qwen2Model {
                 sin.push(a.sin());
             }
         }
-        Ok((
-            Tensor::from_vec(cos, (n, half), &self.device)?,
-            Tensor::from_vec(sin, (n, half), &self.device)?,
-        ))
+        (cos, sin)
     }
 
     fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
@@ -131,14 +130,23 @@ impl Qwen2Model {
         let offset = cache.len;
         let n = tokens.len();
         let mut x = self.embed.rows_f32(tokens, &self.device)?;
-        let (cos, sin) = self.rope_tables(offset, n)?;
-        let mask = if n > 1 {
-            Some(causal_mask(offset, n, &self.device)?)
+        let (cos, sin) = self.rope_tables(offset, n);
+        let rope = if self.device.is_cpu() {
+            Rope::Host { cos, sin }
         } else {
-            None
+            let half = self.inv_freq.len();
+            Rope::Tensors {
+                cos: Tensor::from_vec(cos, (n, half), &self.device)?,
+                sin: Tensor::from_vec(sin, (n, half), &self.device)?,
+                mask: if n > 1 {
+                    Some(causal_mask(offset, n, &self.device)?)
+                } else {
+                    None
+                },
+            }
         };
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = self.layer_forward(layer, kv, &x, offset, &cos, &sin, mask.as_ref())?;
+            x = self.layer_forward(layer, kv, &x, offset, &rope)?;
         }
         cache.len = offset + n;
         let eps = self.cfg.rms_norm_eps as f32;
@@ -153,36 +161,88 @@ impl Qwen2Model {
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
         l: &Layer,
         kv: &mut LayerKv,
         x: &Tensor,
         offset: usize,
+        rope: &Rope,
+    ) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps as f32;
+        let h = candle_nn::ops::rms_norm(x, &l.input_norm, eps)?;
+        let [q, k, v]: [Tensor; 3] = l
+            .qkv
+            .forward(&h)?
+            .try_into()
+            .map_err(|_| internal("q/k/v projections did not give three outputs"))?;
+        let att = match rope {
+            Rope::Host { cos, sin } => self.attention_host(kv, [q, k, v], offset, cos, sin)?,
+            Rope::Tensors { cos, sin, mask } => {
+                self.attention_tensors(kv, [q, k, v], offset, cos, sin, mask.as_ref())?
+            }
+        };
+        let x = (x + l.o.forward(&att)?)?;
+
+        let h = candle_nn::ops::rms_norm(&x, &l.post_norm, eps)?;
+        let [gate, up]: [Tensor; 2] = l
+            .gate_up
+            .forward(&h)?
+            .try_into()
+            .map_err(|_| internal("gate/up projections did not give two outputs"))?;
+        let mlp = l.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
+        Ok((x + mlp)?)
+    }
+
+    /// Attention on the CPU (see [`crate::attention`]): [n, hq · d].
+    fn attention_host(
+        &self,
+        kv: &mut LayerKv,
+        [q, k, v]: [Tensor; 3],
+        offset: usize,
+        cos: &[f32],
+        sin: &[f32],
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let shape = AttentionShape {
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        };
+        let d = cfg.head_dim;
+        let host =
+            |t: Tensor| -> Result<Vec<f32>> { Ok(t.contiguous()?.flatten_all()?.to_vec1()?) };
+        let (mut q, mut k, v) = (host(q)?, host(k)?, host(v)?);
+        let n = q.len() / (shape.heads * d);
+        rope_in_place(&mut q, shape.heads, d, cos, sin, cfg.rope_style);
+        rope_in_place(&mut k, shape.kv_heads, d, cos, sin, cfg.rope_style);
+        let (k_all, v_all) = kv.append_host(offset, shape.kv_heads * d, &k, &v);
+        let mut out = vec![0f32; q.len()];
+        attend(&q, k_all, v_all, offset, shape, &mut out);
+        Ok(Tensor::from_vec(out, (n, shape.heads * d), &self.device)?)
+    }
+
+    /// Attention with candle tensor ops (devices other than the CPU): [n, hq · d].
+    fn attention_tensors(
+        &self,
+        kv: &mut LayerKv,
+        [q, k, v]: [Tensor; 3],
+        offset: usize,
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let eps = cfg.rms_norm_eps as f32;
-        let n = x.dim(0)?;
+        let n = q.dim(0)?;
         let (hq, hkv, d) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
         let g = hq / hkv;
-
-        let h = candle_nn::ops::rms_norm(x, &l.input_norm, eps)?;
         let heads = |t: Tensor, count: usize| -> Result<Tensor> {
             Ok(t.reshape((n, count, d))?.transpose(0, 1)?.contiguous()?)
         };
-        let [q, k, v]: [Tensor; 3] = l
-            .qkv
-            .forward(&h)?
-            .try_into()
-            .map_err(|_| internal("q/k/v projections did not give three outputs"))?;
         let q = heads(q, hq)?.unsqueeze(0)?;
         let k = heads(k, hkv)?.unsqueeze(0)?;
         let v = heads(v, hkv)?;
@@ -203,22 +263,24 @@ impl Qwen2Model {
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let out = att.matmul(&v_all.contiguous()?)?; // [hkv, g * n, d]
-        let out = out
+        Ok(out
             .reshape((hq, n, d))?
             .transpose(0, 1)?
             .contiguous()?
-            .reshape((n, hq * d))?;
-        let x = (x + l.o.forward(&out)?)?;
-
-        let h = candle_nn::ops::rms_norm(&x, &l.post_norm, eps)?;
-        let [gate, up]: [Tensor; 2] = l
-            .gate_up
-            .forward(&h)?
-            .try_into()
-            .map_err(|_| internal("gate/up projections did not give two outputs"))?;
-        let mlp = l.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
-        Ok((x + mlp)?)
+            .reshape((n, hq * d))?)
     }
+}
+
+/// Rotary tables (and, off the CPU, the causal mask) of one forward call.
+enum Rope {
+    /// Plain cosines and sines, [n, head_dim / 2] each.
+    Host { cos: Vec<f32>, sin: Vec<f32> },
+    /// The same as tensors, with the mask for n > 1.
+    Tensors {
+        cos: Tensor,
+        sin: Tensor,
+        mask: Option<Tensor>,
+    },
 }
 
 /// [n, offset + n]: 0 where query `i` (at position `offset + i`) may attend, -inf after it.
