@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 
 use crate::config::{Qwen2Config, RopeStyle};
 use crate::error::{Result, invalid_model, model_err};
-use crate::kernels::HalfKind;
+use crate::kernels::{HalfKind, PackedHalf};
 use crate::linear::Matrix;
 use crate::loader::{LayerPart, Part, TensorSource};
 use crate::model::Qwen2Model;
@@ -214,16 +214,18 @@ impl TensorSource for GgufSource {
         match (qt.dtype(), half) {
             (_, Some(kind)) if self.device.is_cpu() => {
                 let bytes = qt.data().map_err(model_err(name))?;
-                let data = bytes
+                let data: Vec<u16> = bytes
                     .chunks_exact(2)
                     .map(|c| u16::from_le_bytes([c[0], c[1]]))
                     .collect();
-                Ok(Matrix::Half {
-                    data,
-                    kind,
-                    rows,
-                    cols,
-                })
+                PackedHalf::new(kind, rows, cols, &data)
+                    .map(Matrix::Half)
+                    .ok_or_else(|| {
+                        invalid_model(format!(
+                            "tensor `{name}`: {} values for a [{rows}, {cols}] matrix",
+                            data.len()
+                        ))
+                    })
             }
             (GgmlDType::F32, _) | (_, Some(_)) => Ok(Matrix::F32(
                 qt.dequantize(&self.device).map_err(model_err(name))?,

@@ -10,7 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::config::Qwen2Config;
 use crate::error::{Result, internal, invalid_model};
-use crate::kernels::HalfKind;
+use crate::kernels::{HalfKind, PackedHalf};
 use crate::linear::Matrix;
 use crate::loader::{LayerPart, Part, TensorSource};
 use crate::model::Qwen2Model;
@@ -207,12 +207,14 @@ impl TensorSource for SafetensorsSource {
                             .map(|v| kind.from_f32(v))
                             .collect()
                     };
-                    Ok(Matrix::Half {
-                        data: bits,
-                        kind,
-                        rows,
-                        cols,
-                    })
+                    PackedHalf::new(kind, rows, cols, &bits)
+                        .map(Matrix::Half)
+                        .ok_or_else(|| {
+                            invalid_model(format!(
+                                "tensor `{name}`: {} values for a [{rows}, {cols}] matrix",
+                                bits.len()
+                            ))
+                        })
                 }
                 _ => {
                     let v = to_f32(name, dtype, data)?;

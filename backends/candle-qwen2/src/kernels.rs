@@ -1,12 +1,20 @@
 //! CPU kernels for half-precision weights (bf16 / f16) times f32 activations.
 //!
-//! Weights stay in their stored 16-bit form (half the memory traffic of f32) and are
-//! widened to f32 in registers; products are accumulated in f32. Widening bf16/f16 to
-//! f32 is exact, so this computes the same function as an f32 model built from the
-//! same stored weights (up to summation order), which is what the references use.
+//! Weights stay 16-bit (half the memory traffic of f32) and are widened to f32 in
+//! registers; products are accumulated in f32. Widening is exact, so this computes the
+//! same function as an f32 model built from the same stored weights (up to summation
+//! order), which is what the references use.
 //!
-//! The SIMD path is chosen at compile time (`target_feature` avx2 + fma + f16c, i.e.
-//! x86-64-v3 as set in `.cargo/config.toml`); other targets use the scalar path.
+//! Decode is a matrix-vector product bound by how fast weights stream from memory, so
+//! the layout is chosen for streaming: rows are interleaved in groups of eight, and one
+//! register holds the eight rows' weights at one input position. Each step is then one
+//! load, a widening, a broadcast of one activation and one FMA into an accumulator
+//! whose eight lanes are the eight outputs, over a single sequential stream (reading
+//! short rows one by one, as a plain layout does, leaves the hardware prefetcher
+//! restarting on every row). bf16 pairs two positions in each 32-bit lane, so a shift
+//! and a mask widen sixteen weights; f16 uses `vcvtph2ps`.
+//!
+//! The AVX2 + FMA + F16C kernel is picked at run time; other CPUs use the scalar loop.
 
 use rayon::prelude::*;
 
@@ -39,188 +47,256 @@ impl HalfKind {
     }
 }
 
-/// Weight rows handled together by one micro-kernel call.
-const ROWS: usize = 4;
-/// Weight rows per parallel task.
-const ROWS_PER_TASK: usize = 64;
+/// Rows interleaved in one group.
+const GROUP: usize = 8;
 
-/// `out_t[j * m + i] = sum_k x[i * k + kk] * w[j * k + kk]` for a row-major `x` [m, k] and
-/// a row-major weight `w` [n, k]; `out_t` is the transposed product [n, m].
-///
-/// Parallel over weight rows, so each weight byte is read once per call whatever `m` is.
-pub fn matmul_t_half(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[u16],
-    n: usize,
-    kind: HalfKind,
-    out_t: &mut [f32],
-) {
-    debug_assert_eq!(x.len(), m * k);
-    debug_assert_eq!(w.len(), n * k);
-    debug_assert_eq!(out_t.len(), n * m);
-    if m == 0 || n == 0 {
-        return;
-    }
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let j0 = task * ROWS_PER_TASK;
-            let rows = out.len() / m;
-            let mut j = 0;
-            while j + ROWS <= rows {
-                let base = (j0 + j) * k;
-                let ws = [
-                    &w[base..base + k],
-                    &w[base + k..base + 2 * k],
-                    &w[base + 2 * k..base + 3 * k],
-                    &w[base + 3 * k..base + 4 * k],
-                ];
-                for i in 0..m {
-                    let xi = &x[i * k..(i + 1) * k];
-                    let d = dot4(xi, ws, kind);
-                    for (r, v) in d.iter().enumerate() {
-                        out[(j + r) * m + i] = *v;
-                    }
-                }
-                j += ROWS;
-            }
-            while j < rows {
-                let base = (j0 + j) * k;
-                let wr = &w[base..base + k];
-                for i in 0..m {
-                    let xi = &x[i * k..(i + 1) * k];
-                    out[j * m + i] = dot1(xi, wr, kind);
-                }
-                j += 1;
-            }
-        });
+/// A [rows, cols] bf16/f16 matrix, rows interleaved in groups of eight.
+#[derive(Debug)]
+pub struct PackedHalf {
+    /// bf16 or f16.
+    pub kind: HalfKind,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    /// Row groups (padding rows are zero).
+    groups: usize,
+    /// bf16: [groups, cols / 2 rounded up, 8, 2] (each 32-bit lane holds positions
+    /// 2p and 2p + 1 of one row). f16: [groups, cols, 8].
+    data: Vec<u16>,
 }
 
-/// Widens rows `ids` of a [rows, k] half matrix into `out` ([ids.len(), k]).
-pub fn gather_rows_half(w: &[u16], k: usize, ids: &[u32], kind: HalfKind, out: &mut [f32]) {
-    for (dst, &id) in out.chunks_exact_mut(k).zip(ids) {
-        let src = &w[id as usize * k..(id as usize + 1) * k];
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = kind.to_f32(*s);
+impl PackedHalf {
+    /// Repacks a row-major [rows, cols] matrix of 16-bit values.
+    pub fn new(kind: HalfKind, rows: usize, cols: usize, values: &[u16]) -> Option<Self> {
+        if values.len() != rows * cols {
+            return None;
+        }
+        let groups = rows.div_ceil(GROUP);
+        let mut p = Self {
+            kind,
+            rows,
+            cols,
+            groups,
+            data: Vec::new(),
+        };
+        p.data = vec![0u16; groups * p.group_len()];
+        for (r, row) in values.chunks_exact(cols.max(1)).enumerate().take(rows) {
+            for (c, v) in row.iter().enumerate() {
+                let i = p.index(r, c);
+                p.data[i] = *v;
+            }
+        }
+        Some(p)
+    }
+
+    /// Values per group.
+    fn group_len(&self) -> usize {
+        match self.kind {
+            HalfKind::Bf16 => self.cols.div_ceil(2) * 2 * GROUP,
+            HalfKind::F16 => self.cols * GROUP,
+        }
+    }
+
+    /// Where element (r, c) is stored.
+    #[inline]
+    fn index(&self, r: usize, c: usize) -> usize {
+        let (g, lane) = (r / GROUP, r % GROUP);
+        let base = g * self.group_len();
+        match self.kind {
+            HalfKind::Bf16 => base + ((c / 2) * GROUP + lane) * 2 + c % 2,
+            HalfKind::F16 => base + c * GROUP + lane,
+        }
+    }
+
+    /// Row `r` widened into `out` (len cols).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        for (c, o) in out.iter_mut().enumerate().take(self.cols) {
+            *o = self.kind.to_f32(self.data[self.index(r, c)]);
+        }
+    }
+
+    /// Stacks matrices of one kind and width (rows of `parts[0]` first); `None` when
+    /// they differ or a part other than the last has rows that are not a multiple of 8.
+    pub fn concat_rows(parts: &[&PackedHalf]) -> Option<PackedHalf> {
+        let first = parts.first()?;
+        let (init, _) = parts.split_at(parts.len() - 1);
+        if parts
+            .iter()
+            .any(|p| p.kind != first.kind || p.cols != first.cols)
+            || init.iter().any(|p| !p.rows.is_multiple_of(GROUP))
+        {
+            return None;
+        }
+        Some(PackedHalf {
+            kind: first.kind,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            groups: parts.iter().map(|p| p.groups).sum(),
+            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+        })
+    }
+
+    /// `out_t[j * m + i] = Σ_k x[i, k] · W[j, k]` for `x` [m, cols] row-major; `out_t`
+    /// is the transposed product [rows, m]. Each weight is read once per call.
+    pub fn matmul_t(&self, x: &[f32], m: usize, out_t: &mut [f32]) {
+        debug_assert_eq!(x.len(), m * self.cols);
+        debug_assert_eq!(out_t.len(), m * self.rows);
+        if m == 0 || self.rows == 0 {
+            return;
+        }
+        let simd = simd_available();
+        let tasks = 8 * rayon::current_num_threads();
+        let min_groups = (8192 / (self.cols * m).max(1)).max(1);
+        let per_task = self.groups.div_ceil(tasks).max(min_groups);
+        out_t
+            .par_chunks_mut(per_task * GROUP * m)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let g0 = task * per_task;
+                for (gi, out) in out.chunks_mut(GROUP * m).enumerate() {
+                    self.group(simd, x, m, g0 + gi, out);
+                }
+            });
+    }
+
+    fn group(&self, simd: bool, x: &[f32], m: usize, g: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: `simd_available` saw avx2, fma and f16c; the kernel reads group
+            // `g`'s values and `x`'s m rows of `cols` values only.
+            unsafe { x86::group(self, x, m, g, out) };
+            return;
+        }
+        let _ = simd;
+        self.group_scalar(x, m, g, out);
+    }
+
+    fn group_scalar(&self, x: &[f32], m: usize, g: usize, out: &mut [f32]) {
+        for lane in 0..out.len() / m {
+            let r = g * GROUP + lane;
+            for i in 0..m {
+                let xi = &x[i * self.cols..(i + 1) * self.cols];
+                out[lane * m + i] = xi
+                    .iter()
+                    .enumerate()
+                    .map(|(c, v)| v * self.kind.to_f32(self.data[self.index(r, c)]))
+                    .sum();
+            }
         }
     }
 }
 
-fn dot1(x: &[f32], w: &[u16], kind: HalfKind) -> f32 {
-    x.iter().zip(w).map(|(a, b)| a * kind.to_f32(*b)).sum()
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-fn dot4(x: &[f32], w: [&[u16]; 4], kind: HalfKind) -> [f32; 4] {
-    // SAFETY: the target features are enabled at compile time, and every load below reads
-    // 8 values at an index `c + 8 <= k`, in bounds of `x` (len k) and of each `w[r]` (len k).
-    unsafe {
-        match kind {
-            HalfKind::Bf16 => avx::dot4::<true>(x, w),
-            HalfKind::F16 => avx::dot4::<false>(x, w),
-        }
+fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-)))]
-fn dot4(x: &[f32], w: [&[u16]; 4], kind: HalfKind) -> [f32; 4] {
-    [
-        dot1(x, w[0], kind),
-        dot1(x, w[1], kind),
-        dot1(x, w[2], kind),
-        dot1(x, w[3], kind),
-    ]
-}
-
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-mod avx {
+#[cfg(target_arch = "x86_64")]
+mod x86 {
     use std::arch::x86_64::*;
 
+    use super::{GROUP, HalfKind, PackedHalf};
+
+    /// Activation rows computed together (each weight load serves all of them).
+    const TILE: usize = 2;
+
+    /// Weights of the group's eight rows at positions `c..c + 4` (c even).
     #[inline(always)]
-    unsafe fn load8<const BF16: bool>(p: *const u16) -> __m256 {
+    unsafe fn load4(p: *const u16, kind: HalfKind, c: usize) -> [__m256; 4] {
         unsafe {
-            let raw = _mm_loadu_si128(p as *const __m128i);
-            if BF16 {
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(raw)))
-            } else {
-                _mm256_cvtph_ps(raw)
+            match kind {
+                HalfKind::Bf16 => {
+                    let hi_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+                    let v0 = _mm256_loadu_si256(p.add(c * GROUP) as *const __m256i);
+                    let v1 = _mm256_loadu_si256(p.add((c + 2) * GROUP) as *const __m256i);
+                    [
+                        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v0)),
+                        _mm256_castsi256_ps(_mm256_and_si256(v0, hi_mask)),
+                        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v1)),
+                        _mm256_castsi256_ps(_mm256_and_si256(v1, hi_mask)),
+                    ]
+                }
+                HalfKind::F16 => std::array::from_fn(|j| {
+                    _mm256_cvtph_ps(_mm_loadu_si128(p.add((c + j) * GROUP) as *const __m128i))
+                }),
             }
         }
     }
 
+    /// Weights of the group's eight rows at position `c` alone.
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    unsafe fn load1(p: *const u16, kind: HalfKind, c: usize) -> __m256 {
         unsafe {
-            let lo = _mm256_castps256_ps128(v);
-            let hi = _mm256_extractf128_ps::<1>(v);
-            let s = _mm_add_ps(lo, hi);
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-            _mm_cvtss_f32(s)
+            match kind {
+                HalfKind::Bf16 => {
+                    let v = _mm256_loadu_si256(p.add((c - c % 2) * GROUP) as *const __m256i);
+                    if c % 2 == 0 {
+                        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v))
+                    } else {
+                        _mm256_castsi256_ps(_mm256_and_si256(
+                            v,
+                            _mm256_set1_epi32(0xFFFF_0000u32 as i32),
+                        ))
+                    }
+                }
+                HalfKind::F16 => {
+                    _mm256_cvtph_ps(_mm_loadu_si128(p.add(c * GROUP) as *const __m128i))
+                }
+            }
         }
     }
 
-    /// Four dot products of `x` with four weight rows of the same length.
-    #[inline(always)]
-    pub(super) unsafe fn dot4<const BF16: bool>(x: &[f32], w: [&[u16]; 4]) -> [f32; 4] {
-        let k = x.len();
-        let k16 = k - k % 16;
-        let k8 = k - k % 8;
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group(w: &PackedHalf, x: &[f32], m: usize, g: usize, out: &mut [f32]) {
         unsafe {
-            let xp = x.as_ptr();
-            let wp = [w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr()];
-            let mut a0 = [_mm256_setzero_ps(); 4];
-            let mut a1 = [_mm256_setzero_ps(); 4];
-            let mut c = 0;
-            while c < k16 {
-                let x0 = _mm256_loadu_ps(xp.add(c));
-                let x1 = _mm256_loadu_ps(xp.add(c + 8));
-                for r in 0..4 {
-                    a0[r] = _mm256_fmadd_ps(x0, load8::<BF16>(wp[r].add(c)), a0[r]);
-                    a1[r] = _mm256_fmadd_ps(x1, load8::<BF16>(wp[r].add(c + 8)), a1[r]);
+            let cols = w.cols;
+            let p = w.data.as_ptr().add(g * w.group_len());
+            let lanes = out.len() / m;
+            let c4 = cols - cols % 4;
+            let mut i0 = 0;
+            while i0 < m {
+                let tile = (m - i0).min(TILE);
+                let xs: [*const f32; TILE] =
+                    std::array::from_fn(|t| x.as_ptr().add((i0 + t.min(tile - 1)) * cols));
+                let mut acc = [[_mm256_setzero_ps(); 4]; TILE];
+                let mut c = 0;
+                while c < c4 {
+                    let wv = load4(p, w.kind, c);
+                    for t in 0..tile {
+                        for j in 0..4 {
+                            let xv = _mm256_broadcast_ss(&*xs[t].add(c + j));
+                            acc[t][j] = _mm256_fmadd_ps(wv[j], xv, acc[t][j]);
+                        }
+                    }
+                    c += 4;
                 }
-                c += 16;
-            }
-            while c < k8 {
-                let x0 = _mm256_loadu_ps(xp.add(c));
-                for r in 0..4 {
-                    a0[r] = _mm256_fmadd_ps(x0, load8::<BF16>(wp[r].add(c)), a0[r]);
+                while c < cols {
+                    let wv = load1(p, w.kind, c);
+                    for t in 0..tile {
+                        let xv = _mm256_broadcast_ss(&*xs[t].add(c));
+                        acc[t][0] = _mm256_fmadd_ps(wv, xv, acc[t][0]);
+                    }
+                    c += 1;
                 }
-                c += 8;
-            }
-            let mut out = [0f32; 4];
-            for r in 0..4 {
-                out[r] = hsum(_mm256_add_ps(a0[r], a1[r]));
-            }
-            let kind = if BF16 {
-                super::HalfKind::Bf16
-            } else {
-                super::HalfKind::F16
-            };
-            for (r, o) in out.iter_mut().enumerate() {
-                for cc in k8..k {
-                    *o += x[cc] * kind.to_f32(w[r][cc]);
+                for (t, a) in acc.iter().enumerate().take(tile) {
+                    let sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+                    let mut v = [0f32; GROUP];
+                    _mm256_storeu_ps(v.as_mut_ptr(), sum);
+                    for (lane, val) in v.iter().enumerate().take(lanes) {
+                        *out.get_unchecked_mut(lane * m + i0 + t) = *val;
+                    }
                 }
+                i0 += tile;
             }
-            out
         }
     }
 }
@@ -230,25 +306,73 @@ mod tests {
     use super::*;
 
     #[test]
-    fn half_matmul_matches_scalar() {
-        let (m, k, n) = (3, 37, 70);
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
-            .collect();
-        for kind in [HalfKind::Bf16, HalfKind::F16] {
-            let w: Vec<u16> = (0..n * k)
-                .map(|i| kind.from_f32(((i * 11 % 17) as f32 - 8.0) / 9.0))
+    fn packed_rows_read_back_and_multiply_like_the_plain_matrix() {
+        for (m, k, n) in [(3, 37, 70), (1, 64, 16), (5, 8, 9), (2, 1, 3)] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
                 .collect();
-            let mut out_t = vec![0f32; n * m];
-            matmul_t_half(&x, m, k, &w, n, kind, &mut out_t);
-            for j in 0..n {
-                for i in 0..m {
-                    let want: f32 = (0..k)
-                        .map(|c| x[i * k + c] * kind.to_f32(w[j * k + c]))
-                        .sum();
-                    assert!((out_t[j * m + i] - want).abs() < 1e-4, "{kind:?} {i} {j}");
+            for kind in [HalfKind::Bf16, HalfKind::F16] {
+                let w: Vec<u16> = (0..n * k)
+                    .map(|i| kind.from_f32(((i * 11 % 17) as f32 - 8.0) / 9.0))
+                    .collect();
+                let p = PackedHalf::new(kind, n, k, &w).expect("sizes match");
+                let mut row = vec![0f32; k];
+                for j in 0..n {
+                    p.row_f32(j, &mut row);
+                    let want: Vec<f32> = w[j * k..(j + 1) * k]
+                        .iter()
+                        .map(|b| kind.to_f32(*b))
+                        .collect();
+                    assert_eq!(row, want, "{kind:?} row {j}");
+                }
+                let mut out_t = vec![0f32; n * m];
+                p.matmul_t(&x, m, &mut out_t);
+                let mut scalar = vec![0f32; n * m];
+                for g in 0..p.groups {
+                    let end = ((g + 1) * GROUP).min(n);
+                    p.group_scalar(&x, m, g, &mut scalar[g * GROUP * m..end * m]);
+                }
+                for j in 0..n {
+                    for i in 0..m {
+                        let want: f32 = (0..k)
+                            .map(|c| x[i * k + c] * kind.to_f32(w[j * k + c]))
+                            .sum();
+                        let got = out_t[j * m + i];
+                        assert!(
+                            (got - want).abs() < 1e-4,
+                            "{kind:?} {m}x{k}x{n} [{i}, {j}]: {got} vs {want}"
+                        );
+                        assert!(
+                            (scalar[j * m + i] - want).abs() < 1e-4,
+                            "scalar {kind:?} [{i}, {j}]"
+                        );
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn concatenated_rows_multiply_like_the_parts() {
+        let kind = HalfKind::Bf16;
+        let k = 10;
+        let vals = |n: usize, s: usize| -> Vec<u16> {
+            (0..n * k)
+                .map(|i| kind.from_f32(((i * s % 23) as f32 - 11.0) / 7.0))
+                .collect()
+        };
+        let a = PackedHalf::new(kind, 8, k, &vals(8, 3)).expect("a");
+        let b = PackedHalf::new(kind, 5, k, &vals(5, 5)).expect("b");
+        assert!(
+            PackedHalf::concat_rows(&[&b, &a]).is_none(),
+            "5 rows, then more"
+        );
+        let ab = PackedHalf::concat_rows(&[&a, &b]).expect("same kind and width");
+        let x: Vec<f32> = (0..k).map(|i| i as f32 / 3.0 - 1.0).collect();
+        let (mut oa, mut ob, mut oab) = (vec![0f32; 8], vec![0f32; 5], vec![0f32; 13]);
+        a.matmul_t(&x, 1, &mut oa);
+        b.matmul_t(&x, 1, &mut ob);
+        ab.matmul_t(&x, 1, &mut oab);
+        assert_eq!(oab, [oa, ob].concat());
     }
 }

@@ -7,24 +7,16 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, internal};
-use crate::kernels::{self, HalfKind};
+use crate::kernels::PackedHalf;
 use crate::qkernels::PackedQ;
 
 /// A [rows, cols] weight matrix (rows = output features, as PyTorch stores `Linear.weight`).
 pub enum Matrix {
     /// f32 values as a candle tensor (any device).
     F32(Tensor),
-    /// bf16/f16 values kept 16-bit on the CPU, widened in the kernel.
-    Half {
-        /// Raw 16-bit values, row-major.
-        data: Vec<u16>,
-        /// bf16 or f16.
-        kind: HalfKind,
-        /// Output features.
-        rows: usize,
-        /// Input features.
-        cols: usize,
-    },
+    /// bf16/f16 values kept 16-bit on the CPU (repacked for streaming), widened in the
+    /// kernel.
+    Half(PackedHalf),
     /// A GGUF block-quantized tensor, multiplied by candle's quantized kernels.
     Quant(Arc<QTensor>),
     /// GGUF Q4_0/Q8_0 blocks repacked for this crate's CPU kernels.
@@ -36,7 +28,7 @@ impl std::fmt::Debug for Matrix {
         let (r, c) = self.dims();
         match self {
             Matrix::F32(_) => write!(f, "Matrix::F32[{r}, {c}]"),
-            Matrix::Half { kind, .. } => write!(f, "Matrix::{kind:?}[{r}, {c}]"),
+            Matrix::Half(h) => write!(f, "Matrix::{:?}[{r}, {c}]", h.kind),
             Matrix::Quant(q) => write!(f, "Matrix::{:?}[{r}, {c}]", q.dtype()),
             Matrix::Packed(p) => write!(f, "Matrix::Packed{:?}[{r}, {c}]", p.kind),
         }
@@ -48,7 +40,7 @@ impl Matrix {
     pub fn dims(&self) -> (usize, usize) {
         match self {
             Matrix::F32(t) => t.dims2().unwrap_or((0, 0)),
-            Matrix::Half { rows, cols, .. } => (*rows, *cols),
+            Matrix::Half(h) => (h.rows, h.cols),
             Matrix::Quant(q) => q.shape().dims2().unwrap_or((0, 0)),
             Matrix::Packed(p) => (p.rows, p.cols),
         }
@@ -58,46 +50,12 @@ impl Matrix {
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Matrix::F32(w) => Ok(x.matmul(&w.t()?)?),
-            Matrix::Half {
-                data,
-                kind,
-                rows,
-                cols,
-            } => {
-                let (m, k) = x.dims2()?;
-                if k != *cols {
-                    return Err(internal(format!(
-                        "matmul: input width {k} != weight width {cols}"
-                    )));
-                }
-                let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                let mut out_t = vec![0f32; m * rows];
-                kernels::matmul_t_half(&xs, m, k, data, *rows, *kind, &mut out_t);
-                let out = Tensor::from_vec(out_t, (*rows, m), x.device())?;
-                if m == 1 {
-                    Ok(out.reshape((1, *rows))?)
-                } else {
-                    Ok(out.t()?.contiguous()?)
-                }
+            Matrix::Half(h) => {
+                host_matmul_t(x, h.rows, h.cols, |xs, m, out| h.matmul_t(xs, m, out))
             }
             Matrix::Quant(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?),
             Matrix::Packed(p) => {
-                let (m, k) = x.dims2()?;
-                if k != p.cols {
-                    return Err(internal(format!(
-                        "matmul: input width {k} != weight width {}",
-                        p.cols
-                    )));
-                }
-                let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                let mut out_t = vec![0f32; m * p.rows];
-                p.matmul_t(&xs, m, &mut out_t);
-                let out = Tensor::from_vec(out_t, (p.rows, m), x.device())?;
-                if m == 1 {
-                    Ok(out.reshape((1, p.rows))?)
-                } else {
-                    Ok(out.t()?.contiguous()?)
-                }
+                host_matmul_t(x, p.rows, p.cols, |xs, m, out| p.matmul_t(xs, m, out))
             }
         }
     }
@@ -109,12 +67,12 @@ impl Matrix {
                 let ids = Tensor::new(ids, w.device())?;
                 Ok(w.index_select(&ids, 0)?)
             }
-            Matrix::Half {
-                data, kind, cols, ..
-            } => {
-                let mut out = vec![0f32; ids.len() * cols];
-                kernels::gather_rows_half(data, *cols, ids, *kind, &mut out);
-                Ok(Tensor::from_vec(out, (ids.len(), *cols), device)?)
+            Matrix::Half(h) => {
+                let mut out = vec![0f32; ids.len() * h.cols];
+                for (row, &id) in out.chunks_exact_mut(h.cols.max(1)).zip(ids) {
+                    h.row_f32(id as usize, row);
+                }
+                Ok(Tensor::from_vec(out, (ids.len(), h.cols), device)?)
             }
             Matrix::Quant(q) => {
                 let ids = Tensor::new(ids, &q.device())?;
@@ -134,14 +92,12 @@ impl Matrix {
     pub fn to_f32(&self, device: &Device) -> Result<Tensor> {
         match self {
             Matrix::F32(t) => Ok(t.to_device(device)?),
-            Matrix::Half {
-                data,
-                kind,
-                rows,
-                cols,
-            } => {
-                let v: Vec<f32> = data.iter().map(|b| kind.to_f32(*b)).collect();
-                Ok(Tensor::from_vec(v, (*rows, *cols), device)?)
+            Matrix::Half(h) => {
+                let mut out = vec![0f32; h.rows * h.cols];
+                for (r, row) in out.chunks_exact_mut(h.cols.max(1)).enumerate() {
+                    h.row_f32(r, row);
+                }
+                Ok(Tensor::from_vec(out, (h.rows, h.cols), device)?)
             }
             Matrix::Quant(q) => Ok(q.dequantize(device)?.to_dtype(DType::F32)?),
             Matrix::Packed(p) => {
@@ -152,6 +108,31 @@ impl Matrix {
                 Ok(Tensor::from_vec(out, (p.rows, p.cols), device)?)
             }
         }
+    }
+}
+
+/// Runs a host kernel `f(x, m, out_t)` that writes the transposed product [rows, m]
+/// for `x` [m, cols], and returns `x · Wᵀ` [m, rows] on `x`'s device.
+fn host_matmul_t(
+    x: &Tensor,
+    rows: usize,
+    cols: usize,
+    f: impl FnOnce(&[f32], usize, &mut [f32]),
+) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    if k != cols {
+        return Err(internal(format!(
+            "matmul: input width {k} != weight width {cols}"
+        )));
+    }
+    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let mut out_t = vec![0f32; m * rows];
+    f(&xs, m, &mut out_t);
+    let out = Tensor::from_vec(out_t, (rows, m), x.device())?;
+    if m == 1 {
+        Ok(out.reshape((1, rows))?)
+    } else {
+        Ok(out.t()?.contiguous()?)
     }
 }
 
@@ -174,29 +155,15 @@ impl Matrix {
                     .collect();
                 Tensor::cat(&ts?, 0).ok().map(Matrix::F32)
             }
-            Matrix::Half { kind, .. } => {
-                let mut data = Vec::new();
-                let mut rows = 0;
-                for p in parts {
-                    match p {
-                        Matrix::Half {
-                            data: d,
-                            kind: k,
-                            rows: r,
-                            ..
-                        } if k == kind => {
-                            data.extend_from_slice(d);
-                            rows += r;
-                        }
-                        _ => return None,
-                    }
-                }
-                Some(Matrix::Half {
-                    data,
-                    kind: *kind,
-                    rows,
-                    cols,
-                })
+            Matrix::Half(_) => {
+                let hs: Option<Vec<&PackedHalf>> = parts
+                    .iter()
+                    .map(|p| match p {
+                        Matrix::Half(h) => Some(h),
+                        _ => None,
+                    })
+                    .collect();
+                PackedHalf::concat_rows(&hs?).map(Matrix::Half)
             }
             Matrix::Packed(_) => {
                 let ps: Option<Vec<&PackedQ>> = parts

@@ -1,12 +1,13 @@
-//! Throughput of the packed Q4_0/Q8_0 matmul kernels alone, on the Qwen2-0.5B matrix
-//! shapes, for one activation row (decode) and for a prompt-sized batch (prefill).
+//! Throughput of the CPU matmul kernels alone (packed Q4_0/Q8_0, bf16), on the
+//! Qwen2-0.5B matrix shapes, for one activation row (decode) or a prompt-sized batch.
 //!
-//! `cargo run --release -p candle-qwen2 --example qkernel_bench [-- M]`
+//! `cargo run --release -p candle-qwen2 --example kernel_bench [-- M]`
 //! Threads: `RAYON_NUM_THREADS` (default: all cores). Prints GB/s of weights read and
 //! the time per call, the figures to compare kernel changes by.
 
 use std::time::Instant;
 
+use candle_qwen2::kernels::{HalfKind, PackedHalf};
 use candle_qwen2::qkernels::{PackedQ, QK, QKind};
 
 fn blocks(kind: QKind, rows: usize, cols: usize) -> Vec<u8> {
@@ -68,6 +69,29 @@ fn main() -> anyhow::Result<()> {
                 bytes as f64 / s / 1e9
             );
         }
+    }
+    for (name, rows, cols) in shapes {
+        let w: Vec<u16> = (0..rows * cols)
+            .map(|i| HalfKind::Bf16.from_f32(((i * 7 % 61) as f32 - 30.0) / 300.0))
+            .collect();
+        let bytes = w.len() * 2;
+        let w = PackedHalf::new(HalfKind::Bf16, rows, cols, &w)
+            .ok_or_else(|| anyhow::anyhow!("bad matrix"))?;
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let mut out = vec![0f32; m * rows];
+        let iters = (2_000_000_000 / (bytes * m.max(1))).clamp(3, 2000);
+        let t = Instant::now();
+        for _ in 0..iters {
+            w.matmul_t(&x, m, &mut out);
+        }
+        let s = t.elapsed().as_secs_f64() / iters as f64;
+        println!(
+            "Bf16 {name:8} [{rows:6} x {cols:4}]  {:8.1} us  {:6.1} GB/s",
+            s * 1e6,
+            bytes as f64 / s / 1e9
+        );
     }
     Ok(())
 }
