@@ -239,7 +239,7 @@ mod x86 {
             match kind {
                 HalfKind::Bf16 => {
                     let v = _mm256_loadu_si256(p.add((c - c % 2) * GROUP) as *const __m256i);
-                    if c % 2 == 0 {
+                    if c.is_multiple_of(2) {
                         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v))
                     } else {
                         _mm256_castsi256_ps(_mm256_and_si256(
