@@ -1,4 +1,4 @@
-//! Throughput of the CPU matmul kernels alone (packed Q4_0/Q8_0, bf16), on the
+//! Throughput of the CPU matmul kernels alone (packed Q4_0/Q4_1/Q8_0, bf16), on the
 //! Qwen2-0.5B matrix shapes, for one activation row (decode) or a prompt-sized batch.
 //!
 //! `cargo run --release -p candle-qwen2 --example kernel_bench [-- M]`
@@ -12,7 +12,7 @@ use candle_qwen2::qkernels::{PackedQ, QK, QKind};
 
 fn blocks(kind: QKind, rows: usize, cols: usize) -> Vec<u8> {
     let qb = match kind {
-        QKind::Q4_0 => QK / 2,
+        QKind::Q4_0 | QKind::Q4_1 => QK / 2,
         QKind::Q8_0 => QK,
     };
     let nb = rows * cols / QK;
@@ -24,6 +24,9 @@ fn blocks(kind: QKind, rows: usize, cols: usize) -> Vec<u8> {
         state ^= state << 17;
         let d = half::f16::from_f32(0.001 + (state % 1000) as f32 * 1e-5);
         out.extend(d.to_le_bytes());
+        if kind == QKind::Q4_1 {
+            out.extend(half::f16::from_f32(-0.004).to_le_bytes());
+        }
         for j in 0..qb {
             out.push((state >> (j % 56)) as u8 ^ j as u8);
         }
@@ -46,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         ("lm_head", 151936, 896),
     ];
     println!("m = {m}, threads = {}", rayon::current_num_threads());
-    for kind in [QKind::Q4_0, QKind::Q8_0] {
+    for kind in [QKind::Q4_0, QKind::Q4_1, QKind::Q8_0] {
         for (name, rows, cols) in shapes {
             let data = blocks(kind, rows, cols);
             let bytes = data.len();

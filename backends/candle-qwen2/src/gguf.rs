@@ -233,13 +233,13 @@ impl TensorSource for GgufSource {
             _ if self.dequantize => Ok(Matrix::F32(
                 qt.dequantize(&self.device).map_err(model_err(name))?,
             )),
-            (GgmlDType::Q4_0 | GgmlDType::Q8_0, _)
+            (GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0, _)
                 if self.device.is_cpu() && !self.candle_qmatmul =>
             {
-                let kind = if qt.dtype() == GgmlDType::Q4_0 {
-                    QKind::Q4_0
-                } else {
-                    QKind::Q8_0
+                let kind = match qt.dtype() {
+                    GgmlDType::Q4_0 => QKind::Q4_0,
+                    GgmlDType::Q4_1 => QKind::Q4_1,
+                    _ => QKind::Q8_0,
                 };
                 let bytes = qt.data().map_err(model_err(name))?;
                 PackedQ::from_gguf_blocks(kind, rows, cols, &bytes)
