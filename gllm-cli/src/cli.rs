@@ -100,7 +100,7 @@ pub enum Command {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
-        /// Formats to write: safetensors, f16, q8_0, q4_0 (comma-separated).
+        /// Formats to write: safetensors, f16, q8_0, q4_0, q4_1, q4_k (comma-separated; q4_k needs widths that are multiples of 256).
         #[arg(long, value_delimiter = ',', default_value = "safetensors,q8_0,q4_0")]
         formats: Vec<String>,
         /// A tokenizer.json to copy beside the weights (the vocabulary must match the config).

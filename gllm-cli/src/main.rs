@@ -164,7 +164,9 @@ fn synth(
         .iter()
         .map(|f| {
             SynthFormat::parse(f).with_context(|| {
-                format!("unknown format `{f}` (expected safetensors, f16, q8_0 or q4_0)")
+                format!(
+                    "unknown format `{f}` (expected safetensors, f16, q8_0, q4_0, q4_1 or q4_k)"
+                )
             })
         })
         .collect::<Result<Vec<_>>>()?;

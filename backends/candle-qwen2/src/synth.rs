@@ -32,24 +32,32 @@ pub enum SynthFormat {
     GgufQ8_0,
     /// `model-q4_0.gguf`: every matrix Q4_0.
     GgufQ4_0,
+    /// `model-q4_1.gguf`: every matrix Q4_1.
+    GgufQ4_1,
+    /// `model-q4_k.gguf`: every matrix Q4_K (needs widths that are multiples of 256).
+    GgufQ4K,
 }
 
 impl SynthFormat {
     /// Every format.
-    pub const ALL: [SynthFormat; 4] = [
+    pub const ALL: [SynthFormat; 6] = [
         SynthFormat::Safetensors,
         SynthFormat::GgufF16,
         SynthFormat::GgufQ8_0,
         SynthFormat::GgufQ4_0,
+        SynthFormat::GgufQ4_1,
+        SynthFormat::GgufQ4K,
     ];
 
-    /// The format's short name: `safetensors`, `f16`, `q8_0`, `q4_0`.
+    /// The format's short name: `safetensors`, `f16`, `q8_0`, `q4_0`, `q4_1`, `q4_k`.
     pub fn as_str(self) -> &'static str {
         match self {
             SynthFormat::Safetensors => "safetensors",
             SynthFormat::GgufF16 => "f16",
             SynthFormat::GgufQ8_0 => "q8_0",
             SynthFormat::GgufQ4_0 => "q4_0",
+            SynthFormat::GgufQ4_1 => "q4_1",
+            SynthFormat::GgufQ4K => "q4_k",
         }
     }
 
@@ -67,6 +75,8 @@ impl SynthFormat {
             SynthFormat::GgufF16 => "model-f16.gguf",
             SynthFormat::GgufQ8_0 => "model-q8_0.gguf",
             SynthFormat::GgufQ4_0 => "model-q4_0.gguf",
+            SynthFormat::GgufQ4_1 => "model-q4_1.gguf",
+            SynthFormat::GgufQ4K => "model-q4_k.gguf",
         }
     }
 }
@@ -177,6 +187,8 @@ pub fn synthesize(
             SynthFormat::GgufF16 => write_gguf(&cfg, GgmlDType::F16, &path)?,
             SynthFormat::GgufQ8_0 => write_gguf(&cfg, GgmlDType::Q8_0, &path)?,
             SynthFormat::GgufQ4_0 => write_gguf(&cfg, GgmlDType::Q4_0, &path)?,
+            SynthFormat::GgufQ4_1 => write_gguf(&cfg, GgmlDType::Q4_1, &path)?,
+            SynthFormat::GgufQ4K => write_gguf(&cfg, GgmlDType::Q4K, &path)?,
         }
         written.push(path);
     }
