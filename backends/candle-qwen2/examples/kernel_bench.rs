@@ -52,24 +52,16 @@ fn main() -> anyhow::Result<()> {
     for kind in [QKind::Q4_0, QKind::Q4_1, QKind::Q8_0] {
         for (name, rows, cols) in shapes {
             let data = blocks(kind, rows, cols);
-            let bytes = data.len();
             let p = PackedQ::from_gguf_blocks(kind, rows, cols, &data)
                 .ok_or_else(|| anyhow::anyhow!("bad blocks"))?;
-            let x: Vec<f32> = (0..m * cols)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
-                .collect();
-            let mut out = vec![0f32; m * rows];
-            p.matmul_t(&x, m, &mut out);
-            let iters = (2_000_000_000 / (bytes * m.max(1))).clamp(3, 2000);
-            let t = Instant::now();
-            for _ in 0..iters {
-                p.matmul_t(&x, m, &mut out);
-            }
-            let s = t.elapsed().as_secs_f64() / iters as f64;
-            println!(
-                "{kind:?} {name:8} [{rows:6} x {cols:4}]  {:8.1} us  {:6.1} GB/s",
-                s * 1e6,
-                bytes as f64 / s / 1e9
+            measure(
+                &format!("{kind:?}"),
+                name,
+                rows,
+                cols,
+                m,
+                data.len(),
+                |x, out| p.matmul_t(x, m, out),
             );
         }
     }
@@ -77,24 +69,40 @@ fn main() -> anyhow::Result<()> {
         let w: Vec<u16> = (0..rows * cols)
             .map(|i| HalfKind::Bf16.from_f32(((i * 7 % 61) as f32 - 30.0) / 300.0))
             .collect();
-        let bytes = w.len() * 2;
-        let w = PackedHalf::new(HalfKind::Bf16, rows, cols, &w)
+        let p = PackedHalf::new(HalfKind::Bf16, rows, cols, &w)
             .ok_or_else(|| anyhow::anyhow!("bad matrix"))?;
-        let x: Vec<f32> = (0..m * cols)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
-            .collect();
-        let mut out = vec![0f32; m * rows];
-        let iters = (2_000_000_000 / (bytes * m.max(1))).clamp(3, 2000);
-        let t = Instant::now();
-        for _ in 0..iters {
-            w.matmul_t(&x, m, &mut out);
-        }
-        let s = t.elapsed().as_secs_f64() / iters as f64;
-        println!(
-            "Bf16 {name:8} [{rows:6} x {cols:4}]  {:8.1} us  {:6.1} GB/s",
-            s * 1e6,
-            bytes as f64 / s / 1e9
-        );
+        measure("Bf16", name, rows, cols, m, w.len() * 2, |x, out| {
+            p.matmul_t(x, m, out)
+        });
     }
     Ok(())
+}
+
+/// Times `matmul(x, out)` for an [m, cols] input and prints time per call and weight
+/// bytes read per second.
+fn measure(
+    kind: &str,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    m: usize,
+    bytes: usize,
+    matmul: impl Fn(&[f32], &mut [f32]),
+) {
+    let x: Vec<f32> = (0..m * cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+        .collect();
+    let mut out = vec![0f32; m * rows];
+    matmul(&x, &mut out);
+    let iters = (2_000_000_000 / (bytes * m.max(1))).clamp(3, 2000);
+    let t = Instant::now();
+    for _ in 0..iters {
+        matmul(&x, &mut out);
+    }
+    let s = t.elapsed().as_secs_f64() / iters as f64;
+    println!(
+        "{kind} {name:8} [{rows:6} x {cols:4}]  {:8.1} us  {:6.1} GB/s",
+        s * 1e6,
+        bytes as f64 / s / 1e9
+    );
 }

@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 
 use crate::config::{Qwen2Config, RopeStyle};
 use crate::error::{Result, invalid_model, model_err};
-use crate::kernels::{HalfKind, PackedHalf};
+use crate::kernels::HalfKind;
 use crate::linear::Matrix;
 use crate::loader::{LayerPart, Part, TensorSource};
 use crate::model::Qwen2Model;
@@ -218,14 +218,7 @@ impl TensorSource for GgufSource {
                     .chunks_exact(2)
                     .map(|c| u16::from_le_bytes([c[0], c[1]]))
                     .collect();
-                PackedHalf::new(kind, rows, cols, &data)
-                    .map(Matrix::Half)
-                    .ok_or_else(|| {
-                        invalid_model(format!(
-                            "tensor `{name}`: {} values for a [{rows}, {cols}] matrix",
-                            data.len()
-                        ))
-                    })
+                Matrix::half(name, kind, rows, cols, &data)
             }
             (GgmlDType::F32, _) | (_, Some(_)) => Ok(Matrix::F32(
                 qt.dequantize(&self.device).map_err(model_err(name))?,

@@ -10,7 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::config::Qwen2Config;
 use crate::error::{Result, internal, invalid_model};
-use crate::kernels::{HalfKind, PackedHalf};
+use crate::kernels::HalfKind;
 use crate::linear::Matrix;
 use crate::loader::{LayerPart, Part, TensorSource};
 use crate::model::Qwen2Model;
@@ -207,14 +207,7 @@ impl TensorSource for SafetensorsSource {
                             .map(|v| kind.from_f32(v))
                             .collect()
                     };
-                    PackedHalf::new(kind, rows, cols, &bits)
-                        .map(Matrix::Half)
-                        .ok_or_else(|| {
-                            invalid_model(format!(
-                                "tensor `{name}`: {} values for a [{rows}, {cols}] matrix",
-                                bits.len()
-                            ))
-                        })
+                    Matrix::half(name, kind, rows, cols, &bits)
                 }
                 _ => {
                     let v = to_f32(name, dtype, data)?;

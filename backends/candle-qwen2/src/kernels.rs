@@ -16,7 +16,7 @@
 //!
 //! The AVX2 + FMA + F16C kernel is picked at run time; other CPUs use the scalar loop.
 
-use rayon::prelude::*;
+use crate::grouped::{GROUP, concat, par_groups, stackable};
 
 /// Which 16-bit float a half matrix holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,9 +46,6 @@ impl HalfKind {
         }
     }
 }
-
-/// Rows interleaved in one group.
-const GROUP: usize = 8;
 
 /// A [rows, cols] bf16/f16 matrix, rows interleaved in groups of eight.
 #[derive(Debug)]
@@ -119,21 +116,15 @@ impl PackedHalf {
     /// Stacks matrices of one kind and width (rows of `parts[0]` first); `None` when
     /// they differ or a part other than the last has rows that are not a multiple of 8.
     pub fn concat_rows(parts: &[&PackedHalf]) -> Option<PackedHalf> {
-        let first = parts.first()?;
-        let (init, _) = parts.split_at(parts.len() - 1);
-        if parts
-            .iter()
-            .any(|p| p.kind != first.kind || p.cols != first.cols)
-            || init.iter().any(|p| !p.rows.is_multiple_of(GROUP))
-        {
+        if !stackable(parts.iter().map(|p| (p.kind, p.rows, p.cols))) {
             return None;
         }
         Some(PackedHalf {
-            kind: first.kind,
+            kind: parts[0].kind,
             rows: parts.iter().map(|p| p.rows).sum(),
-            cols: first.cols,
+            cols: parts[0].cols,
             groups: parts.iter().map(|p| p.groups).sum(),
-            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+            data: concat(parts, |p| &p.data),
         })
     }
 
@@ -146,18 +137,10 @@ impl PackedHalf {
             return;
         }
         let simd = simd_available();
-        let tasks = 8 * rayon::current_num_threads();
-        let min_groups = (8192 / (self.cols * m).max(1)).max(1);
-        let per_task = self.groups.div_ceil(tasks).max(min_groups);
-        out_t
-            .par_chunks_mut(per_task * GROUP * m)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let g0 = task * per_task;
-                for (gi, out) in out.chunks_mut(GROUP * m).enumerate() {
-                    self.group(simd, x, m, g0 + gi, out);
-                }
-            });
+        let min_groups = 8192 / (self.cols * m).max(1);
+        par_groups(out_t, m, self.groups, min_groups, |g, out| {
+            self.group(simd, x, m, g, out)
+        });
     }
 
     fn group(&self, simd: bool, x: &[f32], m: usize, g: usize, out: &mut [f32]) {

@@ -22,6 +22,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod grouped;
 pub mod hf;
 pub mod kernels;
 pub mod linear;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::{Result, internal};
-use crate::kernels::PackedHalf;
+use crate::error::{Result, internal, invalid_model};
+use crate::kernels::{HalfKind, PackedHalf};
 use crate::qkernels::PackedQ;
 
 /// A [rows, cols] weight matrix (rows = output features, as PyTorch stores `Linear.weight`).
@@ -36,6 +36,25 @@ impl std::fmt::Debug for Matrix {
 }
 
 impl Matrix {
+    /// A bf16/f16 matrix for the CPU kernels from row-major 16-bit values; an invalid-
+    /// model error naming tensor `name` when their count is not `rows * cols`.
+    pub fn half(
+        name: &str,
+        kind: HalfKind,
+        rows: usize,
+        cols: usize,
+        values: &[u16],
+    ) -> Result<Matrix> {
+        PackedHalf::new(kind, rows, cols, values)
+            .map(Matrix::Half)
+            .ok_or_else(|| {
+                invalid_model(format!(
+                    "tensor `{name}`: {} values for a [{rows}, {cols}] matrix",
+                    values.len()
+                ))
+            })
+    }
+
     /// (rows, cols).
     pub fn dims(&self) -> (usize, usize) {
         match self {

@@ -18,12 +18,10 @@
 //! CPU has it, AVX2 + FMA + F16C otherwise, and a scalar loop elsewhere; all three
 //! compute the same integer sums, so they agree up to f32 summation order.
 
-use rayon::prelude::*;
+use crate::grouped::{GROUP, concat, par_groups, stackable};
 
 /// Values per block.
 pub const QK: usize = 32;
-/// Rows interleaved in one group.
-const GROUP: usize = 8;
 /// 32-bit words (four values each) per block.
 const WORDS: usize = QK / 4;
 
@@ -165,30 +163,18 @@ impl PackedQ {
     /// when they differ or a part other than the last has rows that are not a multiple
     /// of eight (its last group would be partly padding).
     pub fn concat_rows(parts: &[&PackedQ]) -> Option<PackedQ> {
-        let first = parts.first()?;
-        let (init, _) = parts.split_at(parts.len() - 1);
-        if parts
-            .iter()
-            .any(|p| p.kind != first.kind || p.cols != first.cols)
-            || init.iter().any(|p| !p.rows.is_multiple_of(GROUP))
-        {
+        if !stackable(parts.iter().map(|p| (p.kind, p.rows, p.cols))) {
             return None;
         }
         Some(PackedQ {
-            kind: first.kind,
+            kind: parts[0].kind,
             rows: parts.iter().map(|p| p.rows).sum(),
-            cols: first.cols,
-            nb: first.nb,
+            cols: parts[0].cols,
+            nb: parts[0].nb,
             groups: parts.iter().map(|p| p.groups).sum(),
-            scales: parts
-                .iter()
-                .flat_map(|p| p.scales.iter().copied())
-                .collect(),
-            mins: parts.iter().flat_map(|p| p.mins.iter().copied()).collect(),
-            quants: parts
-                .iter()
-                .flat_map(|p| p.quants.iter().copied())
-                .collect(),
+            scales: concat(parts, |p| &p.scales),
+            mins: concat(parts, |p| &p.mins),
+            quants: concat(parts, |p| &p.quants),
         })
     }
 
@@ -239,19 +225,10 @@ impl PackedQ {
         }
         let act = QAct::quantize(x, m, self.nb);
         let kernel = Kernel::detect();
-        // A few tasks per thread, and enough work in each to amortize the hand-off.
-        let tasks = 8 * rayon::current_num_threads();
-        let min_groups = (4096 / (self.nb * m)).max(1);
-        let per_task = self.groups.div_ceil(tasks).max(min_groups);
-        out_t
-            .par_chunks_mut(per_task * GROUP * m)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let g0 = task * per_task;
-                for (gi, out) in out.chunks_mut(GROUP * m).enumerate() {
-                    kernel.group(self, &act, g0 + gi, out);
-                }
-            });
+        let min_groups = 4096 / (self.nb * m);
+        par_groups(out_t, m, self.groups, min_groups, |g, out| {
+            kernel.group(self, &act, g, out)
+        });
     }
 
     /// One group's rows for every activation row, scalar (the reference for the SIMD
