@@ -194,7 +194,7 @@ impl Qwen2Backend {
         tokens: &[u32],
     ) -> Result<Vec<Vec<f32>>, BackendError> {
         let c = self.own_cache(cache)?;
-        let h = self.model.forward_hidden(c, tokens)?;
+        let h = rayon::scope(|_| self.model.forward_hidden(c, tokens))?;
         h.to_vec2::<f32>()
             .map_err(|e| BackendError::internal(e.to_string()))
     }
@@ -218,6 +218,9 @@ impl InferenceBackend for Qwen2Backend {
 
     fn forward(&self, cache: &mut dyn KvCache, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
         let c = self.own_cache(cache)?;
-        Ok(self.model.forward(c, tokens)?)
+        // The whole step runs on a worker of the thread pool, so each of its ~100
+        // parallel kernels is a fork-join among hot workers, not a hand-off from this
+        // (outside) thread that sleeps and is woken each time: +10% decode at 0.5B.
+        Ok(rayon::scope(|_| self.model.forward(c, tokens))?)
     }
 }
