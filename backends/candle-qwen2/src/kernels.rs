@@ -189,9 +189,6 @@ mod x86 {
 
     use super::{GROUP, HalfKind, PackedHalf};
 
-    /// Activation rows computed together (each weight load serves all of them).
-    const TILE: usize = 2;
-
     /// Weights of the group's eight rows at positions `c..c + 4` (c even).
     #[inline(always)]
     unsafe fn load4(p: *const u16, kind: HalfKind, c: usize) -> [__m256; 4] {
@@ -238,47 +235,71 @@ mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group(w: &PackedHalf, x: &[f32], m: usize, g: usize, out: &mut [f32]) {
+    /// Rows `i0..i0 + T` of `x` times the group's eight rows, with `A` accumulators
+    /// per activation row (enough independent FMA chains to hide their latency: four
+    /// for one row, one each from four rows on).
+    #[inline(always)]
+    unsafe fn tile<const T: usize, const A: usize>(
+        w: &PackedHalf,
+        x: &[f32],
+        m: usize,
+        g: usize,
+        i0: usize,
+        out: &mut [f32],
+    ) {
         unsafe {
             let cols = w.cols;
             let p = w.data.as_ptr().add(g * w.group_len());
-            let lanes = out.len() / m;
+            let xs: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((i0 + t) * cols));
+            let mut acc = [[_mm256_setzero_ps(); A]; T];
             let c4 = cols - cols % 4;
+            let mut c = 0;
+            while c < c4 {
+                let wv = load4(p, w.kind, c);
+                for t in 0..T {
+                    for (j, wj) in wv.iter().enumerate() {
+                        let xv = _mm256_broadcast_ss(&*xs[t].add(c + j));
+                        acc[t][j % A] = _mm256_fmadd_ps(*wj, xv, acc[t][j % A]);
+                    }
+                }
+                c += 4;
+            }
+            while c < cols {
+                let wv = load1(p, w.kind, c);
+                for t in 0..T {
+                    let xv = _mm256_broadcast_ss(&*xs[t].add(c));
+                    acc[t][0] = _mm256_fmadd_ps(wv, xv, acc[t][0]);
+                }
+                c += 1;
+            }
+            let lanes = out.len() / m;
+            for (t, a) in acc.iter().enumerate() {
+                let mut sum = a[0];
+                for v in &a[1..] {
+                    sum = _mm256_add_ps(sum, *v);
+                }
+                let mut v = [0f32; GROUP];
+                _mm256_storeu_ps(v.as_mut_ptr(), sum);
+                for (lane, val) in v.iter().enumerate().take(lanes) {
+                    *out.get_unchecked_mut(lane * m + i0 + t) = *val;
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group(w: &PackedHalf, x: &[f32], m: usize, g: usize, out: &mut [f32]) {
+        unsafe {
+            // Eight activation rows share each weight load (eight accumulators, four
+            // weight registers: within AVX2's sixteen); leftover rows go one by one.
             let mut i0 = 0;
+            while i0 + 8 <= m {
+                tile::<8, 1>(w, x, m, g, i0, out);
+                i0 += 8;
+            }
             while i0 < m {
-                let tile = (m - i0).min(TILE);
-                let xs: [*const f32; TILE] =
-                    std::array::from_fn(|t| x.as_ptr().add((i0 + t.min(tile - 1)) * cols));
-                let mut acc = [[_mm256_setzero_ps(); 4]; TILE];
-                let mut c = 0;
-                while c < c4 {
-                    let wv = load4(p, w.kind, c);
-                    for t in 0..tile {
-                        for j in 0..4 {
-                            let xv = _mm256_broadcast_ss(&*xs[t].add(c + j));
-                            acc[t][j] = _mm256_fmadd_ps(wv[j], xv, acc[t][j]);
-                        }
-                    }
-                    c += 4;
-                }
-                while c < cols {
-                    let wv = load1(p, w.kind, c);
-                    for t in 0..tile {
-                        let xv = _mm256_broadcast_ss(&*xs[t].add(c));
-                        acc[t][0] = _mm256_fmadd_ps(wv, xv, acc[t][0]);
-                    }
-                    c += 1;
-                }
-                for (t, a) in acc.iter().enumerate().take(tile) {
-                    let sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-                    let mut v = [0f32; GROUP];
-                    _mm256_storeu_ps(v.as_mut_ptr(), sum);
-                    for (lane, val) in v.iter().enumerate().take(lanes) {
-                        *out.get_unchecked_mut(lane * m + i0 + t) = *val;
-                    }
-                }
-                i0 += tile;
+                tile::<1, 4>(w, x, m, g, i0, out);
+                i0 += 1;
             }
         }
     }
@@ -290,7 +311,7 @@ mod tests {
 
     #[test]
     fn packed_rows_read_back_and_multiply_like_the_plain_matrix() {
-        for (m, k, n) in [(3, 37, 70), (1, 64, 16), (5, 8, 9), (2, 1, 3)] {
+        for (m, k, n) in [(3, 37, 70), (1, 64, 16), (5, 8, 9), (2, 1, 3), (19, 42, 17)] {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
                 .collect();
