@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use gllm_runtime::SamplingParams;
+use gllm_runtime::{SamplingOverrides, SamplingParams};
 
 /// gllm: local text embeddings, reranking and text generation, in pure Rust.
 #[derive(Parser, Debug)]
@@ -201,31 +201,18 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     /// The model's defaults with these flags applied.
-    pub fn apply(&self, mut p: SamplingParams) -> SamplingParams {
-        if let Some(v) = self.max_tokens {
-            p.max_tokens = v;
+    pub fn apply(&self, p: SamplingParams) -> SamplingParams {
+        SamplingOverrides {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            stop: (!self.stop.is_empty()).then(|| self.stop.clone()),
+            ..SamplingOverrides::default()
         }
-        if let Some(v) = self.temperature {
-            p.temperature = v;
-        }
-        if let Some(v) = self.top_k {
-            p.top_k = v;
-        }
-        if let Some(v) = self.top_p {
-            p.top_p = v;
-        }
-        if let Some(v) = self.min_p {
-            p.min_p = v;
-        }
-        if let Some(v) = self.repetition_penalty {
-            p.repetition_penalty = v;
-        }
-        if self.seed.is_some() {
-            p.seed = self.seed;
-        }
-        if !self.stop.is_empty() {
-            p.stop = self.stop.clone();
-        }
-        p
+        .apply(p)
     }
 }

@@ -33,7 +33,7 @@ pub use handles::{
 };
 pub use model_files::Activation;
 pub use runtime::{CandidateReport, ModelPlan, Runtime};
-pub use sampling::SamplingParams;
+pub use sampling::{SamplingOverrides, SamplingParams};
 pub use served::{ActiveBackend, Attempt};
 
 pub use gllm_api as api;

@@ -103,6 +103,53 @@ impl SamplingParams {
     }
 }
 
+/// A request's changes to a model's default [`SamplingParams`] (from
+/// `generation_config.json`): each field that is `Some` replaces the default. The CLI's
+/// flags and the server's request fields both arrive as this.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SamplingOverrides {
+    /// Most new tokens.
+    pub max_tokens: Option<usize>,
+    /// 0 = greedy.
+    pub temperature: Option<f32>,
+    /// Keep the k most likely tokens (0 = off).
+    pub top_k: Option<usize>,
+    /// Nucleus mass.
+    pub top_p: Option<f32>,
+    /// Relative probability floor.
+    pub min_p: Option<f32>,
+    /// transformers' repetition penalty.
+    pub repetition_penalty: Option<f32>,
+    /// OpenAI presence penalty.
+    pub presence_penalty: Option<f32>,
+    /// OpenAI frequency penalty.
+    pub frequency_penalty: Option<f32>,
+    /// Seed for reproducible sampling.
+    pub seed: Option<u64>,
+    /// Stop strings (replace the defaults, which are none).
+    pub stop: Option<Vec<String>>,
+}
+
+impl SamplingOverrides {
+    /// `defaults` with these overrides applied (not yet validated: see
+    /// [`SamplingParams::validate`]).
+    pub fn apply(&self, defaults: SamplingParams) -> SamplingParams {
+        let d = defaults;
+        SamplingParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            seed: self.seed.or(d.seed),
+            max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
+            stop: self.stop.clone().unwrap_or(d.stop),
+        }
+    }
+}
+
 /// Picks tokens according to [`SamplingParams`], with its own random state.
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -293,6 +340,39 @@ mod tests {
         seen.sort();
         seen.dedup();
         seen
+    }
+
+    #[test]
+    fn overrides_replace_only_what_they_set() {
+        let defaults = SamplingParams {
+            temperature: 0.7,
+            top_k: 20,
+            repetition_penalty: 1.05,
+            stop: vec!["END".into()],
+            ..SamplingParams::default()
+        };
+        assert_eq!(
+            SamplingOverrides::default().apply(defaults.clone()),
+            defaults
+        );
+        let o = SamplingOverrides {
+            temperature: Some(0.0),
+            max_tokens: Some(24),
+            seed: Some(3),
+            stop: Some(vec![]),
+            ..SamplingOverrides::default()
+        };
+        let p = o.apply(defaults.clone());
+        assert_eq!(
+            p,
+            SamplingParams {
+                temperature: 0.0,
+                max_tokens: 24,
+                seed: Some(3),
+                stop: vec![],
+                ..defaults
+            }
+        );
     }
 
     #[test]

@@ -17,8 +17,8 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use gllm_runtime::{
-    ChatMessage, FinishReason, GenerateRequest, Generation, RuntimeError, SamplingParams,
-    StreamEvent,
+    ChatMessage, FinishReason, GenerateRequest, Generation, RuntimeError, SamplingOverrides,
+    SamplingParams, StreamEvent,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -118,7 +118,7 @@ pub(crate) struct CompletionRequest {
 
 /// The model's defaults overridden by the request, checked.
 fn sampling(
-    mut p: SamplingParams,
+    p: SamplingParams,
     s: Sampling,
     default_max_tokens: Option<usize>,
 ) -> Result<SamplingParams, ApiError> {
@@ -142,41 +142,28 @@ fn sampling(
             "temperature",
             format!("`temperature` must be between 0 and 2, got {t}"),
         )?;
-        p.temperature = t;
     }
-    if let Some(v) = s.top_p {
-        p.top_p = v;
+    let p = SamplingOverrides {
+        max_tokens: s
+            .max_completion_tokens
+            .or(s.max_tokens)
+            .or(default_max_tokens),
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repetition_penalty: s.repetition_penalty,
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        seed: s.seed.map(|v| v as u64),
+        // A request without `stop` has none (the model's EOS ids still end it).
+        stop: Some(match s.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        }),
     }
-    if let Some(v) = s.top_k {
-        p.top_k = v;
-    }
-    if let Some(v) = s.min_p {
-        p.min_p = v;
-    }
-    if let Some(v) = s.repetition_penalty {
-        p.repetition_penalty = v;
-    }
-    if let Some(v) = s.presence_penalty {
-        p.presence_penalty = v;
-    }
-    if let Some(v) = s.frequency_penalty {
-        p.frequency_penalty = v;
-    }
-    if let Some(v) = s.seed {
-        p.seed = Some(v as u64);
-    }
-    if let Some(v) = s
-        .max_completion_tokens
-        .or(s.max_tokens)
-        .or(default_max_tokens)
-    {
-        p.max_tokens = v;
-    }
-    p.stop = match s.stop {
-        None => Vec::new(),
-        Some(Stop::One(s)) => vec![s],
-        Some(Stop::Many(v)) => v,
-    };
+    .apply(p);
     check(
         p.stop.len() <= MAX_STOP,
         "stop",
