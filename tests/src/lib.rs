@@ -1,11 +1,13 @@
 //! Shared test logic for gllm: where the fixtures are, how to read their references,
-//! how to compare numbers with stated tolerances, and the conformance suites that
-//! every backend of a task runs (one copy of each check, not one per backend).
+//! how to compare numbers with stated tolerances, the conformance suites that
+//! every backend of a task runs (one copy of each check, not one per backend), and
+//! the edited model copies of the strict-loading tests ([`strict`]).
 //!
 //! Missing fixtures or models are a loud failure, never a skip.
 
 pub mod embed;
 pub mod generate;
+pub mod strict;
 
 use std::path::{Path, PathBuf};
 
