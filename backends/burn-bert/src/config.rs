@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use burn_support::config::{invalid as bad, read, required, unsupported};
 use gllm_api::BackendError;
 use serde::Deserialize;
 
@@ -62,24 +63,10 @@ struct RawConfig {
     id2label: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-fn bad(path: &Path, what: impl std::fmt::Display) -> BackendError {
-    BackendError::invalid_model(format!("{}: {what}", path.display()))
-}
-
-fn required(path: &Path, key: &str, value: Option<usize>) -> Result<usize, BackendError> {
-    match value {
-        Some(0) => Err(bad(path, format_args!("`{key}` must be positive"))),
-        Some(v) => Ok(v),
-        None => Err(bad(path, format_args!("missing `{key}`"))),
-    }
-}
-
 impl BertConfig {
     /// Reads and checks `config.json` in `dir`.
     pub fn load(dir: &Path) -> Result<Self, BackendError> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| bad(&path, format_args!("cannot read: {e}")))?;
+        let (path, text) = read(dir)?;
         Self::parse(&path, &text)
     }
 
@@ -90,10 +77,10 @@ impl BertConfig {
         if let Some(t) = &raw.model_type
             && !t.eq_ignore_ascii_case("bert")
         {
-            return Err(BackendError::unsupported(format!(
-                "{}: model_type `{t}` is not bert",
-                path.display()
-            )));
+            return Err(unsupported(
+                path,
+                format_args!("model_type `{t}` is not bert"),
+            ));
         }
         let hidden_size = required(path, "hidden_size", raw.hidden_size)?;
         let num_hidden_layers = required(path, "num_hidden_layers", raw.num_hidden_layers)?;
@@ -123,19 +110,21 @@ impl BertConfig {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "relu" => Activation::Relu,
             other => {
-                return Err(BackendError::unsupported(format!(
-                    "{}: hidden_act `{other}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)",
-                    path.display()
-                )));
+                return Err(unsupported(
+                    path,
+                    format_args!(
+                        "hidden_act `{other}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"
+                    ),
+                ));
             }
         };
         if let Some(p) = &raw.position_embedding_type
             && p != "absolute"
         {
-            return Err(BackendError::unsupported(format!(
-                "{}: position_embedding_type `{p}` is not supported (absolute)",
-                path.display()
-            )));
+            return Err(unsupported(
+                path,
+                format_args!("position_embedding_type `{p}` is not supported (absolute)"),
+            ));
         }
         let layer_norm_eps = raw.layer_norm_eps.unwrap_or(1e-12);
         if !(layer_norm_eps.is_finite() && layer_norm_eps >= 0.0) {

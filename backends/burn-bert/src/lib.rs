@@ -15,11 +15,14 @@
 mod batch;
 pub mod config;
 pub mod cpu;
-pub mod device;
 pub mod model;
 pub mod modules;
 pub mod pooling;
-pub mod weights;
+
+/// gllm devices to Burn devices and panic containment, shared with the other Burn backends.
+pub use burn_support::device;
+/// Strict safetensors reading, shared with the other Burn backends.
+pub use burn_support::weights;
 
 use std::path::Path;
 
@@ -160,15 +163,9 @@ impl BurnBert {
         let config = BertConfig::load(dir)?;
         let store = WeightStore::open(dir)?;
         let burn_device = device::burn_device(device)?;
-        let encoder = device::contain(
-            || BertEncoder::load(&config, store, head, &burn_device, dir, options.fused),
-            |m| match device.kind {
-                DeviceKind::Gpu => BackendError::device_unavailable(format!(
-                    "{device}: loading the weights failed: {m}"
-                )),
-                DeviceKind::Cpu => BackendError::internal(format!("loading the weights: {m}")),
-            },
-        )??;
+        let encoder = device::contain_load(device, || {
+            BertEncoder::load(&config, store, head, &burn_device, dir, options.fused)
+        })?;
         let mut max_positions = config.max_position_embeddings;
         if let Some(chain) = &chain {
             if let Some(width) = chain.pooling_width
@@ -245,11 +242,7 @@ impl BurnBert {
 
     /// Runs `f`, turning a panic of Burn into an error of the right kind.
     fn run<T>(&self, f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
-        let device = self.device;
-        device::contain(f, |m| match device.kind {
-            DeviceKind::Gpu => BackendError::device_lost(format!("{device}: {m}")),
-            DeviceKind::Cpu => BackendError::internal(m),
-        })?
+        device::contain_run(self.device, f)
     }
 }
 

@@ -105,9 +105,9 @@ struct Loader<'a> {
 impl Loader<'_> {
     fn vector(&mut self, name: &str, len: usize) -> Option<(Tensor<1>, Vec<f32>)> {
         let t = self.store.take(&format!("{}{name}", self.prefix), &[len])?;
-        let host = t.data.clone();
+        let host = t.clone();
         Some((
-            Tensor::from_data(TensorData::new(t.data, [len]), self.device),
+            Tensor::from_data(TensorData::new(t, [len]), self.device),
             host,
         ))
     }
@@ -117,7 +117,7 @@ impl Loader<'_> {
             .store
             .take(&format!("{}{name}", self.prefix), &[rows, cols])?;
         Some(Tensor::from_data(
-            TensorData::new(t.data, [rows, cols]),
+            TensorData::new(t, [rows, cols]),
             self.device,
         ))
     }
@@ -128,7 +128,7 @@ impl Loader<'_> {
             .store
             .take(&format!("{}{name}", self.prefix), &[out, inp])?;
         let mut data = vec![0.0f32; out * inp];
-        for (o, row) in t.data.chunks_exact(inp).enumerate() {
+        for (o, row) in t.chunks_exact(inp).enumerate() {
             for (i, v) in row.iter().enumerate() {
                 data[i * out + o] = *v;
             }
@@ -175,7 +175,7 @@ impl Loader<'_> {
                 weight[i * 3 * h + j * h..i * 3 * h + (j + 1) * h]
                     .copy_from_slice(&w[i * h..(i + 1) * h]);
             }
-            bias.extend_from_slice(&b.data);
+            bias.extend_from_slice(&b);
         }
         Some(Dense {
             weight: Tensor::from_data(TensorData::new(weight, [h, 3 * h]), self.device),

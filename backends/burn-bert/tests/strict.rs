@@ -4,212 +4,174 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Result;
 use burn_bert::BurnBert;
 use gllm_api::{BackendError, Device, EncodedInput, ErrorKind, InferenceBackend, Task};
+use gllm_testkit::strict::{
+    Dtype, StoredTensor, assert_invalid_model as assert_invalid, load_error, read_tensors,
+    scratch_copy, write_sharded, write_tensors, write_truncated,
+};
 use gllm_testkit::{fixture, json_u32s, read_json};
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 /// A fresh copy of tiny-bert's configuration files (no weights) in a temporary directory.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-bert-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("1_Pooling")).expect("temp dir");
-    let src = fixture("tiny-bert");
-    for f in [
-        "config.json",
-        "modules.json",
-        "sentence_bert_config.json",
-        "1_Pooling/config.json",
-    ] {
-        std::fs::copy(src.join(f), dir.join(f)).expect("copy fixture");
-    }
-    dir
+fn scratch(name: &str) -> Result<PathBuf> {
+    scratch_copy(
+        &format!("burn-bert-{name}"),
+        &fixture("tiny-bert"),
+        &[
+            "config.json",
+            "modules.json",
+            "sentence_bert_config.json",
+            "1_Pooling/config.json",
+        ],
+    )
 }
 
-/// tiny-bert's tensors, as (name, dtype, shape, bytes).
-fn tensors() -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(fixture("tiny-bert").join("model.safetensors")).expect("read");
-    let st = SafeTensors::deserialize(&bytes).expect("parse");
-    let mut v: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+/// tiny-bert's tensors, sorted by name.
+fn tensors() -> Result<Vec<StoredTensor>> {
+    read_tensors(&fixture("tiny-bert").join("model.safetensors"))
 }
 
-fn write(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) {
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("view")))
-        .collect();
-    let bytes = safetensors::serialize(views, None).expect("serialize");
-    std::fs::write(path, bytes).expect("write");
-}
-
-fn load_err(dir: &Path) -> BackendError {
-    match BurnBert::load_dir(dir, Task::Embed, Device::CPU) {
-        Ok(_) => panic!("{} loaded", dir.display()),
-        Err(e) => e,
-    }
-}
-
-fn assert_invalid(e: &BackendError, needles: &[&str]) {
-    assert_eq!(e.kind, ErrorKind::InvalidModel, "{e}");
-    for n in needles {
-        assert!(e.message.contains(n), "`{n}` not in: {e}");
-    }
+fn load_err(dir: &Path) -> Result<BackendError> {
+    load_error(BurnBert::load_dir(dir, Task::Embed, Device::CPU), dir)
 }
 
 #[test]
-fn a_removed_tensor_is_named() {
-    let dir = scratch("removed");
-    let mut t = tensors();
-    t.retain(|(n, ..)| n != "encoder.layer.1.output.dense.bias");
-    write(&dir.join("model.safetensors"), &t);
+fn a_removed_tensor_is_named() -> Result<()> {
+    let dir = scratch("removed")?;
+    let mut t = tensors()?;
+    t.retain(|e| e.name != "encoder.layer.1.output.dense.bias");
+    write_tensors(&dir.join("model.safetensors"), &t)?;
     assert_invalid(
-        &load_err(&dir),
+        &load_err(&dir)?,
         &["missing tensor `encoder.layer.1.output.dense.bias` (expected shape [32])"],
     );
+    Ok(())
 }
 
 #[test]
-fn a_renamed_tensor_is_named_twice() {
-    let dir = scratch("renamed");
-    let mut t = tensors();
+fn a_renamed_tensor_is_named_twice() -> Result<()> {
+    let dir = scratch("renamed")?;
+    let mut t = tensors()?;
     for e in &mut t {
-        if e.0 == "encoder.layer.0.intermediate.dense.weight" {
-            e.0 = "encoder.layer.0.intermediate.dense.kernel".into();
+        if e.name == "encoder.layer.0.intermediate.dense.weight" {
+            e.name = "encoder.layer.0.intermediate.dense.kernel".into();
         }
     }
-    write(&dir.join("model.safetensors"), &t);
+    write_tensors(&dir.join("model.safetensors"), &t)?;
     assert_invalid(
-        &load_err(&dir),
+        &load_err(&dir)?,
         &[
             "missing tensor `encoder.layer.0.intermediate.dense.weight` (expected shape [64, 32])",
             "unexpected tensor `encoder.layer.0.intermediate.dense.kernel` (shape [64, 32])",
         ],
     );
+    Ok(())
 }
 
 #[test]
-fn a_wrong_shape_names_both_shapes() {
-    let dir = scratch("shape");
-    let mut t = tensors();
+fn a_wrong_shape_names_both_shapes() -> Result<()> {
+    let dir = scratch("shape")?;
+    let mut t = tensors()?;
     for e in &mut t {
-        if e.0 == "encoder.layer.0.attention.self.query.weight" {
-            e.2 = vec![16, 32];
-            e.3.truncate(16 * 32 * 4);
+        if e.name == "encoder.layer.0.attention.self.query.weight" {
+            e.shape = vec![16, 32];
+            e.data.truncate(16 * 32 * 4);
         }
     }
-    write(&dir.join("model.safetensors"), &t);
+    write_tensors(&dir.join("model.safetensors"), &t)?;
     assert_invalid(
-        &load_err(&dir),
+        &load_err(&dir)?,
         &[
             "tensor `encoder.layer.0.attention.self.query.weight` has shape [16, 32], expected [32, 32]",
         ],
     );
+    Ok(())
 }
 
 #[test]
-fn a_truncated_file_is_reported() {
-    let dir = scratch("truncated");
-    let bytes = std::fs::read(fixture("tiny-bert").join("model.safetensors")).expect("read");
-    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() - 1000]).expect("write");
-    assert_invalid(&load_err(&dir), &["model.safetensors", "truncated"]);
+fn a_truncated_file_is_reported() -> Result<()> {
+    let dir = scratch("truncated")?;
+    write_truncated(
+        &fixture("tiny-bert").join("model.safetensors"),
+        &dir.join("model.safetensors"),
+        1000,
+    )?;
+    assert_invalid(&load_err(&dir)?, &["model.safetensors", "truncated"]);
+    Ok(())
 }
 
 #[test]
-fn a_wrong_hidden_size_in_the_config_is_reported() {
-    let dir = scratch("hidden");
-    write(&dir.join("model.safetensors"), &tensors());
-    let config = std::fs::read_to_string(dir.join("config.json")).expect("read");
+fn a_wrong_hidden_size_in_the_config_is_reported() -> Result<()> {
+    let dir = scratch("hidden")?;
+    write_tensors(&dir.join("model.safetensors"), &tensors()?)?;
+    let config = std::fs::read_to_string(dir.join("config.json"))?;
     let config = config.replace("\"hidden_size\": 32", "\"hidden_size\": 64");
     assert!(config.contains("\"hidden_size\": 64"));
-    std::fs::write(dir.join("config.json"), config).expect("write");
+    std::fs::write(dir.join("config.json"), config)?;
     assert_invalid(
-        &load_err(&dir),
+        &load_err(&dir)?,
         &["tensor `embeddings.word_embeddings.weight` has shape [30522, 32], expected [30522, 64]"],
     );
+    Ok(())
 }
 
 #[test]
-fn an_unexpected_head_on_an_embedder_is_named() {
-    let dir = scratch("extra");
-    let mut t = tensors();
-    t.push((
-        "classifier.weight".into(),
-        Dtype::F32,
-        vec![1, 32],
-        vec![0; 128],
-    ));
-    write(&dir.join("model.safetensors"), &t);
-    assert_invalid(&load_err(&dir), &["unexpected tensor `classifier.weight`"]);
+fn an_unexpected_head_on_an_embedder_is_named() -> Result<()> {
+    let dir = scratch("extra")?;
+    let mut t = tensors()?;
+    t.push(StoredTensor {
+        name: "classifier.weight".into(),
+        dtype: Dtype::F32,
+        shape: vec![1, 32],
+        data: vec![0; 128],
+    });
+    write_tensors(&dir.join("model.safetensors"), &t)?;
+    assert_invalid(&load_err(&dir)?, &["unexpected tensor `classifier.weight`"]);
+    Ok(())
 }
 
 #[test]
-fn missing_weights_are_reported() {
-    let dir = scratch("noweights");
-    assert_invalid(&load_err(&dir), &["no model.safetensors"]);
+fn missing_weights_are_reported() -> Result<()> {
+    let dir = scratch("noweights")?;
+    assert_invalid(&load_err(&dir)?, &["no model.safetensors"]);
+    Ok(())
 }
 
 /// Embeddings of the tiny-bert reference sentences from the model in `dir`.
-fn embed(dir: &Path) -> Vec<Vec<f32>> {
-    let reference = read_json(&fixture("tiny-bert").join("reference.json")).expect("reference");
+fn embed(dir: &Path) -> Result<Vec<Vec<f32>>> {
+    let reference = read_json(&fixture("tiny-bert").join("reference.json"))?;
     let inputs: Vec<EncodedInput> = reference["input_ids"]
         .as_array()
-        .expect("ids")
+        .ok_or_else(|| anyhow::anyhow!("reference.json: no input_ids"))?
         .iter()
         .map(|v| EncodedInput::new(json_u32s(v)))
         .collect();
-    let model = BurnBert::load_dir(dir, Task::Embed, Device::CPU).expect("loads");
-    model.embed(&inputs).expect("embeds")
+    let model = BurnBert::load_dir(dir, Task::Embed, Device::CPU)?;
+    Ok(model.embed(&inputs)?)
 }
 
 #[test]
-fn sharded_checkpoints_load() {
-    let dir = scratch("sharded");
-    let t = tensors();
+fn sharded_checkpoints_load() -> Result<()> {
+    let dir = scratch("sharded")?;
+    let t = tensors()?;
     let (a, b) = t.split_at(t.len() / 2);
-    write(&dir.join("model-00001-of-00002.safetensors"), a);
-    write(&dir.join("model-00002-of-00002.safetensors"), b);
-    let map: serde_json::Map<String, serde_json::Value> = a
-        .iter()
-        .map(|e| (e.0.clone(), "model-00001-of-00002.safetensors".into()))
-        .chain(
-            b.iter()
-                .map(|e| (e.0.clone(), "model-00002-of-00002.safetensors".into())),
-        )
-        .collect();
-    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
-    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).expect("write");
-    assert_eq!(embed(&dir), embed(&fixture("tiny-bert")));
+    write_sharded(&dir, &[a, b])?;
+    assert_eq!(embed(&dir)?, embed(&fixture("tiny-bert"))?);
+    Ok(())
 }
 
 #[test]
-fn half_precision_weights_load() {
-    let want = embed(&fixture("tiny-bert"));
+fn half_precision_weights_load() -> Result<()> {
+    let want = embed(&fixture("tiny-bert"))?;
     for dtype in [Dtype::F16, Dtype::BF16] {
-        let dir = scratch(&format!("{dtype:?}"));
-        let t: Vec<_> = tensors()
-            .into_iter()
-            .map(|(n, _, s, b)| {
-                let out: Vec<u8> = b
-                    .chunks_exact(4)
-                    .flat_map(|c| {
-                        let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                        match dtype {
-                            Dtype::F16 => half::f16::from_f32(x).to_le_bytes(),
-                            _ => half::bf16::from_f32(x).to_le_bytes(),
-                        }
-                    })
-                    .collect();
-                (n, dtype, s, out)
-            })
-            .collect();
-        write(&dir.join("model.safetensors"), &t);
-        let got = embed(&dir);
+        let dir = scratch(&format!("{dtype:?}"))?;
+        let t = tensors()?
+            .iter()
+            .map(|e| e.to_dtype(dtype))
+            .collect::<Result<Vec<_>>>()?;
+        write_tensors(&dir.join("model.safetensors"), &t)?;
+        let got = embed(&dir)?;
         for (g, w) in got.iter().zip(&want) {
             let d = g
                 .iter()
@@ -219,6 +181,7 @@ fn half_precision_weights_load() {
             assert!(d < 0.05, "{dtype:?}: embeddings differ by {d}");
         }
     }
+    Ok(())
 }
 
 #[test]
