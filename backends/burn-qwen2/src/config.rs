@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use burn_support::config::{invalid as bad, read, required, unsupported};
 use gllm_api::BackendError;
 use serde::Deserialize;
 
@@ -52,24 +53,10 @@ struct RawConfig {
     use_sliding_window: Option<bool>,
 }
 
-fn bad(path: &Path, what: impl std::fmt::Display) -> BackendError {
-    BackendError::invalid_model(format!("{}: {what}", path.display()))
-}
-
-fn required(path: &Path, key: &str, value: Option<usize>) -> Result<usize, BackendError> {
-    match value {
-        Some(0) => Err(bad(path, format_args!("`{key}` must be positive"))),
-        Some(v) => Ok(v),
-        None => Err(bad(path, format_args!("missing `{key}`"))),
-    }
-}
-
 impl Qwen2Config {
     /// Reads and checks `config.json` in `dir`.
     pub fn load(dir: &Path) -> Result<Self, BackendError> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| bad(&path, format_args!("cannot read: {e}")))?;
+        let (path, text) = read(dir)?;
         Self::parse(&text, &path)
     }
 
@@ -80,32 +67,29 @@ impl Qwen2Config {
         if let Some(t) = &raw.model_type
             && t != "qwen2"
         {
-            return Err(BackendError::unsupported(format!(
-                "{}: model_type `{t}` is not qwen2",
-                path.display()
-            )));
+            return Err(unsupported(
+                path,
+                format_args!("model_type `{t}` is not qwen2"),
+            ));
         }
         if let Some(act) = &raw.hidden_act
             && act != "silu"
         {
-            return Err(BackendError::unsupported(format!(
-                "{}: hidden_act `{act}` is not supported (silu)",
-                path.display()
-            )));
+            return Err(unsupported(
+                path,
+                format_args!("hidden_act `{act}` is not supported (silu)"),
+            ));
         }
         if let Some(s) = &raw.rope_scaling
             && !s.is_null()
         {
-            return Err(BackendError::unsupported(format!(
-                "{}: rope_scaling {s} is not supported",
-                path.display()
-            )));
+            return Err(unsupported(
+                path,
+                format_args!("rope_scaling {s} is not supported"),
+            ));
         }
         if raw.use_sliding_window == Some(true) {
-            return Err(BackendError::unsupported(format!(
-                "{}: use_sliding_window is not supported",
-                path.display()
-            )));
+            return Err(unsupported(path, "use_sliding_window is not supported"));
         }
         let hidden_size = required(path, "hidden_size", raw.hidden_size)?;
         let heads = required(path, "num_attention_heads", raw.num_attention_heads)?;

@@ -15,10 +15,13 @@
 pub mod attention;
 pub mod cache;
 pub mod config;
-pub mod device;
 pub mod model;
 pub mod rope;
-pub mod weights;
+
+/// gllm devices to Burn devices and panic containment, shared with the other Burn backends.
+pub use burn_support::device;
+/// Strict safetensors reading, shared with the other Burn backends.
+pub use burn_support::weights;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,15 +127,9 @@ impl BurnQwen2 {
             DeviceKind::Cpu => rayon::current_num_threads(),
             DeviceKind::Gpu => 1,
         };
-        let model = device::contain(
-            || Qwen2Model::load(&config, store, &burn_device, burn_dtype, splits, dir),
-            |m| match device.kind {
-                DeviceKind::Gpu => BackendError::device_unavailable(format!(
-                    "{device}: loading the weights failed: {m}"
-                )),
-                DeviceKind::Cpu => BackendError::internal(format!("loading the weights: {m}")),
-            },
-        )??;
+        let model = device::contain_load(device, || {
+            Qwen2Model::load(&config, store, &burn_device, burn_dtype, splits, dir)
+        })?;
         Ok(Self {
             model,
             id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
@@ -208,11 +205,7 @@ impl BurnQwen2 {
 
     /// Runs `f`, turning a panic of Burn into an error of the right kind.
     fn contained<T>(&self, f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
-        let device = self.device;
-        device::contain(f, |m| match device.kind {
-            DeviceKind::Gpu => BackendError::device_lost(format!("{device}: {m}")),
-            DeviceKind::Cpu => BackendError::internal(m),
-        })?
+        device::contain_run(self.device, f)
     }
 
     /// Checks the input, then runs one forward pass (a cache a failed pass

@@ -241,7 +241,7 @@ impl Qwen2Model {
         let norm = l.vector("model.norm.weight", h);
         // `None`: tied (some tied checkpoints still store the identical head: accepted).
         let separate_head = if c.tie_word_embeddings {
-            l.store.ignore("lm_head.weight", &[c.vocab_size, h]);
+            l.store.ignore_shaped("lm_head.weight", &[c.vocab_size, h]);
             None
         } else {
             l.store
