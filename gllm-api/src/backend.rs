@@ -98,6 +98,10 @@ pub trait InferenceBackend: Send + Sync {
 
     /// [`InferenceBackend::forward`] for several independent sequences at once;
     /// backends that can batch decode steps override it. Results are in input order.
+    ///
+    /// The same function of each sequence as `forward` alone (up to float rounding).
+    /// On an error, a cache of the batch may hold part of its tokens: callers discard
+    /// the caches of a failed batch.
     fn forward_batch(
         &self,
         steps: &mut [(&mut dyn KvCache, &[u32])],
@@ -106,6 +110,14 @@ pub trait InferenceBackend: Send + Sync {
             .iter_mut()
             .map(|(cache, tokens)| self.forward(&mut **cache, tokens))
             .collect()
+    }
+
+    /// Whether [`InferenceBackend::forward_batch`] runs its sequences in one pass
+    /// (reading the weights once for all) rather than one after another. When it does,
+    /// the runtime gathers the decode steps of concurrent generations on this model
+    /// into batches.
+    fn batches_steps(&self) -> bool {
+        false
     }
 }
 

@@ -40,7 +40,7 @@ use gllm_api::{
 
 pub use cache::Qwen2Cache;
 pub use config::{Qwen2Config, RopeStyle};
-pub use model::Qwen2Model;
+pub use model::{Qwen2Model, Segment};
 
 /// The backend's name in manifests.
 pub const NAME: &str = "candle-qwen2";
@@ -222,5 +222,23 @@ impl InferenceBackend for Qwen2Backend {
         // parallel kernels is a fork-join among hot workers, not a hand-off from this
         // (outside) thread that sleeps and is woken each time: +10% decode at 0.5B.
         Ok(rayon::scope(|_| self.model.forward(c, tokens))?)
+    }
+
+    /// One pass for every sequence: the weights are read once for all of them (decode
+    /// is bound by reading weights, so N sequences step in about the time of one).
+    fn forward_batch(
+        &self,
+        steps: &mut [(&mut dyn KvCache, &[u32])],
+    ) -> Result<Vec<Vec<f32>>, BackendError> {
+        let mut segments = Vec::with_capacity(steps.len());
+        for (cache, tokens) in steps.iter_mut() {
+            let cache = self.own_cache(&mut **cache)?;
+            segments.push(Segment { cache, tokens });
+        }
+        Ok(rayon::scope(|_| self.model.forward_batch(&mut segments))?)
+    }
+
+    fn batches_steps(&self) -> bool {
+        true
     }
 }

@@ -123,15 +123,42 @@ impl Qwen2Model {
     /// Appends `tokens` to the cache and returns the final hidden states (after the
     /// final RMSNorm) of the new positions: [tokens.len(), hidden].
     pub fn forward_hidden(&self, cache: &mut Qwen2Cache, tokens: &[u32]) -> Result<Tensor> {
-        self.check_input(cache.len, tokens)?;
-        if cache.layers.len() != self.layers.len() {
-            return Err(internal("KV cache has the wrong number of layers"));
+        self.forward_segments(&mut [Segment { cache, tokens }])
+    }
+
+    /// Appends each segment's tokens to its cache in one pass (the matmuls take every
+    /// segment's rows at once; attention runs per segment over its own cache) and
+    /// returns the final hidden states of all new positions, segment after segment.
+    pub fn forward_segments(&self, segments: &mut [Segment<'_>]) -> Result<Tensor> {
+        for s in segments.iter() {
+            self.check_input(s.cache.len, s.tokens)?;
+            if s.cache.layers.len() != self.layers.len() {
+                return Err(internal("KV cache has the wrong number of layers"));
+            }
         }
-        let offset = cache.len;
-        let n = tokens.len();
-        let mut x = self.embed.rows_f32(tokens, &self.device)?;
+        let all: Vec<u32> = segments
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let mut x = self.embed.rows_f32(&all, &self.device)?;
+        let ropes = segments
+            .iter()
+            .map(|s| self.rope_for(s.cache.len, s.tokens.len()))
+            .collect::<Result<Vec<_>>>()?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward(layer, li, segments, &x, &ropes)?;
+        }
+        for s in segments.iter_mut() {
+            s.cache.len += s.tokens.len();
+        }
+        let eps = self.cfg.rms_norm_eps as f32;
+        Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
+    }
+
+    /// The rotary tables (and off the CPU the causal mask) for `n` positions from `offset`.
+    fn rope_for(&self, offset: usize, n: usize) -> Result<Rope> {
         let (cos, sin) = self.rope_tables(offset, n);
-        let rope = if self.device.is_cpu() {
+        Ok(if self.device.is_cpu() {
             Rope::Host { cos, sin }
         } else {
             let half = self.inv_freq.len();
@@ -144,30 +171,39 @@ impl Qwen2Model {
                     None
                 },
             }
-        };
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = self.layer_forward(layer, kv, &x, offset, &rope)?;
-        }
-        cache.len = offset + n;
-        let eps = self.cfg.rms_norm_eps as f32;
-        Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
+        })
     }
 
     /// Appends `tokens` and returns the logits of the last position.
     pub fn forward(&self, cache: &mut Qwen2Cache, tokens: &[u32]) -> Result<Vec<f32>> {
-        let h = self.forward_hidden(cache, tokens)?;
-        let last = h.narrow(0, tokens.len() - 1, 1)?;
+        let mut logits = self.forward_batch(&mut [Segment { cache, tokens }])?;
+        logits
+            .pop()
+            .ok_or_else(|| internal("forward produced no logits"))
+    }
+
+    /// Appends each segment's tokens to its cache and returns each segment's
+    /// last-position logits, in order; one pass for all (see [`Self::forward_segments`]).
+    pub fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Result<Vec<Vec<f32>>> {
+        let h = self.forward_segments(segments)?;
+        let mut last = Vec::with_capacity(segments.len());
+        let mut end = 0;
+        for s in segments.iter() {
+            end += s.tokens.len();
+            last.push(h.narrow(0, end - 1, 1)?);
+        }
+        let last = Tensor::cat(&last, 0)?;
         let logits = self.output().matmul_t(&last)?;
-        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+        Ok(logits.to_vec2::<f32>()?)
     }
 
     fn layer_forward(
         &self,
         l: &Layer,
-        kv: &mut LayerKv,
+        li: usize,
+        segments: &mut [Segment<'_>],
         x: &Tensor,
-        offset: usize,
-        rope: &Rope,
+        ropes: &[Rope],
     ) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
         let h = candle_nn::ops::rms_norm(x, &l.input_norm, eps)?;
@@ -176,11 +212,30 @@ impl Qwen2Model {
             .forward(&h)?
             .try_into()
             .map_err(|_| internal("q/k/v projections did not give three outputs"))?;
-        let att = match rope {
-            Rope::Host { cos, sin } => self.attention_host(kv, [q, k, v], offset, cos, sin)?,
-            Rope::Tensors { cos, sin, mask } => {
-                self.attention_tensors(kv, [q, k, v], offset, cos, sin, mask.as_ref())?
-            }
+        let mut atts = Vec::with_capacity(segments.len());
+        let mut row = 0;
+        for (s, rope) in segments.iter_mut().zip(ropes) {
+            let n = s.tokens.len();
+            let offset = s.cache.len;
+            let kv = s
+                .cache
+                .layers
+                .get_mut(li)
+                .ok_or_else(|| internal("KV cache has the wrong number of layers"))?;
+            let part = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(0, row, n)?) };
+            let qkv = [part(&q)?, part(&k)?, part(&v)?];
+            atts.push(match rope {
+                Rope::Host { cos, sin } => self.attention_host(kv, qkv, offset, cos, sin)?,
+                Rope::Tensors { cos, sin, mask } => {
+                    self.attention_tensors(kv, qkv, offset, cos, sin, mask.as_ref())?
+                }
+            });
+            row += n;
+        }
+        let att = if atts.len() == 1 {
+            atts.swap_remove(0)
+        } else {
+            Tensor::cat(&atts, 0)?
         };
         let x = (x + l.o.forward(&att)?)?;
 
@@ -271,7 +326,15 @@ impl Qwen2Model {
     }
 }
 
-/// Rotary tables (and, off the CPU, the causal mask) of one forward call.
+/// One sequence's part of a forward pass: its cache and the tokens to append.
+pub struct Segment<'a> {
+    /// The sequence's KV cache.
+    pub cache: &'a mut Qwen2Cache,
+    /// Tokens to append (at least one).
+    pub tokens: &'a [u32],
+}
+
+/// Rotary tables (and, off the CPU, the causal mask) of one segment.
 enum Rope {
     /// Plain cosines and sines, [n, head_dim / 2] each.
     Host { cos: Vec<f32>, sin: Vec<f32> },
