@@ -12,6 +12,9 @@ use crate::manifest::ModelEntry;
 use crate::model_files::{ModelFiles, TextSide};
 use crate::registry::BackendEntry;
 
+mod step_batch;
+use step_batch::{StepBatcher, StepError};
+
 /// One (backend, device) pair to try.
 #[derive(Debug, Clone)]
 pub(crate) struct Candidate {
@@ -28,6 +31,12 @@ pub struct ActiveBackend {
     pub device: Device,
     /// How many times this model fell back to another device since it was loaded.
     pub fallbacks: u64,
+    /// Batches of concurrent decode steps run since the model was loaded (where the
+    /// backend batches steps; see [`gllm_api::InferenceBackend::batches_steps`]).
+    pub step_batches: u64,
+    /// Decode steps run in those batches (`batched_steps / step_batches` is the mean
+    /// batch size).
+    pub batched_steps: u64,
     /// What the backend reports about the model.
     pub info: ModelInfo,
 }
@@ -46,6 +55,7 @@ pub(crate) struct ServedModel {
     candidates: Vec<Candidate>,
     active: RwLock<Active>,
     fallbacks: AtomicU64,
+    steps: StepBatcher,
 }
 
 /// Why a candidate was skipped or failed, for `gllm models` and errors.
@@ -148,6 +158,7 @@ impl ServedModel {
                     epoch: 0,
                 }),
                 fallbacks: AtomicU64::new(0),
+                steps: StepBatcher::default(),
             }),
             Err((e, i)) if stops_fallback(&e) => {
                 let c = &candidates[i];
@@ -178,6 +189,8 @@ impl ServedModel {
             backend: c.backend.name().to_string(),
             device: c.device,
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            step_batches: self.steps.counts().0,
+            batched_steps: self.steps.counts().1,
             info: backend.info(),
         }
     }
@@ -261,11 +274,35 @@ impl ServedModel {
 
     /// Appends `tokens` to a sequence and returns the next-token logits. If the
     /// device fails, the sequence is re-prefilled (every token it held, then
-    /// `tokens`) on the next device: the caller sees no difference.
+    /// `tokens`) on the next device: the caller sees no difference. One-token decode
+    /// steps of concurrent sequences run as one batch where the backend batches
+    /// (see [`step_batch`]).
     pub fn feed(&self, seq: &mut Sequence, tokens: &[u32]) -> Result<Vec<f32>> {
         loop {
             let (backend, epoch, idx) = self.current();
             let device = self.candidates[idx].device;
+            let cached = matches!(&seq.cache, Some((e, _)) if *e == epoch);
+            if cached && tokens.len() == 1 && backend.batches_steps() {
+                let Some((_, cache)) = seq.cache.take() else {
+                    continue;
+                };
+                let out = self.steps.step(&backend, epoch, device, cache, tokens);
+                match out.result {
+                    Ok(logits) => {
+                        seq.cache = Some((epoch, out.cache));
+                        seq.tokens.extend_from_slice(tokens);
+                        return Ok(logits);
+                    }
+                    // The cache stays dropped: the next round re-prefills this
+                    // sequence alone, and only a faulty sequence sees its error.
+                    Err(StepError::RetryAlone) => continue,
+                    Err(StepError::Backend(e)) if e.is_device_error() => {
+                        self.fail_over(epoch, &e)?;
+                        continue;
+                    }
+                    Err(StepError::Backend(e)) => return Err(self.backend_error(idx, e)),
+                }
+            }
             let result = contain(device, || {
                 let fresh = !matches!(&seq.cache, Some((e, _)) if *e == epoch);
                 if fresh {

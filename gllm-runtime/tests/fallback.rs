@@ -152,12 +152,18 @@ async fn oom_in_the_middle_of_a_stream_gives_the_uninterrupted_text() {
     assert_eq!(want.token_ids.len(), 40);
     assert_eq!(h.active().device, Device::gpu(0));
 
-    for kind in ["oom", "lost"] {
-        let id = format!("stream-{kind}");
+    // Decode steps either go straight to the backend or through the step batcher.
+    for (kind, batches) in [
+        ("oom", false),
+        ("lost", false),
+        ("oom", true),
+        ("lost", true),
+    ] {
+        let id = format!("stream-{kind}-{batches}");
         // call 1 is the prefill; the 10th call is a decode step in mid-stream
         let rt = runtime(&generate_manifest(
             &id,
-            &format!("gpu_fail_call = \"10\"\ngpu_fail_kind = \"{kind}\""),
+            &format!("gpu_fail_call = \"10\"\ngpu_fail_kind = \"{kind}\"\nbatches = \"{batches}\""),
         ));
         let h = rt.generator(&id).await.unwrap();
         let (text, got) = stream_text(&h, "Hello, my name is", params.clone()).await;
@@ -166,6 +172,11 @@ async fn oom_in_the_middle_of_a_stream_gives_the_uninterrupted_text() {
         assert_eq!(text, want_text, "{kind}");
         assert_eq!(got.text, want.text, "{kind}");
         assert_eq!(counters_of(&id).loads, vec!["gpu:0", "cpu"]);
+        assert_eq!(
+            h.active().batched_steps > 0,
+            batches,
+            "{kind}: through the batcher"
+        );
     }
 }
 

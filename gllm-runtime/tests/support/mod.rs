@@ -141,6 +141,9 @@ impl BackendFactory for FaultFactory {
             calls: AtomicUsize::new(0),
             script: Arc::new(script),
             reject_len: opt("reject_len").and_then(|n| n.parse().ok()),
+            // `batches = "true"`: concurrent decode steps go through the runtime's
+            // step batcher (forward_batch stays the default, one call per sequence).
+            batches: opt("batches") == Some("true"),
         }))
     }
 }
@@ -154,6 +157,7 @@ struct FaultBackend {
     calls: AtomicUsize,
     script: Arc<Vec<u32>>,
     reject_len: Option<usize>,
+    batches: bool,
 }
 
 impl FaultBackend {
@@ -261,6 +265,9 @@ impl InferenceBackend for FaultBackend {
         // a runner-up, so that sampling has something to choose from
         logits[(next + 1) % VOCAB] = 9.0;
         Ok(logits)
+    }
+    fn batches_steps(&self) -> bool {
+        self.batches
     }
 }
 
