@@ -9,73 +9,20 @@ use candle_core::quantized::QTensor;
 use candle_core::quantized::gguf_file::{self, Value};
 use gllm_api::{BackendError, Device, ErrorKind, ModelSpec, Task, WeightFormat};
 use gllm_testkit::fixture;
-use safetensors::SafeTensors;
+use gllm_testkit::strict::{
+    Edit, assert_invalid_model as assert_invalid, load_error, read_tensors, scratch_copy,
+    scratch_dir, write_tensors,
+};
 
 fn temp_dir(tag: &str) -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("candle-qwen2-strict-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
-}
-
-/// What to do to the checkpoint's tensors.
-enum Edit {
-    Remove(&'static str),
-    Rename(&'static str, &'static str),
-    /// Keep only the first half of the first dimension.
-    Shrink(&'static str),
-    Add(&'static str),
-}
-
-fn apply<T: Clone>(
-    mut tensors: Vec<(String, Vec<usize>, T)>,
-    edit: &Edit,
-    shrink: impl Fn(&T, &[usize]) -> T,
-) -> Vec<(String, Vec<usize>, T)> {
-    match *edit {
-        Edit::Remove(n) => tensors.retain(|(name, _, _)| name != n),
-        Edit::Rename(from, to) => {
-            for t in tensors.iter_mut().filter(|t| t.0 == from) {
-                t.0 = to.to_string();
-            }
-        }
-        Edit::Shrink(n) => {
-            for t in tensors.iter_mut().filter(|t| t.0 == n) {
-                t.1[0] /= 2;
-                t.2 = shrink(&t.2, &t.1);
-            }
-        }
-        Edit::Add(n) => {
-            let first = tensors[tensors.len() - 1].clone();
-            tensors.push((n.to_string(), first.1, first.2));
-        }
-    }
-    tensors
+    scratch_dir(&format!("candle-qwen2-{tag}"))
 }
 
 fn edited_safetensors(tag: &str, edit: Edit) -> Result<PathBuf> {
     let src = fixture("tiny-qwen2");
-    let dir = temp_dir(tag)?;
-    std::fs::copy(src.join("config.json"), dir.join("config.json"))?;
-    let bytes = std::fs::read(src.join("model.safetensors"))?;
-    let st = SafeTensors::deserialize(&bytes)?;
-    let mut tensors = Vec::new();
-    let mut dtype = safetensors::Dtype::BF16;
-    for (name, view) in st.tensors() {
-        dtype = view.dtype();
-        tensors.push((name, view.shape().to_vec(), view.data().to_vec()));
-    }
-    let elem = dtype.bitsize() / 8;
-    let tensors = apply(tensors, &edit, |data, shape| {
-        data[..shape.iter().product::<usize>() * elem].to_vec()
-    });
-    let views = tensors
-        .iter()
-        .map(|(n, s, d)| {
-            safetensors::tensor::TensorView::new(dtype, s.clone(), d).map(|v| (n.clone(), v))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
+    let dir = scratch_copy(&format!("candle-qwen2-{tag}"), &src, &["config.json"])?;
+    let tensors = edit.apply_to(read_tensors(&src.join("model.safetensors"))?)?;
+    write_tensors(&dir.join("model.safetensors"), &tensors)?;
     Ok(dir)
 }
 
@@ -91,15 +38,13 @@ fn edited_gguf(tag: &str, edit: Edit) -> Result<PathBuf> {
         let t = q.dequantize(&candle_core::Device::Cpu)?;
         tensors.push((n.clone(), t.dims().to_vec(), (t, q.dtype())));
     }
-    let tensors = apply(tensors, &edit, |(t, dt), shape| {
+    edit.apply(&mut tensors, |(t, dt), shape| {
         // A fresh tensor (a narrowed view would still share the full storage).
-        let shrunk = t
-            .flatten_all()
-            .and_then(|x| x.to_vec1::<f32>())
-            .map(|v| v[..shape.iter().product::<usize>()].to_vec())
-            .and_then(|v| candle_core::Tensor::from_vec(v, shape, &candle_core::Device::Cpu));
-        (shrunk.unwrap_or_else(|_| t.clone()), *dt)
-    });
+        let mut values = t.flatten_all()?.to_vec1::<f32>()?;
+        values.truncate(shape.iter().product::<usize>());
+        let shrunk = candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu)?;
+        Ok((shrunk, *dt))
+    })?;
     let qs = tensors
         .iter()
         .map(|(n, _, (t, dt))| QTensor::quantize(t, *dt).map(|q| (n.clone(), q)))
@@ -132,17 +77,7 @@ fn load_err(path: &Path, format: WeightFormat) -> Result<BackendError> {
     } else {
         path.parent().context("parent")?
     });
-    match res {
-        Ok(_) => anyhow::bail!("loading {} succeeded", path.display()),
-        Err(e) => Ok(e),
-    }
-}
-
-fn assert_invalid(e: &BackendError, parts: &[&str]) {
-    assert_eq!(e.kind, ErrorKind::InvalidModel, "{e}");
-    for p in parts {
-        assert!(e.message.contains(p), "message {:?} lacks {p:?}", e.message);
-    }
+    load_error(res, path)
 }
 
 #[test]
