@@ -434,30 +434,75 @@ impl GeneratorHandle {
         prompt_tokens: usize,
         decode_tokens: usize,
     ) -> Result<GenerateBench> {
+        self.bench_streams_blocking(prompt_tokens, decode_tokens, 1)
+    }
+
+    /// [`Self::bench_blocking`] for `streams` sequences at once: each gets its own
+    /// pseudo-random prompt, the prompts are prefilled one after another, then every
+    /// sequence decodes `decode_tokens` greedy steps on its own thread, all together
+    /// (as concurrent requests to a server do; where the backend batches, their
+    /// steps share batches).
+    pub fn bench_streams_blocking(
+        &self,
+        prompt_tokens: usize,
+        decode_tokens: usize,
+        streams: usize,
+    ) -> Result<GenerateBench> {
+        let streams = streams.max(1);
         let vocab = self.model.active().info.vocab_size.max(2000) as u64;
         let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let prompt: Vec<u32> = (0..prompt_tokens.max(1))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (100 + x % (vocab - 1000)) as u32
-            })
+        let mut next_token = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (100 + x % (vocab - 1000)) as u32
+        };
+        let prompts: Vec<Vec<u32>> = (0..streams)
+            .map(|_| (0..prompt_tokens.max(1)).map(|_| next_token()).collect())
             .collect();
-        let mut seq = Sequence::default();
         let start = std::time::Instant::now();
-        let mut logits = self.model.feed(&mut seq, &prompt)?;
-        let prefill = start.elapsed();
-        let start = std::time::Instant::now();
-        for _ in 0..decode_tokens {
-            let next = crate::sampling::argmax(&logits);
-            logits = self.model.feed(&mut seq, &[next])?;
+        let mut seqs = Vec::with_capacity(streams);
+        for prompt in &prompts {
+            let mut seq = Sequence::default();
+            let logits = self.model.feed(&mut seq, prompt)?;
+            seqs.push((seq, logits));
         }
+        let prefill = start.elapsed();
+        let go = std::sync::Barrier::new(streams + 1);
+        let (decode, results) = std::thread::scope(|s| {
+            let workers: Vec<_> = seqs
+                .into_iter()
+                .map(|(mut seq, mut logits)| {
+                    let go = &go;
+                    s.spawn(move || -> Result<()> {
+                        go.wait();
+                        for _ in 0..decode_tokens {
+                            let next = crate::sampling::argmax(&logits);
+                            logits = self.model.feed(&mut seq, &[next])?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            go.wait();
+            let start = std::time::Instant::now();
+            let results: Vec<Result<()>> = workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(RuntimeError::Internal("a benchmark stream panicked".into()))
+                    })
+                })
+                .collect();
+            (start.elapsed(), results)
+        });
+        results.into_iter().collect::<Result<Vec<()>>>()?;
         Ok(GenerateBench {
-            prompt_tokens: prompt.len(),
+            streams,
+            prompt_tokens: prompt_tokens.max(1),
             prefill,
             decode_tokens,
-            decode: start.elapsed(),
+            decode,
         })
     }
 
@@ -473,17 +518,32 @@ impl GeneratorHandle {
     }
 }
 
-/// Timings of [`GeneratorHandle::bench_blocking`].
+/// Timings of [`GeneratorHandle::bench_blocking`] and
+/// [`GeneratorHandle::bench_streams_blocking`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GenerateBench {
-    /// Prompt length.
+    /// Sequences run together.
+    pub streams: usize,
+    /// Prompt length (each sequence).
     pub prompt_tokens: usize,
-    /// Time of the prefill.
+    /// Time of all prefills.
     pub prefill: std::time::Duration,
-    /// Decode steps.
+    /// Decode steps (each sequence).
     pub decode_tokens: usize,
-    /// Time of all decode steps.
+    /// Wall time of the decode phase (all sequences at once).
     pub decode: std::time::Duration,
+}
+
+impl GenerateBench {
+    /// Prompt tokens per second, over all sequences.
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        (self.streams * self.prompt_tokens) as f64 / self.prefill.as_secs_f64()
+    }
+
+    /// Generated tokens per second, over all sequences.
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        (self.streams * self.decode_tokens) as f64 / self.decode.as_secs_f64()
+    }
 }
 
 /// A conversation whose KV cache is reused from turn to turn: each turn feeds only
