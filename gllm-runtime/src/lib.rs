@@ -15,6 +15,7 @@ mod error;
 mod generate;
 pub mod gguf_meta;
 mod handles;
+pub mod hub;
 pub mod manifest;
 pub mod model_files;
 pub mod plugin_host;

@@ -9,6 +9,8 @@
 //! task = "embed"                  # embed | rerank | generate
 //! path = "models/all-MiniLM-L6-v2" # a model directory or a .gguf file (relative to this file)
 //! # hf = "sentence-transformers/all-MiniLM-L6-v2"  # instead of path: the Hugging Face cache
+//! # revision = "main"           # with hf: branch, tag or commit
+//! # file = "model-q4_0.gguf"    # with hf: one .gguf file of the repo instead of a model directory
 //! backends = ["burn-bert"]        # preference order; default: every backend that fits
 //! devices = ["gpu", "cpu"]
 //! dtype = "f32"                   # optional: f32 | f16 | bf16
@@ -42,12 +44,16 @@ pub struct Manifest {
 pub enum ModelSource {
     /// A local directory or file.
     Path(PathBuf),
-    /// A Hugging Face repository, resolved through the standard HF cache.
+    /// A Hugging Face repository, resolved through the standard HF cache
+    /// (and downloaded there with the `download` feature; see [`crate::hub`]).
     Hf {
         /// `org/name`.
         repo: String,
         /// Branch, tag or commit (default `main`).
         revision: String,
+        /// One `.gguf` file of the repository (`file = "..."`), instead of a
+        /// transformers model directory.
+        file: Option<String>,
     },
 }
 
@@ -111,6 +117,7 @@ struct RawModel {
     path: Option<String>,
     hf: Option<String>,
     revision: Option<String>,
+    file: Option<String>,
     tokenizer: Option<String>,
     backends: Option<Vec<String>>,
     devices: Option<Vec<String>>,
@@ -283,14 +290,40 @@ impl Manifest {
                     if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
                         return Err(at(format!("`hf`: `{repo}` is not of the form org/name")));
                     }
+                    if let Some(rev) = &raw.revision
+                        && !is_repo_path(rev)
+                    {
+                        return Err(at(format!(
+                            "`revision`: `{rev}` is not a branch, tag or commit"
+                        )));
+                    }
+                    if let Some(f) = &raw.file {
+                        if !is_repo_path(f) {
+                            return Err(at(format!(
+                                "`file`: `{f}` is not a relative path inside the repo"
+                            )));
+                        }
+                        if !f.to_ascii_lowercase().ends_with(".gguf") {
+                            return Err(at(format!(
+                                "`file`: `{f}` is not a .gguf file (without `file`, gllm loads the repo's transformers files)"
+                            )));
+                        }
+                    }
                     ModelSource::Hf {
                         repo: repo.clone(),
                         revision: raw.revision.clone().unwrap_or_else(|| "main".into()),
+                        file: raw.file.clone(),
                     }
                 }
             };
             if raw.revision.is_some() && raw.hf.is_none() {
                 return Err(at("`revision` only goes with `hf`".into()));
+            }
+            if raw.file.is_some() && raw.hf.is_none() {
+                return Err(at(
+                    "`file` only goes with `hf` (with `path`, name the .gguf file in `path`)"
+                        .into(),
+                ));
             }
             let tokenizer = match &raw.tokenizer {
                 Some(t) => {
@@ -426,6 +459,14 @@ fn check_backends(list: &[String], known: &[String]) -> std::result::Result<(), 
         }
     }
     Ok(())
+}
+
+/// A path inside a repository: plain `/`-separated components, no `..`.
+fn is_repo_path(p: &str) -> bool {
+    !p.is_empty()
+        && !p.contains('\\')
+        && !p.starts_with('/')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// Expands `${VAR}`, `${VAR:-default}` and a leading `~/`, and anchors relative paths at `base`.

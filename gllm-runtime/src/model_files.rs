@@ -1,6 +1,8 @@
 //! From a manifest entry to files on disk: the weights, their format and
 //! architecture, and the text side (tokenizer, chat template, generation
-//! defaults, rerank activation, input length limit).
+//! defaults, rerank activation, input length limit). `hf = "org/name"` entries
+//! are found in (and, with the `download` feature, fetched into) the Hugging
+//! Face cache by [`crate::hub`].
 
 use std::path::{Path, PathBuf};
 
@@ -84,9 +86,12 @@ pub(crate) fn resolve(entry: &ModelEntry) -> Result<ModelFiles> {
     let id = entry.id.as_str();
     let path = match &entry.source {
         ModelSource::Path(p) => p.clone(),
-        ModelSource::Hf { repo, revision } => {
-            hf_cache_snapshot(repo, revision).map_err(|m| files_err(id, m))?
-        }
+        ModelSource::Hf {
+            repo,
+            revision,
+            file,
+        } => crate::hub::resolve(repo, revision, file.as_deref())
+            .map_err(|e| files_err(id, e.to_string()))?,
     };
     let is_gguf = path.is_file()
         && path
@@ -144,33 +149,6 @@ pub(crate) fn resolve(entry: &ModelEntry) -> Result<ModelFiles> {
         config,
         gguf,
     })
-}
-
-/// `~/.cache/huggingface/hub/models--org--name/snapshots/<commit>` (honours
-/// `HF_HUB_CACHE` and `HF_HOME`). Downloading is not built in: the message says how.
-fn hf_cache_snapshot(repo: &str, revision: &str) -> std::result::Result<PathBuf, String> {
-    let hub = if let Some(c) = std::env::var_os("HF_HUB_CACHE") {
-        PathBuf::from(c)
-    } else if let Some(h) = std::env::var_os("HF_HOME") {
-        PathBuf::from(h).join("hub")
-    } else {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/huggingface/hub")
-    };
-    let root = hub.join(format!("models--{}", repo.replace('/', "--")));
-    let commit = match std::fs::read_to_string(root.join("refs").join(revision)) {
-        Ok(c) => c.trim().to_string(),
-        Err(_) => revision.to_string(),
-    };
-    let snap = root.join("snapshots").join(&commit);
-    if snap.is_dir() {
-        Ok(snap)
-    } else {
-        Err(format!(
-            "`hf = \"{repo}\"` (revision {revision}) is not in the Hugging Face cache at {}; \
-             download it first (e.g. `huggingface-cli download {repo}`) or use `path`",
-            root.display()
-        ))
-    }
 }
 
 /// Loads the tokenizer and the rest of the text side.

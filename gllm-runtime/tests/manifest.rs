@@ -72,7 +72,8 @@ hf = "cross-encoder/ms-marco-MiniLM-L6-v2"
         hub.source,
         ModelSource::Hf {
             repo: "cross-encoder/ms-marco-MiniLM-L6-v2".into(),
-            revision: "main".into()
+            revision: "main".into(),
+            file: None,
         }
     );
     assert_eq!(
@@ -102,11 +103,30 @@ fn environment_variables_and_home_expand_in_paths() {
     );
 }
 
+#[test]
+fn hf_models_name_a_revision_and_a_gguf_file() {
+    let m = parse(
+        "[[models]]\nid = \"q\"\ntask = \"generate\"\nhf = \"org/name-GGUF\"\nrevision = \"v1.0\"\nfile = \"sub/model-q4_0.gguf\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        m.models[0].source,
+        ModelSource::Hf {
+            repo: "org/name-GGUF".into(),
+            revision: "v1.0".into(),
+            file: Some("sub/model-q4_0.gguf".into()),
+        }
+    );
+}
+
 /// (manifest, expected fragments of the message)
 fn malformed() -> Vec<(String, Vec<&'static str>)> {
     let f = fixtures();
     let ok = |extra: &str| {
         format!("[[models]]\nid = \"m1\"\ntask = \"embed\"\npath = \"{f}/tiny-bert\"\n{extra}")
+    };
+    let hub = |extra: &str| {
+        format!("[[models]]\nid = \"m1\"\ntask = \"generate\"\nhf = \"org/name-GGUF\"\n{extra}")
     };
     vec![
         // 1. TOML syntax error: line given
@@ -208,6 +228,26 @@ fn malformed() -> Vec<(String, Vec<&'static str>)> {
         (
             format!("[[models]]\nid = \" \"\ntask = \"embed\"\npath = \"{f}/tiny-bert\"\n"),
             vec!["`id` must not be empty"],
+        ),
+        // 19. `file` without `hf`
+        (
+            ok("file = \"model-q4_0.gguf\""),
+            vec!["models.toml:1:", "model `m1`", "`file` only goes with `hf`"],
+        ),
+        // 20. `file` that is not a .gguf file
+        (
+            hub("file = \"model.safetensors\""),
+            vec!["models.toml:1:", "model `m1`", "`file`", "not a .gguf file"],
+        ),
+        // 21. `file` leaving the repo
+        (
+            hub("file = \"../x.gguf\""),
+            vec!["model `m1`", "`file`", "not a relative path"],
+        ),
+        // 22. `revision` that is not a ref
+        (
+            hub("revision = \"../main\""),
+            vec!["model `m1`", "`revision`", "not a branch, tag or commit"],
         ),
     ]
 }
