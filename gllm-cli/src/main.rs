@@ -34,6 +34,8 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    #[cfg(feature = "download")]
+    progress::show_downloads();
     let manifest_path = cli.manifest.clone();
     let open = || {
         Runtime::from_manifest_file(&manifest_path)
