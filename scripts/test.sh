@@ -26,11 +26,17 @@ export GLLM_TEST_MODELS="${GLLM_TEST_MODELS:-$HOME/.cache/gllm-test-models}"
 scripts/fetch-models.sh "$GLLM_TEST_MODELS" >/dev/null
 
 # The default build compiles no C or C++: nothing may depend on the `cc` crate.
-if [ -n "$(cargo tree -e build -i cc 2>/dev/null)" ]; then
+# (Normal edges too: `-e build` alone does not follow the normal dependency that
+# leads to a crate whose build script uses cc, e.g. ureq -> rustls -> ring.)
+if [ -n "$(cargo tree -e normal,build -i cc 2>/dev/null)" ]; then
   echo "error: the default build compiles C/C++ code; these dependencies pull in the cc crate:" >&2
-  cargo tree -e build -i cc >&2
+  cargo tree -e normal,build -i cc >&2
   exit 1
 fi
 
 # One build profile (release) for tests, binaries and benchmarks.
 cargo test --release --workspace "$@"
+
+# The non-default `download` feature (HTTPS through rustls + ring, hence not in the
+# default build): hf = "org/name" models fetched from a local stand-in for the Hub.
+cargo test --release -p gllm-runtime --features download --test hub_download
