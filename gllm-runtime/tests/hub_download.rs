@@ -421,14 +421,31 @@ fn check_snapshot(snap: &Path, fixture_dir: &Path, want: &[&str]) -> Result<()> 
     Ok(())
 }
 
+/// A fresh directory under the system temp dir, removed when the test ends (also on failure).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("gllm-hub-download-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A progress event: (file, done, total, finished).
 type Event = (String, u64, Option<u64>, bool);
 
 #[test]
 fn models_download_from_the_hub_into_its_cache() -> Result<()> {
-    let tmp = std::env::temp_dir().join(format!("gllm-hub-download-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
+    let guard = TempDir::new()?;
+    let tmp = guard.0.clone();
     let cache = tmp.join("hub");
     let manifest = tmp.join("models.toml");
     std::fs::write(&manifest, MANIFEST)?;
@@ -608,6 +625,5 @@ fn models_download_from_the_hub_into_its_cache() -> Result<()> {
     ensure!(leftovers.is_empty(), "partial files left: {leftovers:?}");
 
     gllm_runtime::hub::set_progress_handler(None);
-    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
