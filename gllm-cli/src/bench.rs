@@ -74,36 +74,64 @@ pub fn embed(runtime: &Runtime, model: &str, corpus: &Path, repeat: usize) -> Re
 }
 
 /// Prefill and decode tokens/s, llama-bench style.
-pub fn generate(
-    runtime: &Runtime,
-    model: &str,
-    prompt_tokens: usize,
-    decode_tokens: usize,
-    repeat: usize,
-) -> Result<()> {
+/// What `gllm bench generate` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerateShape {
+    /// Prompt length.
+    pub prompt_tokens: usize,
+    /// Decode steps after it.
+    pub decode_tokens: usize,
+    /// Sequences at once.
+    pub streams: usize,
+}
+
+pub fn generate(runtime: &Runtime, model: &str, shape: GenerateShape, repeat: usize) -> Result<()> {
+    let GenerateShape {
+        prompt_tokens,
+        decode_tokens,
+        streams,
+    } = shape;
     let handle = runtime.generator_blocking(model)?;
     let active = handle.active();
+    let each = if streams > 1 {
+        format!(" (each of {streams} sequences at once)")
+    } else {
+        String::new()
+    };
     println!(
-        "model {model}: {} on {} ({}), prefill {prompt_tokens} tokens, decode {decode_tokens} tokens",
+        "model {model}: {} on {} ({}), prefill {prompt_tokens} tokens, decode {decode_tokens} tokens{each}",
         active.backend,
         active.device,
         active.info.dtype.as_str()
     );
-    handle.bench_blocking(16, 4)?; // warm-up
+    handle.bench_streams_blocking(16, 4, streams)?; // warm-up
     let (mut best_pp, mut best_tg) = (0.0f64, 0.0f64);
     for run in 1..=repeat.max(1) {
-        let b = handle.bench_blocking(prompt_tokens, decode_tokens)?;
-        let pp = b.prompt_tokens as f64 / b.prefill.as_secs_f64();
-        let tg = b.decode_tokens as f64 / b.decode.as_secs_f64();
+        let b = handle.bench_streams_blocking(prompt_tokens, decode_tokens, streams)?;
+        let (pp, tg) = (b.prefill_tokens_per_s(), b.decode_tokens_per_s());
         println!("  run {run}: prefill {pp:.1} tok/s, decode {tg:.1} tok/s");
         best_pp = best_pp.max(pp);
         best_tg = best_tg.max(tg);
     }
+    if streams > 1 {
+        let a = handle.active();
+        if a.step_batches > 0 {
+            println!(
+                "  decode steps ran in batches of {:.1} on average",
+                a.batched_steps as f64 / a.step_batches as f64
+            );
+        }
+    }
     println!();
     println!("| engine | prefill tok/s (pp{prompt_tokens}) | decode tok/s (tg{decode_tokens}) |");
     println!("|---|---|---|");
+    let streams_note = if streams > 1 {
+        format!(", {streams} streams")
+    } else {
+        String::new()
+    };
     println!(
-        "| gllm {} ({}) | {best_pp:.1} | {best_tg:.1} |",
+        "| gllm {} ({}{streams_note}) | {best_pp:.1} | {best_tg:.1} |",
         active.backend, active.device
     );
     println!("| Qwen2-0.5B shape, peers on this machine kind (2 threads): | | |");

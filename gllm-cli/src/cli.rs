@@ -167,6 +167,10 @@ pub enum BenchCommand {
         /// Timed runs (the best is reported).
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// Sequences decoding at once (as concurrent requests to a server); the
+        /// figures are totals over all of them.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
     },
 }
 

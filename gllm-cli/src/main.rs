@@ -146,7 +146,17 @@ async fn run(cli: Cli) -> Result<()> {
                     prompt_tokens,
                     decode_tokens,
                     repeat,
-                } => bench::generate(&runtime, &model, prompt_tokens, decode_tokens, repeat),
+                    streams,
+                } => bench::generate(
+                    &runtime,
+                    &model,
+                    bench::GenerateShape {
+                        prompt_tokens,
+                        decode_tokens,
+                        streams,
+                    },
+                    repeat,
+                ),
             })
             .await
             .context("benchmark worker failed")?
