@@ -3,10 +3,11 @@
 //! Every generation runs its own loop on its own thread. A one-token decode step is
 //! little arithmetic but reads every weight of the model, so when several sequences
 //! step at once it pays to run them as one [`InferenceBackend::forward_batch`]: the
-//! weights are read once for all of them. There is no timer: a step that finds no
-//! batch running runs at once (with whatever steps are already waiting), and steps
-//! that arrive while a batch runs wait for it and form the next one. A lone stream
-//! therefore sees no delay, and under load the batch size follows the load.
+//! weights are read once for all of them. A step that finds no batch running leads
+//! the next one: it waits at most a millisecond for the sequences of the previous
+//! batch (which are sampling their next token) to step again, then runs with every
+//! step waiting; steps that arrive while a batch runs form the next one. A lone
+//! stream never waits, and under load the batch size follows the load.
 //!
 //! The thread whose step starts a batch runs it and hands every other step its result
 //! (and its cache back). A batch is only ever one backend instance (one fallback
@@ -15,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use gllm_api::{BackendError, Device, InferenceBackend, KvCache};
 
@@ -22,6 +24,8 @@ use super::contain;
 
 /// The most steps in one batch.
 const MAX_BATCH: usize = 32;
+/// How long a leader waits for the sequences of the previous batch to step again.
+const GATHER: Duration = Duration::from_millis(1);
 
 /// What a step gets back: its cache, and the logits or why there are none.
 pub(crate) struct Outcome {
@@ -55,6 +59,8 @@ struct State {
     running: bool,
     finished: HashMap<u64, Outcome>,
     next_id: u64,
+    /// Steps in the last batch: the sequences likely to step again right away.
+    last_batch: usize,
 }
 
 /// Gathers concurrent steps on one model into batches (see the module docs).
@@ -100,20 +106,40 @@ impl StepBatcher {
             cache,
             tokens: tokens.to_vec(),
         });
+        // A leader gathering its batch may be waiting for this step.
+        self.changed.notify_all();
         loop {
             if let Some(out) = st.finished.remove(&id) {
                 return out;
             }
             if !st.running {
-                // Lead: take the waiting steps of this epoch, this one among them
-                // unless more than a batch are waiting (then a later round takes it).
+                st.running = true;
+                // Lead. The sequences of the last batch are sampling their next token
+                // and about to step again: give them a moment (at most GATHER) to
+                // join, so that batches stay full instead of splitting into a first
+                // arrival and the rest. A lone sequence (last batch of one) never waits.
+                let deadline = Instant::now() + GATHER;
+                let want = st.last_batch.min(MAX_BATCH);
+                while st.waiting.iter().filter(|p| p.epoch == epoch).count() < want {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    st = self
+                        .changed
+                        .wait_timeout(st, deadline - now)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+                // Take the waiting steps of this epoch, this one among them unless
+                // more than a batch are waiting (then a later round takes it).
                 let (batch, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut st.waiting)
                     .into_iter()
                     .enumerate()
                     .partition(|(i, p)| p.epoch == epoch && *i < MAX_BATCH);
                 st.waiting = rest.into_iter().map(|(_, p)| p).collect();
                 let batch: Vec<Pending> = batch.into_iter().map(|(_, p)| p).collect();
-                st.running = true;
+                st.last_batch = batch.len();
                 drop(st);
                 self.batches.fetch_add(1, Ordering::Relaxed);
                 self.steps.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -183,7 +209,6 @@ fn run(mut batch: Vec<Pending>) -> Vec<(u64, Outcome)> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
-    use std::time::Duration;
 
     use gllm_api::{DType, ModelInfo, Task};
 
