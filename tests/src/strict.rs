@@ -237,6 +237,25 @@ impl Edit {
     }
 }
 
+/// Writes the tensors of the safetensors file `src`, changed by each of
+/// `edits` in turn, as the safetensors file `dst`.
+pub fn write_edited(src: &Path, dst: &Path, edits: &[Edit]) -> Result<()> {
+    let mut tensors = read_tensors(src)?;
+    for edit in edits {
+        tensors = edit.apply_to(tensors)?;
+    }
+    write_tensors(dst, &tensors)
+}
+
+/// A fresh [`scratch_copy`] of `files` of the model directory `src`, with
+/// `src`'s `model.safetensors` changed by `edits`.
+pub fn edited_model(tag: &str, src: &Path, files: &[&str], edits: &[Edit]) -> Result<PathBuf> {
+    let dir = scratch_copy(tag, src, files)?;
+    let weights = "model.safetensors";
+    write_edited(&src.join(weights), &dir.join(weights), edits)?;
+    Ok(dir)
+}
+
 /// The error of a load that must fail: `what` (a path, for the message) loaded
 /// is an error of the test.
 pub fn load_error<T>(result: Result<T, BackendError>, what: &Path) -> Result<BackendError> {
@@ -313,6 +332,17 @@ mod tests {
         set_json_key(&dir.join("config.json"), "b", 2.into())?;
         let copy = scratch_copy("testkit-copy", &dir, &["config.json"])?;
         assert_eq!(crate::read_json(&copy.join("config.json"))?["b"], 2);
+        let edited = edited_model(
+            "testkit-edited",
+            &dir,
+            &["config.json"],
+            &[Edit::Remove("b")],
+        )?;
+        assert_eq!(
+            read_tensors(&edited.join("model.safetensors"))?,
+            vec![tensor("c", &[1.0, 2.0])]
+        );
+        assert!(edited.join("config.json").is_file());
         Ok(())
     }
 

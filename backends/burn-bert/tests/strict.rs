@@ -8,28 +8,42 @@ use anyhow::Result;
 use burn_bert::BurnBert;
 use gllm_api::{BackendError, Device, EncodedInput, ErrorKind, InferenceBackend, Task};
 use gllm_testkit::strict::{
-    Dtype, StoredTensor, assert_invalid_model as assert_invalid, load_error, read_tensors,
-    scratch_copy, write_sharded, write_tensors, write_truncated,
+    Dtype, Edit, StoredTensor, assert_invalid_model as assert_invalid, edited_model, load_error,
+    read_tensors, scratch_copy, write_sharded, write_tensors, write_truncated,
 };
 use gllm_testkit::{fixture, json_u32s, read_json};
 
+/// tiny-bert's configuration files.
+const CONFIG: [&str; 4] = [
+    "config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+];
+
 /// A fresh copy of tiny-bert's configuration files (no weights) in a temporary directory.
 fn scratch(name: &str) -> Result<PathBuf> {
-    scratch_copy(
+    scratch_copy(&format!("burn-bert-{name}"), &fixture("tiny-bert"), &CONFIG)
+}
+
+/// A fresh copy of tiny-bert with its weights changed by `edit`.
+fn edited(name: &str, edit: Edit) -> Result<PathBuf> {
+    edited_model(
         &format!("burn-bert-{name}"),
         &fixture("tiny-bert"),
-        &[
-            "config.json",
-            "modules.json",
-            "sentence_bert_config.json",
-            "1_Pooling/config.json",
-        ],
+        &CONFIG,
+        &[edit],
     )
+}
+
+/// tiny-bert's weights file.
+fn weights() -> PathBuf {
+    fixture("tiny-bert").join("model.safetensors")
 }
 
 /// tiny-bert's tensors, sorted by name.
 fn tensors() -> Result<Vec<StoredTensor>> {
-    read_tensors(&fixture("tiny-bert").join("model.safetensors"))
+    read_tensors(&weights())
 }
 
 fn load_err(dir: &Path) -> Result<BackendError> {
@@ -38,10 +52,7 @@ fn load_err(dir: &Path) -> Result<BackendError> {
 
 #[test]
 fn a_removed_tensor_is_named() -> Result<()> {
-    let dir = scratch("removed")?;
-    let mut t = tensors()?;
-    t.retain(|e| e.name != "encoder.layer.1.output.dense.bias");
-    write_tensors(&dir.join("model.safetensors"), &t)?;
+    let dir = edited("removed", Edit::Remove("encoder.layer.1.output.dense.bias"))?;
     assert_invalid(
         &load_err(&dir)?,
         &["missing tensor `encoder.layer.1.output.dense.bias` (expected shape [32])"],
@@ -51,14 +62,11 @@ fn a_removed_tensor_is_named() -> Result<()> {
 
 #[test]
 fn a_renamed_tensor_is_named_twice() -> Result<()> {
-    let dir = scratch("renamed")?;
-    let mut t = tensors()?;
-    for e in &mut t {
-        if e.name == "encoder.layer.0.intermediate.dense.weight" {
-            e.name = "encoder.layer.0.intermediate.dense.kernel".into();
-        }
-    }
-    write_tensors(&dir.join("model.safetensors"), &t)?;
+    let edit = Edit::Rename(
+        "encoder.layer.0.intermediate.dense.weight",
+        "encoder.layer.0.intermediate.dense.kernel",
+    );
+    let dir = edited("renamed", edit)?;
     assert_invalid(
         &load_err(&dir)?,
         &[
@@ -71,15 +79,9 @@ fn a_renamed_tensor_is_named_twice() -> Result<()> {
 
 #[test]
 fn a_wrong_shape_names_both_shapes() -> Result<()> {
-    let dir = scratch("shape")?;
-    let mut t = tensors()?;
-    for e in &mut t {
-        if e.name == "encoder.layer.0.attention.self.query.weight" {
-            e.shape = vec![16, 32];
-            e.data.truncate(16 * 32 * 4);
-        }
-    }
-    write_tensors(&dir.join("model.safetensors"), &t)?;
+    // [32, 32] -> [16, 32]
+    let edit = Edit::Shrink("encoder.layer.0.attention.self.query.weight");
+    let dir = edited("shape", edit)?;
     assert_invalid(
         &load_err(&dir)?,
         &[
@@ -92,11 +94,7 @@ fn a_wrong_shape_names_both_shapes() -> Result<()> {
 #[test]
 fn a_truncated_file_is_reported() -> Result<()> {
     let dir = scratch("truncated")?;
-    write_truncated(
-        &fixture("tiny-bert").join("model.safetensors"),
-        &dir.join("model.safetensors"),
-        1000,
-    )?;
+    write_truncated(&weights(), &dir.join("model.safetensors"), 1000)?;
     assert_invalid(&load_err(&dir)?, &["model.safetensors", "truncated"]);
     Ok(())
 }

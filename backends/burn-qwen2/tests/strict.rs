@@ -10,8 +10,8 @@ use burn_qwen2::BurnQwen2;
 use gllm_api::{BackendError, Device};
 use gllm_testkit::generate::{self, tiny_qwen2_dir};
 use gllm_testkit::strict::{
-    Dtype, StoredTensor, assert_invalid_model as assert_invalid, load_error, read_tensors,
-    scratch_copy, set_json_key, write_sharded, write_tensors,
+    Dtype, Edit, StoredTensor, assert_invalid_model as assert_invalid, edited_model, load_error,
+    read_tensors, scratch_copy, set_json_key, write_sharded, write_tensors,
 };
 
 /// A fresh directory holding tiny-qwen2's config.json (no weights).
@@ -21,6 +21,12 @@ fn scratch(name: &str) -> Result<PathBuf> {
         &tiny_qwen2_dir(),
         &["config.json"],
     )
+}
+
+/// A fresh copy of tiny-qwen2 with its weights changed by `edit`.
+fn edited(name: &str, edit: Edit) -> Result<PathBuf> {
+    let tag = format!("burn-qwen2-{name}");
+    edited_model(&tag, &tiny_qwen2_dir(), &["config.json"], &[edit])
 }
 
 /// tiny-qwen2's tensors, sorted by name.
@@ -38,10 +44,7 @@ fn set_config(dir: &Path, key: &str, value: serde_json::Value) -> Result<()> {
 
 #[test]
 fn a_removed_tensor_is_named() -> Result<()> {
-    let dir = scratch("removed")?;
-    let mut t = tensors()?;
-    t.retain(|x| x.name != "model.layers.1.mlp.up_proj.weight");
-    write_tensors(&dir.join("model.safetensors"), &t)?;
+    let dir = edited("removed", Edit::Remove("model.layers.1.mlp.up_proj.weight"))?;
     assert_invalid(
         &load_err(&dir)?,
         &[
@@ -54,14 +57,8 @@ fn a_removed_tensor_is_named() -> Result<()> {
 
 #[test]
 fn a_renamed_tensor_is_missing_and_unexpected() -> Result<()> {
-    let dir = scratch("renamed")?;
-    let mut t = tensors()?;
-    for x in &mut t {
-        if x.name == "model.norm.weight" {
-            x.name = "model.final_norm.weight".into();
-        }
-    }
-    write_tensors(&dir.join("model.safetensors"), &t)?;
+    let edit = Edit::Rename("model.norm.weight", "model.final_norm.weight");
+    let dir = edited("renamed", edit)?;
     assert_invalid(
         &load_err(&dir)?,
         &[

@@ -10,8 +10,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use gllm_api::{BackendError, Device, ErrorKind, ModelSpec, Task, WeightFormat};
 use gllm_testkit::fixture;
 use gllm_testkit::strict::{
-    Edit, assert_invalid_model as assert_invalid, load_error, read_tensors, scratch_copy,
-    scratch_dir, write_tensors,
+    Edit, assert_invalid_model as assert_invalid, edited_model, load_error, scratch_dir,
 };
 
 fn temp_dir(tag: &str) -> Result<PathBuf> {
@@ -20,10 +19,12 @@ fn temp_dir(tag: &str) -> Result<PathBuf> {
 
 fn edited_safetensors(tag: &str, edit: Edit) -> Result<PathBuf> {
     let src = fixture("tiny-qwen2");
-    let dir = scratch_copy(&format!("candle-qwen2-{tag}"), &src, &["config.json"])?;
-    let tensors = edit.apply_to(read_tensors(&src.join("model.safetensors"))?)?;
-    write_tensors(&dir.join("model.safetensors"), &tensors)?;
-    Ok(dir)
+    edited_model(
+        &format!("candle-qwen2-{tag}"),
+        &src,
+        &["config.json"],
+        &[edit],
+    )
 }
 
 fn edited_gguf(tag: &str, edit: Edit) -> Result<PathBuf> {
