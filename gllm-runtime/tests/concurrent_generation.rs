@@ -1,7 +1,7 @@
 //! Concurrent generations on one model: their decode steps run in shared batches
 //! (`InferenceBackend::forward_batch`), and every generation still gives exactly the
 //! tokens it gives alone (transformers' greedy reference for tiny-qwen2).
-#![cfg(feature = "candle-qwen2")]
+#![cfg(all(feature = "candle-qwen2", feature = "burn-qwen2"))]
 
 use anyhow::{Context, Result, ensure};
 use gllm_runtime::{GenerateRequest, Runtime, SamplingParams};
@@ -21,10 +21,26 @@ fn runtime_with(backend: &str) -> Result<Runtime> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_greedy_generations_match_the_reference_and_share_batches() -> Result<()> {
+async fn candle_qwen2_batches_concurrent_generations() -> Result<()> {
+    concurrent_greedy_generations_match_the_reference_and_share_batches("candle-qwen2").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn burn_qwen2_batches_concurrent_generations() -> Result<()> {
+    concurrent_greedy_generations_match_the_reference_and_share_batches("burn-qwen2").await
+}
+
+async fn concurrent_greedy_generations_match_the_reference_and_share_batches(
+    backend: &str,
+) -> Result<()> {
     let reference = read_json(&fixture("tiny-qwen2").join("reference.json"))?;
     let cases = reference["cases"].as_array().context("cases")?;
-    let h = runtime_with("candle-qwen2")?.generator("qwen").await?;
+    let h = runtime_with(backend)?.generator("qwen").await?;
+    ensure!(
+        h.active().backend == backend,
+        "loaded {}",
+        h.active().backend
+    );
     // Each case four times over: 16 generations at once.
     let jobs: Vec<_> = (0..4)
         .flat_map(|_| cases.iter())
@@ -54,7 +70,7 @@ async fn concurrent_greedy_generations_match_the_reference_and_share_batches() -
     let active = h.active();
     ensure!(
         active.batched_steps > active.step_batches,
-        "no decode step shared a batch ({} steps in {} batches)",
+        "{backend}: no decode step shared a batch ({} steps in {} batches)",
         active.batched_steps,
         active.step_batches
     );

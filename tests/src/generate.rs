@@ -278,6 +278,59 @@ pub fn check_batched_greedy_8(backend: &dyn InferenceBackend) -> Result<()> {
     Ok(())
 }
 
+/// One `forward_batch` over sequences in different states (a fresh prompt, a decode
+/// step after a prompt, a chunk appended mid-sequence) gives each sequence the logits
+/// (within [`SELF_TOL`]) that `forward` gives it alone, and leaves each cache as long.
+pub fn check_batch_equals_alone(backend: &dyn InferenceBackend) -> Result<()> {
+    let cases = cases()?;
+    ensure!(cases.len() >= 3, "need three reference cases");
+    // (tokens already in the cache, tokens this step appends)
+    let plans: Vec<(Vec<u32>, Vec<u32>)> = vec![
+        (Vec::new(), cases[0].input_ids.clone()),
+        (
+            cases[1].input_ids.clone(),
+            cases[1].greedy_new_ids[..1].to_vec(),
+        ),
+        (
+            cases[2].input_ids.clone(),
+            cases[2].greedy_new_ids[..5].to_vec(),
+        ),
+    ];
+    let mut alone = Vec::new();
+    let mut batch_caches: Vec<Box<dyn KvCache>> = Vec::new();
+    for (before, step) in &plans {
+        let mut cache = backend.new_cache()?;
+        let mut other = backend.new_cache()?;
+        if !before.is_empty() {
+            backend.forward(cache.as_mut(), before)?;
+            backend.forward(other.as_mut(), before)?;
+        }
+        alone.push(backend.forward(cache.as_mut(), step)?);
+        batch_caches.push(other);
+    }
+    let mut steps: Vec<(&mut dyn KvCache, &[u32])> = batch_caches
+        .iter_mut()
+        .zip(&plans)
+        .map(|(c, (_, step))| (c.as_mut(), step.as_slice()))
+        .collect();
+    let together = backend.forward_batch(&mut steps)?;
+    ensure!(
+        together.len() == plans.len(),
+        "forward_batch returned {} rows",
+        together.len()
+    );
+    for (i, ((got, want), (before, step))) in together.iter().zip(&alone).zip(&plans).enumerate() {
+        assert_close(&format!("sequence {i} in the batch"), got, want, SELF_TOL);
+        ensure!(
+            batch_caches[i].len() == before.len() + step.len(),
+            "sequence {i}: cache holds {} positions, expected {}",
+            batch_caches[i].len(),
+            before.len() + step.len()
+        );
+    }
+    Ok(())
+}
+
 /// Truncating a cache and re-feeding gives the same logits and tokens; truncating
 /// beyond the length is invalid input.
 pub fn check_truncate_refeed(backend: &dyn InferenceBackend) -> Result<()> {
@@ -384,6 +437,7 @@ pub fn run_all(backend: &dyn InferenceBackend) -> Result<()> {
     check_chunked_prefill(backend).context("chunked prefill")?;
     check_interleaved(backend).context("interleaved sequences")?;
     check_batched_greedy_8(backend).context("batched_greedy_8")?;
+    check_batch_equals_alone(backend).context("forward_batch equals each alone")?;
     check_truncate_refeed(backend).context("truncate + re-feed")?;
     check_invalid_input(backend).context("invalid input")?;
     Ok(())

@@ -273,4 +273,8 @@ impl InferenceBackend for BurnQwen2 {
         }
         result
     }
+
+    fn batches_steps(&self) -> bool {
+        true
+    }
 }
