@@ -18,3 +18,7 @@ fi
 for m in qwen05-burn qwen05-candle qwen05-q8_0 qwen05-q4_0 smollm2; do
   "$gllm" --manifest bench/models.toml bench generate --model "$m"
 done
+# Eight sequences decoding at once (a server under load): their steps share batches.
+for m in qwen05-candle qwen05-q4_0 smollm2; do
+  "$gllm" --manifest bench/models.toml bench generate --model "$m" --streams 8
+done
