@@ -287,20 +287,20 @@ impl ServedModel {
                     continue;
                 };
                 let out = self.steps.step(&backend, epoch, device, cache, tokens);
-                match out.result {
-                    Ok(logits) => {
-                        seq.cache = Some((epoch, out.cache));
+                match (out.result, out.cache) {
+                    (Ok(logits), Some(cache)) => {
+                        seq.cache = Some((epoch, cache));
                         seq.tokens.extend_from_slice(tokens);
                         return Ok(logits);
                     }
                     // The cache stays dropped: the next round re-prefills this
                     // sequence alone, and only a faulty sequence sees its error.
-                    Err(StepError::RetryAlone) => continue,
-                    Err(StepError::Backend(e)) if e.is_device_error() => {
+                    (Ok(_), None) | (Err(StepError::RetryAlone), _) => continue,
+                    (Err(StepError::Backend(e)), _) if e.is_device_error() => {
                         self.fail_over(epoch, &e)?;
                         continue;
                     }
-                    Err(StepError::Backend(e)) => return Err(self.backend_error(idx, e)),
+                    (Err(StepError::Backend(e)), _) => return Err(self.backend_error(idx, e)),
                 }
             }
             let result = contain(device, || {

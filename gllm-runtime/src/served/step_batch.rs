@@ -14,6 +14,7 @@
 //! epoch): steps of an older epoch are left for a leader of their own.
 
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -29,8 +30,9 @@ const GATHER: Duration = Duration::from_millis(1);
 
 /// What a step gets back: its cache, and the logits or why there are none.
 pub(crate) struct Outcome {
-    /// The cache the step brought (discard it unless `result` is `Ok`).
-    pub cache: Box<dyn KvCache>,
+    /// The cache the step brought (discard it unless `result` is `Ok`; `None` only
+    /// when the batch was lost to a panic, and then `result` says retry).
+    pub cache: Option<Box<dyn KvCache>>,
     /// The logits, or the batch's error.
     pub result: Result<Vec<f32>, StepError>,
 }
@@ -143,7 +145,24 @@ impl StepBatcher {
                 drop(st);
                 self.batches.fetch_add(1, Ordering::Relaxed);
                 self.steps.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                let outcomes = run(batch);
+                // `run` contains the backend's panics; should anything else in it
+                // panic, every step of the batch is redone alone rather than left
+                // waiting for a result that never comes.
+                let ids: Vec<u64> = batch.iter().map(|p| p.id).collect();
+                let outcomes = catch_unwind(AssertUnwindSafe(|| run(batch))).unwrap_or_else(|_| {
+                    ids.into_iter()
+                        .map(|id| {
+                            let result = Err(StepError::RetryAlone);
+                            (
+                                id,
+                                Outcome {
+                                    cache: None,
+                                    result,
+                                },
+                            )
+                        })
+                        .collect()
+                });
                 st = self.lock();
                 st.finished.extend(outcomes);
                 st.running = false;
@@ -198,7 +217,7 @@ fn run(mut batch: Vec<Pending>) -> Vec<(u64, Outcome)> {
             (
                 p.id,
                 Outcome {
-                    cache: p.cache,
+                    cache: Some(p.cache),
                     result,
                 },
             )
@@ -301,7 +320,7 @@ mod tests {
                             matches!(&out.result, Ok(l) if *l == want),
                             "thread {t} step {i}"
                         );
-                        cache = out.cache;
+                        cache = out.cache.expect("the cache comes back");
                     }
                     assert_eq!(cache.len(), 100 * t as usize + 20);
                 });
