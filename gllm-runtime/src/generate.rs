@@ -52,6 +52,18 @@ pub(crate) fn run(
     params: &SamplingParams,
     on_delta: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Generation> {
+    let result = generate(model, seq, prompt, params, on_delta);
+    seq.end_generation();
+    result
+}
+
+fn generate(
+    model: &ServedModel,
+    seq: &mut Sequence,
+    prompt: &[u32],
+    params: &SamplingParams,
+    on_delta: &mut dyn FnMut(&str) -> bool,
+) -> Result<Generation> {
     params.validate().map_err(RuntimeError::InvalidRequest)?;
     if prompt.is_empty() {
         return Err(RuntimeError::InvalidRequest(

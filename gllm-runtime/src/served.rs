@@ -13,7 +13,7 @@ use crate::model_files::{ModelFiles, TextSide};
 use crate::registry::BackendEntry;
 
 mod step_batch;
-use step_batch::{StepBatcher, StepError};
+use step_batch::{Member, StepBatcher, StepError};
 
 /// One (backend, device) pair to try.
 #[derive(Debug, Clone)]
@@ -286,6 +286,9 @@ impl ServedModel {
                 let Some((_, cache)) = seq.cache.take() else {
                     continue;
                 };
+                if seq.member.is_none() {
+                    seq.member = Some(self.steps.join());
+                }
                 let out = self.steps.step(&backend, epoch, device, cache, tokens);
                 match (out.result, out.cache) {
                     (Ok(logits), Some(cache)) => {
@@ -346,12 +349,20 @@ impl ServedModel {
 pub(crate) struct Sequence {
     cache: Option<(u64, Box<dyn KvCache>)>,
     tokens: Vec<u32>,
+    /// Set while the sequence decodes through the step batcher.
+    member: Option<Member>,
 }
 
 impl Sequence {
     /// The tokens the sequence holds.
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
+    }
+
+    /// Marks the end of a generation: the step batcher stops waiting for this
+    /// sequence (a chat session keeps its sequence, idle, between turns).
+    pub fn end_generation(&mut self) {
+        self.member = None;
     }
 
     /// Keeps the first `len` tokens (to reuse a shared prefix).

@@ -4,10 +4,11 @@
 //! little arithmetic but reads every weight of the model, so when several sequences
 //! step at once it pays to run them as one [`InferenceBackend::forward_batch`]: the
 //! weights are read once for all of them. A step that finds no batch running leads
-//! the next one: it waits at most a millisecond for the sequences of the previous
-//! batch (which are sampling their next token) to step again, then runs with every
-//! step waiting; steps that arrive while a batch runs form the next one. A lone
-//! stream never waits, and under load the batch size follows the load.
+//! the next one: it waits a little (a quarter of a batch's run time at most, 5 ms at
+//! the very most) for the other generations under way
+//! on the model (which are sampling their next token) to step too, then runs with
+//! every step waiting; steps that arrive while a batch runs form the next one. A lone
+//! generation never waits, and under load the batch size follows the load.
 //!
 //! The thread whose step starts a batch runs it and hands every other step its result
 //! (and its cache back). A batch is only ever one backend instance (one fallback
@@ -15,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,8 +26,11 @@ use super::contain;
 
 /// The most steps in one batch.
 const MAX_BATCH: usize = 32;
-/// How long a leader waits for the sequences of the previous batch to step again.
-const GATHER: Duration = Duration::from_millis(1);
+/// How long a leader waits for the other generations to step too: a quarter of the
+/// last batch's run time, within these bounds (a stalled member, e.g. one whose
+/// client reads slowly, costs the others at most that much per step).
+const GATHER_MIN: Duration = Duration::from_micros(500);
+const GATHER_MAX: Duration = Duration::from_millis(5);
 
 /// What a step gets back: its cache, and the logits or why there are none.
 pub(crate) struct Outcome {
@@ -61,8 +65,8 @@ struct State {
     running: bool,
     finished: HashMap<u64, Outcome>,
     next_id: u64,
-    /// Steps in the last batch: the sequences likely to step again right away.
-    last_batch: usize,
+    /// How long the last batch took to run.
+    last_run: Duration,
 }
 
 /// Gathers concurrent steps on one model into batches (see the module docs).
@@ -72,9 +76,28 @@ pub(crate) struct StepBatcher {
     changed: Condvar,
     batches: AtomicU64,
     steps: AtomicU64,
+    /// Sequences in the middle of a generation on this model (see [`Member`]).
+    members: Arc<AtomicUsize>,
+}
+
+/// A sequence's membership in the batches of one model, from its first batched step
+/// to the end of its generation: the count of members is how many steps a leader
+/// waits for. Dropping it ends the membership.
+pub(crate) struct Member(Arc<AtomicUsize>);
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl StepBatcher {
+    /// Makes a sequence a member until the returned value is dropped.
+    pub fn join(&self) -> Member {
+        self.members.fetch_add(1, Ordering::Relaxed);
+        Member(self.members.clone())
+    }
+
     /// (batches run, steps in them) since the model was loaded.
     pub fn counts(&self) -> (u64, u64) {
         (
@@ -116,12 +139,13 @@ impl StepBatcher {
             }
             if !st.running {
                 st.running = true;
-                // Lead. The sequences of the last batch are sampling their next token
-                // and about to step again: give them a moment (at most GATHER) to
-                // join, so that batches stay full instead of splitting into a first
-                // arrival and the rest. A lone sequence (last batch of one) never waits.
-                let deadline = Instant::now() + GATHER;
-                let want = st.last_batch.min(MAX_BATCH);
+                // Lead. The other generations on this model are sampling their next
+                // token and about to step again: give them a moment (a quarter of a
+                // batch's run time at most) to join, so that batches stay full instead of splitting into a
+                // first arrival and the rest. A lone generation never waits.
+                let gather = (st.last_run / 4).clamp(GATHER_MIN, GATHER_MAX);
+                let deadline = Instant::now() + gather;
+                let want = self.members.load(Ordering::Relaxed).clamp(1, MAX_BATCH);
                 while st.waiting.iter().filter(|p| p.epoch == epoch).count() < want {
                     let now = Instant::now();
                     if now >= deadline {
@@ -141,7 +165,6 @@ impl StepBatcher {
                     .partition(|(i, p)| p.epoch == epoch && *i < MAX_BATCH);
                 st.waiting = rest.into_iter().map(|(_, p)| p).collect();
                 let batch: Vec<Pending> = batch.into_iter().map(|(_, p)| p).collect();
-                st.last_batch = batch.len();
                 drop(st);
                 self.batches.fetch_add(1, Ordering::Relaxed);
                 self.steps.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -149,6 +172,7 @@ impl StepBatcher {
                 // panic, every step of the batch is redone alone rather than left
                 // waiting for a result that never comes.
                 let ids: Vec<u64> = batch.iter().map(|p| p.id).collect();
+                let started = Instant::now();
                 let outcomes = catch_unwind(AssertUnwindSafe(|| run(batch))).unwrap_or_else(|_| {
                     ids.into_iter()
                         .map(|id| {
@@ -164,6 +188,7 @@ impl StepBatcher {
                         .collect()
                 });
                 st = self.lock();
+                st.last_run = started.elapsed();
                 st.finished.extend(outcomes);
                 st.running = false;
                 self.changed.notify_all();
@@ -312,6 +337,7 @@ mod tests {
             for t in 0..8u32 {
                 let (backend, batcher) = (&backend, &batcher);
                 s.spawn(move || {
+                    let _member = batcher.join();
                     let mut cache: Box<dyn KvCache> = Box::new(Count(100 * t as usize));
                     for i in 0..20u32 {
                         let out = batcher.step(backend, 0, Device::CPU, cache, &[t * 1000 + i]);
