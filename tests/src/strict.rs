@@ -67,10 +67,11 @@ impl StoredTensor {
     }
 }
 
-/// A fresh, empty directory for one test: `<temp>/gllm-strict-<pid>-<tag>`
-/// (whatever was there is removed).
+/// A fresh, empty directory for one test: `<temp>/gllm-strict/<tag>` (whatever
+/// an earlier run left there is removed, so runs do not pile up copies of models;
+/// tags name the backend and the case, so tests running at once never share one).
 pub fn scratch_dir(tag: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("gllm-strict-{}-{tag}", std::process::id()));
+    let dir = std::env::temp_dir().join("gllm-strict").join(tag);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
