@@ -19,6 +19,7 @@
 //! | `gllm_embedded_inputs_total` / `gllm_reranked_documents_total` | counter | `model` |
 //! | `gllm_model_info` | gauge (1) | `model`, `task`, `backend`, `device` |
 //! | `gllm_model_fallbacks_total` | counter (device fallbacks since load) | `model` |
+//! | `gllm_decode_batches_total` / `gllm_decode_batched_steps_total` | counter (batches of concurrent decode steps, and the steps in them; their ratio is the mean batch size) | `model` |
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -123,6 +124,9 @@ pub(crate) struct ModelGauges {
     pub backend: String,
     pub device: String,
     pub fallbacks: u64,
+    /// Batches of concurrent decode steps, and the steps in them, since load.
+    pub decode_batches: u64,
+    pub decode_batched_steps: u64,
     pub queue_depth: usize,
     pub queue_capacity: usize,
     pub active_generations: Option<usize>,
@@ -257,6 +261,24 @@ impl Metrics {
                 esc(&g.id),
                 g.fallbacks
             );
+        }
+        for (name, help, value) in [
+            (
+                "gllm_decode_batches_total",
+                "Batches of concurrent decode steps run since the model was loaded.",
+                (|g: &ModelGauges| g.decode_batches) as fn(&ModelGauges) -> u64,
+            ),
+            (
+                "gllm_decode_batched_steps_total",
+                "Decode steps run in those batches (divided by the batches: the mean batch size).",
+                |g: &ModelGauges| g.decode_batched_steps,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} counter");
+            for g in models {
+                let _ = writeln!(o, "{name}{{model=\"{}\"}} {}", esc(&g.id), value(g));
+            }
         }
         let _ = writeln!(
             o,
@@ -423,6 +445,8 @@ mod tests {
                 backend: "burn-bert".into(),
                 device: "cpu".into(),
                 fallbacks: 0,
+                decode_batches: 4,
+                decode_batched_steps: 10,
                 queue_depth: 2,
                 queue_capacity: 64,
                 active_generations: None,
@@ -438,6 +462,8 @@ mod tests {
             "gllm_request_duration_seconds_bucket{endpoint=\"/v1/embeddings\",model=\"tiny-bert\",le=\"0.001\"} 0"
         ));
         assert!(text.contains("gllm_batch_requests_bucket{model=\"tiny-bert\",le=\"2\"} 0"));
+        assert!(text.contains("gllm_decode_batches_total{model=\"tiny-bert\"} 4"));
+        assert!(text.contains("gllm_decode_batched_steps_total{model=\"tiny-bert\"} 10"));
         assert!(text.contains("gllm_batch_requests_bucket{model=\"tiny-bert\",le=\"4\"} 1"));
         assert!(text.contains("gllm_batch_requests_max{model=\"tiny-bert\"} 3"));
         assert!(text.contains("gllm_queue_depth{model=\"tiny-bert\"} 2"));

@@ -119,6 +119,8 @@ impl Served {
             backend: active.backend,
             device: active.device.to_string(),
             fallbacks: active.fallbacks,
+            decode_batches: active.step_batches,
+            decode_batched_steps: active.batched_steps,
             queue_depth,
             queue_capacity,
             active_generations,

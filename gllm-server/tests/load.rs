@@ -127,6 +127,18 @@ async fn sixty_four_clients_mixing_embed_rerank_and_streamed_chat() -> Result<()
         metric(&text, "gllm_generated_tokens_total{model=\"tiny-qwen2\"}"),
         Some((totals[2] * 8) as f64)
     );
+    let decode_batches =
+        metric(&text, "gllm_decode_batches_total{model=\"tiny-qwen2\"}").unwrap_or(0.0);
+    let decode_steps = metric(
+        &text,
+        "gllm_decode_batched_steps_total{model=\"tiny-qwen2\"}",
+    )
+    .unwrap_or(0.0);
+    println!("decode: {decode_steps} steps in {decode_batches} batches");
+    assert!(
+        decode_steps > decode_batches,
+        "concurrent chats share decode batches ({decode_steps} steps in {decode_batches})"
+    );
     assert_eq!(
         metric(&text, "gllm_queue_depth{model=\"tiny-bert\"}"),
         Some(0.0)
