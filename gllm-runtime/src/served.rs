@@ -185,12 +185,13 @@ impl ServedModel {
     pub fn active(&self) -> ActiveBackend {
         let (backend, _, idx) = self.current();
         let c = &self.candidates[idx];
+        let (step_batches, batched_steps) = self.steps.counts();
         ActiveBackend {
             backend: c.backend.name().to_string(),
             device: c.device,
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
-            step_batches: self.steps.counts().0,
-            batched_steps: self.steps.counts().1,
+            step_batches,
+            batched_steps,
             info: backend.info(),
         }
     }

@@ -3,22 +3,11 @@
 //! tokens it gives alone (transformers' greedy reference for tiny-qwen2).
 #![cfg(all(feature = "candle-qwen2", feature = "burn-qwen2"))]
 
-use anyhow::{Context, Result, ensure};
-use gllm_runtime::{GenerateRequest, Runtime, SamplingParams};
-use gllm_testkit::{fixture, json_u32s, read_json};
+mod support;
 
-fn runtime_with(backend: &str) -> Result<Runtime> {
-    let dir =
-        std::env::temp_dir().join(format!("gllm-concurrent-{}-{backend}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("models.toml");
-    let manifest = format!(
-        "[[models]]\nid = \"qwen\"\ntask = \"generate\"\npath = \"{}\"\nbackends = [\"{backend}\"]\ndevices = [\"cpu\"]\n",
-        fixture("tiny-qwen2").display()
-    );
-    std::fs::write(&path, manifest)?;
-    Ok(Runtime::from_manifest_file(&path)?)
-}
+use anyhow::{Context, Result, ensure};
+use gllm_runtime::{GenerateRequest, SamplingParams};
+use gllm_testkit::{fixture, json_u32s, read_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn candle_qwen2_batches_concurrent_generations() -> Result<()> {
@@ -35,7 +24,9 @@ async fn concurrent_greedy_generations_match_the_reference_and_share_batches(
 ) -> Result<()> {
     let reference = read_json(&fixture("tiny-qwen2").join("reference.json"))?;
     let cases = reference["cases"].as_array().context("cases")?;
-    let h = runtime_with(backend)?.generator("qwen").await?;
+    let h = support::tiny_qwen2_runtime(backend)
+        .generator("qwen")
+        .await?;
     ensure!(
         h.active().backend == backend,
         "loaded {}",

@@ -3,28 +3,20 @@
 //! greedy tokens, equal to transformers' reference, with no code change.
 #![cfg(all(feature = "burn-qwen2", feature = "candle-qwen2"))]
 
-use gllm_runtime::{GenerateRequest, Runtime, SamplingParams};
-use gllm_testkit::{fixture, json_u32s, read_json};
+mod support;
 
-fn runtime_with(backend: &str) -> Runtime {
-    let dir =
-        std::env::temp_dir().join(format!("gllm-interchange-{}-{backend}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("models.toml");
-    let manifest = format!(
-        "[[models]]\nid = \"qwen\"\ntask = \"generate\"\npath = \"{}\"\nbackends = [\"{backend}\"]\ndevices = [\"cpu\"]\n",
-        fixture("tiny-qwen2").display()
-    );
-    std::fs::write(&path, manifest).unwrap();
-    Runtime::from_manifest_file(&path).unwrap()
-}
+use gllm_runtime::{GenerateRequest, SamplingParams};
+use gllm_testkit::{fixture, json_u32s, read_json};
 
 #[tokio::test]
 async fn switching_the_backend_in_the_manifest_changes_no_token() {
     let reference = read_json(&fixture("tiny-qwen2").join("reference.json")).unwrap();
     let mut outputs = Vec::new();
     for backend in ["candle-qwen2", "burn-qwen2"] {
-        let h = runtime_with(backend).generator("qwen").await.unwrap();
+        let h = support::tiny_qwen2_runtime(backend)
+            .generator("qwen")
+            .await
+            .unwrap();
         assert_eq!(h.active().backend, backend);
         let mut per_case = Vec::new();
         for case in reference["cases"].as_array().unwrap() {

@@ -165,38 +165,37 @@ impl Matrix {
         }
         match parts[0] {
             Matrix::F32(_) => {
-                let ts: Option<Vec<&Tensor>> = parts
-                    .iter()
-                    .map(|p| match p {
-                        Matrix::F32(t) => Some(t),
-                        _ => None,
-                    })
-                    .collect();
-                Tensor::cat(&ts?, 0).ok().map(Matrix::F32)
+                let ts = each(parts, |p| match p {
+                    Matrix::F32(t) => Some(t),
+                    _ => None,
+                })?;
+                Tensor::cat(&ts, 0).ok().map(Matrix::F32)
             }
             Matrix::Half(_) => {
-                let hs: Option<Vec<&PackedHalf>> = parts
-                    .iter()
-                    .map(|p| match p {
-                        Matrix::Half(h) => Some(h),
-                        _ => None,
-                    })
-                    .collect();
-                PackedHalf::concat_rows(&hs?).map(Matrix::Half)
+                let hs = each(parts, |p| match p {
+                    Matrix::Half(h) => Some(h),
+                    _ => None,
+                })?;
+                PackedHalf::concat_rows(&hs).map(Matrix::Half)
             }
             Matrix::Packed(_) => {
-                let ps: Option<Vec<&PackedQ>> = parts
-                    .iter()
-                    .map(|p| match p {
-                        Matrix::Packed(q) => Some(q),
-                        _ => None,
-                    })
-                    .collect();
-                PackedQ::concat_rows(&ps?).map(Matrix::Packed)
+                let ps = each(parts, |p| match p {
+                    Matrix::Packed(q) => Some(q),
+                    _ => None,
+                })?;
+                PackedQ::concat_rows(&ps).map(Matrix::Packed)
             }
             Matrix::Quant(_) => None,
         }
     }
+}
+
+/// What `pick` finds in every part, or `None` when a part is of another kind.
+fn each<'a, T>(
+    parts: &[&'a Matrix],
+    pick: impl Fn(&'a Matrix) -> Option<&'a T>,
+) -> Option<Vec<&'a T>> {
+    parts.iter().map(|p| pick(p)).collect()
 }
 
 /// Projections of one input: either separate layers or one fused layer whose output

@@ -284,6 +284,14 @@ pub fn runtime(manifest: &str) -> gllm_runtime::Runtime {
     gllm_runtime::Runtime::from_manifest_file(&path).unwrap()
 }
 
+/// A runtime serving the tiny-qwen2 fixture as `qwen` on `backend`, CPU only.
+pub fn tiny_qwen2_runtime(backend: &str) -> gllm_runtime::Runtime {
+    runtime(&format!(
+        "[[models]]\nid = \"qwen\"\ntask = \"generate\"\npath = \"{}\"\nbackends = [\"{backend}\"]\ndevices = [\"cpu\"]\n",
+        fixture_path("tiny-qwen2")
+    ))
+}
+
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// `../shared/fixtures/NAME` as a manifest path string.
