@@ -86,6 +86,36 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Seconds of one prefill of `prompt_tokens` deterministic ordinary token ids and of
+/// `decode_tokens` greedy one-token steps after it, llama-bench style (after a short
+/// warm-up on the same cache, emptied again). `at_decode` runs just before the decode
+/// steps (to start other clocks there). For the backends' bench examples.
+pub fn time_prefill_decode(
+    backend: &dyn InferenceBackend,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+    at_decode: &mut dyn FnMut(),
+) -> Result<(f64, f64)> {
+    let vocab = backend.info().vocab_size as u32;
+    let prompt: Vec<u32> = (0..prompt_tokens as u32)
+        .map(|i| (i * 7919 + 13) % vocab.min(30000))
+        .collect();
+    let mut cache = backend.new_cache()?;
+    // First touch of the weights and the thread pools.
+    backend.forward(cache.as_mut(), &prompt[..8.min(prompt.len())])?;
+    cache.truncate(0)?;
+    let t = std::time::Instant::now();
+    let mut logits = backend.forward(cache.as_mut(), &prompt)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    at_decode();
+    let t = std::time::Instant::now();
+    for _ in 0..decode_tokens {
+        let next = argmax(&logits);
+        logits = backend.forward(cache.as_mut(), &[next])?;
+    }
+    Ok((prefill_s, t.elapsed().as_secs_f64()))
+}
+
 /// Greedy decoding: prefill `prompt`, then feed each chosen token; `n` new tokens.
 pub fn greedy(backend: &dyn InferenceBackend, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
     let mut cache = backend.new_cache()?;

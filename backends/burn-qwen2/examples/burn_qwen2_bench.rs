@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use gllm_api::{DType, Device, InferenceBackend, ModelSpec, Task, WeightFormat};
+use gllm_testkit::generate::time_prefill_decode;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,25 +80,7 @@ fn report(
     p: usize,
     n: usize,
 ) -> anyhow::Result<()> {
-    let vocab = b.info().vocab_size as u32;
-    // A deterministic prompt of ordinary token ids.
-    let prompt: Vec<u32> = (0..p as u32)
-        .map(|i| (i * 7919 + 13) % vocab.min(30000))
-        .collect();
-    let mut cache = b.new_cache()?;
-    // Warm-up (first touch of the weights, thread pools), then measure on the emptied cache.
-    b.forward(cache.as_mut(), &prompt[..8.min(p)])?;
-    cache.truncate(0)?;
-
-    let t = Instant::now();
-    let mut logits = b.forward(cache.as_mut(), &prompt)?;
-    let prefill_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for _ in 0..n {
-        let tok = argmax(&logits);
-        logits = b.forward(cache.as_mut(), &[tok])?;
-    }
-    let decode_s = t.elapsed().as_secs_f64();
+    let (prefill_s, decode_s) = time_prefill_decode(b, p, n, &mut || {})?;
     println!(
         "{name:<13} | {:<4} | load {load_s:5.2}s | prefill {p} tok: {:7.1} tok/s | decode {n} tok: {:6.2} tok/s",
         b.info().dtype.as_str(),
@@ -105,14 +88,4 @@ fn report(
         n as f64 / decode_s
     );
     Ok(())
-}
-
-fn argmax(l: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in l.iter().enumerate() {
-        if *v > l[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

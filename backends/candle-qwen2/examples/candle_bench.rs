@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use gllm_api::{DType, Device, InferenceBackend, ModelSpec, Task, WeightFormat};
+use gllm_testkit::generate::time_prefill_decode;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,27 +49,8 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let b = candle_qwen2::load(&spec, Device::CPU)?;
     let load_s = t.elapsed().as_secs_f64();
-    let vocab = b.info().vocab_size as u32;
-    // A deterministic prompt of ordinary token ids.
-    let prompt: Vec<u32> = (0..p as u32)
-        .map(|i| (i * 7919 + 13) % vocab.min(30000))
-        .collect();
-
-    let mut cache = b.new_cache()?;
-    // Warm-up (first-touch of weights, thread pools), then measure on a fresh cache.
-    b.forward(cache.as_mut(), &prompt[..8.min(p)])?;
-    cache.truncate(0)?;
-
-    let t = Instant::now();
-    let mut logits = b.forward(cache.as_mut(), &prompt)?;
-    let prefill_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let cpu0 = cpu_seconds();
-    for _ in 0..n {
-        let tok = argmax(&logits);
-        logits = b.forward(cache.as_mut(), &[tok])?;
-    }
-    let decode_s = t.elapsed().as_secs_f64();
+    let mut cpu0 = 0.0;
+    let (prefill_s, decode_s) = time_prefill_decode(&b, p, n, &mut || cpu0 = cpu_seconds())?;
     let decode_cpu = cpu_seconds() - cpu0;
     println!(
         "model {} | {:?} | load {:.2}s | prefill {p} tok: {:.1} tok/s | decode {n} tok: {:.2} tok/s",
@@ -85,16 +67,6 @@ fn main() -> anyhow::Result<()> {
         1e3 * decode_cpu / n as f64
     );
     Ok(())
-}
-
-fn argmax(l: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in l.iter().enumerate() {
-        if *v > l[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, 100 Hz ticks).
