@@ -17,3 +17,4 @@ set -x
 "$gllm" rerank --model tiny-reranker --query "how to learn rust" "Rust is a systems language." "Sourdough needs a starter."
 "$gllm" generate --model smollm2 --temperature 0 --max-tokens 32 "The capital of France is"
 "$gllm" chat --model smollm2 --temperature 0 --max-tokens 48 "Name three fruits."
+"$gllm" chat --model qwen-coder --temperature 0 --max-tokens 96 "Write a Python function that returns the factorial of n."

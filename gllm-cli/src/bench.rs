@@ -85,7 +85,14 @@ pub struct GenerateShape {
     pub streams: usize,
 }
 
-pub fn generate(runtime: &Runtime, model: &str, shape: GenerateShape, repeat: usize) -> Result<()> {
+/// Runs the benchmark; `json` prints one JSON object instead of the progress and table.
+pub fn generate(
+    runtime: &Runtime,
+    model: &str,
+    shape: GenerateShape,
+    repeat: usize,
+    json: bool,
+) -> Result<()> {
     let GenerateShape {
         prompt_tokens,
         decode_tokens,
@@ -98,20 +105,44 @@ pub fn generate(runtime: &Runtime, model: &str, shape: GenerateShape, repeat: us
     } else {
         String::new()
     };
-    println!(
-        "model {model}: {} on {} ({}), prefill {prompt_tokens} tokens, decode {decode_tokens} tokens{each}",
-        active.backend,
-        active.device,
-        active.info.dtype.as_str()
-    );
+    if !json {
+        println!(
+            "model {model}: {} on {} ({}), prefill {prompt_tokens} tokens, decode {decode_tokens} tokens{each}",
+            active.backend,
+            active.device,
+            active.info.dtype.as_str()
+        );
+    }
     handle.bench_streams_blocking(16, 4, streams)?; // warm-up
     let (mut best_pp, mut best_tg) = (0.0f64, 0.0f64);
+    let mut runs = Vec::new();
     for run in 1..=repeat.max(1) {
         let b = handle.bench_streams_blocking(prompt_tokens, decode_tokens, streams)?;
         let (pp, tg) = (b.prefill_tokens_per_s(), b.decode_tokens_per_s());
-        println!("  run {run}: prefill {pp:.1} tok/s, decode {tg:.1} tok/s");
+        if !json {
+            println!("  run {run}: prefill {pp:.1} tok/s, decode {tg:.1} tok/s");
+        }
+        runs.push(serde_json::json!({"prefill_tokens_per_s": pp, "decode_tokens_per_s": tg}));
         best_pp = best_pp.max(pp);
         best_tg = best_tg.max(tg);
+    }
+    if json {
+        let a = handle.active();
+        let out = serde_json::json!({
+            "model": model,
+            "backend": a.backend,
+            "device": a.device.to_string(),
+            "dtype": a.info.dtype.as_str(),
+            "threads": rayon_threads(),
+            "prompt_tokens": prompt_tokens,
+            "decode_tokens": decode_tokens,
+            "streams": streams,
+            "prefill_tokens_per_s": best_pp,
+            "decode_tokens_per_s": best_tg,
+            "runs": runs,
+        });
+        println!("{out}");
+        return Ok(());
     }
     if streams > 1 {
         let a = handle.active();
@@ -142,4 +173,13 @@ pub fn generate(runtime: &Runtime, model: &str, shape: GenerateShape, repeat: us
     println!("| candle 0.11.1 quantized_qwen2 Q8_0 / Q4_0 (native) | 83 / 58 | 37.9 / 35.2 |");
     println!("| SmolLM2-135M Q4_1: llama.cpp / candle quantized_llama | 323 / 90 | 110.6 / 54.1 |");
     Ok(())
+}
+
+/// The worker threads the CPU kernels use (`RAYON_NUM_THREADS`, else every core).
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

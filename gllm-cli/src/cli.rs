@@ -100,7 +100,7 @@ pub enum Command {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
-        /// Formats to write: safetensors, f16, q8_0, q4_0, q4_1, q4_k (comma-separated; q4_k needs widths that are multiples of 256).
+        /// Formats to write: safetensors, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (comma-separated; the k-quants need widths that are multiples of 256).
         #[arg(long, value_delimiter = ',', default_value = "safetensors,q8_0,q4_0")]
         formats: Vec<String>,
         /// A tokenizer.json to copy beside the weights (the vocabulary must match the config).
@@ -171,6 +171,10 @@ pub enum BenchCommand {
         /// figures are totals over all of them.
         #[arg(long, default_value_t = 1)]
         streams: usize,
+        /// Print one JSON object ({"prefill_tokens_per_s", "decode_tokens_per_s", ...})
+        /// instead of the table.
+        #[arg(long)]
+        json: bool,
     },
 }
 

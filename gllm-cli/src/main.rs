@@ -147,6 +147,7 @@ async fn run(cli: Cli) -> Result<()> {
                     decode_tokens,
                     repeat,
                     streams,
+                    json,
                 } => bench::generate(
                     &runtime,
                     &model,
@@ -156,6 +157,7 @@ async fn run(cli: Cli) -> Result<()> {
                         streams,
                     },
                     repeat,
+                    json,
                 ),
             })
             .await

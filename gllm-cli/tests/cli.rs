@@ -58,12 +58,19 @@ path = "{minilm}"
 id = "smollm2"
 task = "generate"
 path = "{smol}"
+
+[[models]]
+id = "coder"
+task = "generate"
+path = "{coder}"
+devices = ["cpu"]
 "#,
         bert = fixture("tiny-bert").display(),
         ce = fixture("tiny-cross-encoder").display(),
         qwen = fixture("tiny-qwen2").display(),
         minilm = real_model("all-MiniLM-L6-v2").display(),
         smol = real_model("SmolLM2-135M-Instruct.Q4_1.gguf").display(),
+        coder = gllm_testkit::coder::coder_gguf().display(),
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -263,6 +270,31 @@ fn chat_with_smollm2_names_fruits() {
     ];
     let named = fruits.iter().filter(|f| text.contains(*f)).count();
     assert!(named >= 3, "expected three fruit names in {text:?}");
+}
+
+#[test]
+fn qwen_coder_raw_prompts_continue_like_the_references() {
+    // Qwen's own Q4_K_M file: Q5_0, Q8_0, Q4_K and Q6_K tensors.
+    let eos = gllm_testkit::coder::coder_eos().unwrap();
+    for case in gllm_testkit::coder::coder_cases("prompts").unwrap() {
+        let max = case.max_tokens().to_string();
+        let prompt = case.json["prompt"].as_str().unwrap();
+        let out = json_of(&gllm(&[
+            "generate",
+            "--model",
+            "coder",
+            "--temperature",
+            "0",
+            "--repetition-penalty",
+            "1",
+            "--max-tokens",
+            &max,
+            "--json",
+            prompt,
+        ]));
+        let ids = gllm_testkit::json_u32s(&out["token_ids"]);
+        case.check(&ids, &eos).unwrap();
+    }
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //!
 //! Missing fixtures or models are a loud failure, never a skip.
 
+pub mod coder;
 pub mod embed;
 pub mod generate;
 pub mod strict;

@@ -14,11 +14,10 @@ use candle_core::{Device, Tensor};
 
 use crate::config::{Qwen2Config, RopeStyle};
 use crate::error::{Result, invalid_model, model_err};
-use crate::kernels::HalfKind;
 use crate::linear::Matrix;
 use crate::loader::{LayerPart, Part, TensorSource};
 use crate::model::Qwen2Model;
-use crate::qkernels::{PackedQ, QKind};
+use gllm_kernels::{BlockType, HalfKind, QuantMatrix};
 
 /// The GGUF name of a decoder tensor.
 pub fn gguf_name(part: Part) -> String {
@@ -165,8 +164,22 @@ impl GgufSource {
         let file = File::open(path)
             .map_err(|e| invalid_model(format!("cannot open {}: {e}", path.display())))?;
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader)
-            .map_err(|e| invalid_model(format!("bad GGUF {}: {e}", path.display())))?;
+        let content = Content::read(&mut reader).map_err(|e| {
+            // Name the tensor when the failure is a type candle does not know.
+            let unknown = File::open(path)
+                .ok()
+                .and_then(|f| crate::gguf_scan::first_unknown_type(&mut BufReader::new(f)).ok())
+                .flatten();
+            match unknown {
+                Some((tensor, id)) => invalid_model(format!(
+                    "{}: tensor `{tensor}` has GGML type {} (id {id}), which gllm has no kernel for \
+                     (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
+                    path.display(),
+                    crate::gguf_scan::ggml_type_name(id).unwrap_or("unknown"),
+                )),
+                None => invalid_model(format!("bad GGUF {}: {e}", path.display())),
+            }
+        })?;
         Ok(Self {
             content,
             reader: RefCell::new(reader),
@@ -188,9 +201,15 @@ impl GgufSource {
         } else {
             self.device.clone()
         };
+        let ty = self
+            .content
+            .tensor_infos
+            .get(name)
+            .map(|t| format!(" ({:?})", t.ggml_dtype))
+            .unwrap_or_default();
         self.content
             .tensor(&mut *r, name, &dev)
-            .map_err(model_err(&format!("tensor `{name}`")))
+            .map_err(model_err(&format!("tensor `{name}`{ty}")))
     }
 }
 
@@ -226,20 +245,16 @@ impl TensorSource for GgufSource {
             _ if self.dequantize => Ok(Matrix::F32(
                 qt.dequantize(&self.device).map_err(model_err(name))?,
             )),
-            (GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0, _)
-                if self.device.is_cpu() && !self.candle_qmatmul =>
-            {
-                let kind = match qt.dtype() {
-                    GgmlDType::Q4_0 => QKind::Q4_0,
-                    GgmlDType::Q4_1 => QKind::Q4_1,
-                    _ => QKind::Q8_0,
+            (ty, _) if self.device.is_cpu() && !self.candle_qmatmul => {
+                let Some(kind) = BlockType::from_ggml_id(ggml_id(ty)) else {
+                    return Err(invalid_model(format!(
+                        "tensor `{name}`: GGUF type {ty:?} has no CPU kernel"
+                    )));
                 };
                 let bytes = qt.data().map_err(model_err(name))?;
-                PackedQ::from_gguf_blocks(kind, rows, cols, &bytes)
+                QuantMatrix::from_gguf(kind, rows, cols, &bytes)
                     .map(Matrix::Packed)
-                    .ok_or_else(|| {
-                        invalid_model(format!("tensor `{name}`: malformed {kind:?} blocks"))
-                    })
+                    .map_err(|e| invalid_model(format!("tensor `{name}`: {e}")))
             }
             _ => Ok(Matrix::Quant(Arc::new(qt))),
         }
@@ -250,6 +265,27 @@ impl TensorSource for GgufSource {
         qt.dequantize(&self.device)
             .and_then(|t| t.to_dtype(candle_core::DType::F32))
             .map_err(model_err(name))
+    }
+}
+
+/// The GGML type id of a candle dtype.
+fn ggml_id(ty: GgmlDType) -> u32 {
+    match ty {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q5_0 => 6,
+        GgmlDType::Q5_1 => 7,
+        GgmlDType::Q8_0 => 8,
+        GgmlDType::Q8_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11,
+        GgmlDType::Q4K => 12,
+        GgmlDType::Q5K => 13,
+        GgmlDType::Q6K => 14,
+        GgmlDType::Q8K => 15,
+        GgmlDType::BF16 => 30,
     }
 }
 

@@ -4,9 +4,9 @@
 //! directories and for `qwen2`/`llama` GGUF files (quantized or not), with KV caches
 //! owned by the caller ([`Qwen2Cache`]). The decoder is our own code on candle-core /
 //! candle-nn (see [`model`]); activations are f32, weights stay in their stored form
-//! (bf16/f16 widened in-register by [`kernels`], GGUF blocks through candle's quantized
-//! kernels), so an f32 request on bf16 weights computes exactly what transformers does
-//! in float32 on the same weights.
+//! (bf16/f16 widened in-register, GGUF blocks of every common type repacked at load, both
+//! by the gllm-kernels crate, re-exported as [`kernels`]), so an f32 request on bf16
+//! weights computes exactly what transformers does in float32 on the same weights.
 //!
 //! Entry points besides the registered factory: [`load`] (the concrete backend, with
 //! [`Qwen2Backend::hidden_states`]) and [`synth::synthesize`] (random-weight models
@@ -14,22 +14,23 @@
 //!
 //! Manifest options: `dequantize = "true"` widens GGUF block-quantized weights to f32
 //! at load (exact float32 arithmetic on the dequantized weights, slower);
-//! `candle_qmatmul = "true"` multiplies Q4_0/Q8_0 weights with candle's own quantized
-//! kernels instead of this crate's repacked ones ([`qkernels`]), for comparison.
+//! `candle_qmatmul = "true"` multiplies GGUF block-quantized weights with candle's own
+//! quantized kernels instead of gllm-kernels' repacked ones, for comparison.
 
 pub mod attention;
 pub mod cache;
 pub mod config;
 pub mod error;
 pub mod gguf;
-pub mod grouped;
+pub mod gguf_scan;
 pub mod hf;
-pub mod kernels;
 pub mod linear;
 pub mod loader;
 pub mod model;
-pub mod qkernels;
 pub mod synth;
+
+/// The CPU weight kernels (bf16/f16 and every GGUF block type), from gllm-kernels.
+pub use gllm_kernels as kernels;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

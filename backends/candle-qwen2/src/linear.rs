@@ -7,8 +7,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, internal, invalid_model};
-use crate::kernels::{HalfKind, PackedHalf};
-use crate::qkernels::PackedQ;
+use gllm_kernels::{HalfKind, PackedHalf, QuantMatrix};
 
 /// A [rows, cols] weight matrix (rows = output features, as PyTorch stores `Linear.weight`).
 pub enum Matrix {
@@ -17,10 +16,11 @@ pub enum Matrix {
     /// bf16/f16 values kept 16-bit on the CPU (repacked for streaming), widened in the
     /// kernel.
     Half(PackedHalf),
-    /// A GGUF block-quantized tensor, multiplied by candle's quantized kernels.
+    /// A GGUF block-quantized tensor, multiplied by candle's quantized kernels (off
+    /// the CPU, or with `candle_qmatmul = "true"`).
     Quant(Arc<QTensor>),
-    /// GGUF Q4_0/Q8_0 blocks repacked for this crate's CPU kernels.
-    Packed(PackedQ),
+    /// GGUF blocks repacked for gllm-kernels' CPU kernels.
+    Packed(QuantMatrix),
 }
 
 impl std::fmt::Debug for Matrix {
@@ -30,7 +30,7 @@ impl std::fmt::Debug for Matrix {
             Matrix::F32(_) => write!(f, "Matrix::F32[{r}, {c}]"),
             Matrix::Half(h) => write!(f, "Matrix::{:?}[{r}, {c}]", h.kind),
             Matrix::Quant(q) => write!(f, "Matrix::{:?}[{r}, {c}]", q.dtype()),
-            Matrix::Packed(p) => write!(f, "Matrix::Packed{:?}[{r}, {c}]", p.kind),
+            Matrix::Packed(p) => write!(f, "Matrix::Packed{}[{r}, {c}]", p.block_type()),
         }
     }
 }
@@ -61,7 +61,7 @@ impl Matrix {
             Matrix::F32(t) => t.dims2().unwrap_or((0, 0)),
             Matrix::Half(h) => (h.rows, h.cols),
             Matrix::Quant(q) => q.shape().dims2().unwrap_or((0, 0)),
-            Matrix::Packed(p) => (p.rows, p.cols),
+            Matrix::Packed(p) => p.dims(),
         }
     }
 
@@ -74,7 +74,8 @@ impl Matrix {
             }
             Matrix::Quant(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?),
             Matrix::Packed(p) => {
-                host_matmul_t(x, p.rows, p.cols, |xs, m, out| p.matmul_t(xs, m, out))
+                let (rows, cols) = p.dims();
+                host_matmul_t(x, rows, cols, |xs, m, out| p.matmul_t(xs, m, out))
             }
         }
     }
@@ -98,11 +99,12 @@ impl Matrix {
                 Ok(q.embedding(&ids)?.to_device(device)?)
             }
             Matrix::Packed(p) => {
-                let mut out = vec![0f32; ids.len() * p.cols];
-                for (row, &id) in out.chunks_exact_mut(p.cols).zip(ids) {
+                let cols = p.dims().1;
+                let mut out = vec![0f32; ids.len() * cols];
+                for (row, &id) in out.chunks_exact_mut(cols.max(1)).zip(ids) {
                     p.row_f32(id as usize, row);
                 }
-                Ok(Tensor::from_vec(out, (ids.len(), p.cols), device)?)
+                Ok(Tensor::from_vec(out, (ids.len(), cols), device)?)
             }
         }
     }
@@ -120,11 +122,12 @@ impl Matrix {
             }
             Matrix::Quant(q) => Ok(q.dequantize(device)?.to_dtype(DType::F32)?),
             Matrix::Packed(p) => {
-                let mut out = vec![0f32; p.rows * p.cols];
-                for (r, row) in out.chunks_exact_mut(p.cols).enumerate() {
+                let (rows, cols) = p.dims();
+                let mut out = vec![0f32; rows * cols];
+                for (r, row) in out.chunks_exact_mut(cols.max(1)).enumerate() {
                     p.row_f32(r, row);
                 }
-                Ok(Tensor::from_vec(out, (p.rows, p.cols), device)?)
+                Ok(Tensor::from_vec(out, (rows, cols), device)?)
             }
         }
     }
@@ -183,7 +186,7 @@ impl Matrix {
                     Matrix::Packed(q) => Some(q),
                     _ => None,
                 })?;
-                PackedQ::concat_rows(&ps).map(Matrix::Packed)
+                QuantMatrix::concat_rows(&ps).map(Matrix::Packed)
             }
             Matrix::Quant(_) => None,
         }

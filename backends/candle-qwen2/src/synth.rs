@@ -21,44 +21,86 @@ use crate::gguf::gguf_name;
 use crate::hf::hf_name;
 use crate::loader::{Part, expected};
 
-/// A file format [`synthesize`] can write.
+/// A file format [`synthesize`] can write: safetensors, or GGUF with every matrix of
+/// one type (vectors stay f32, as llama.cpp stores them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SynthFormat {
     /// `config.json` + `model.safetensors` in the config's `torch_dtype` (bf16, f16 or f32).
     Safetensors,
-    /// `model-f16.gguf`: every matrix f16.
+    /// `model-f16.gguf`.
     GgufF16,
-    /// `model-q8_0.gguf`: every matrix Q8_0.
+    /// `model-q8_0.gguf`.
     GgufQ8_0,
-    /// `model-q4_0.gguf`: every matrix Q4_0.
+    /// `model-q4_0.gguf`.
     GgufQ4_0,
-    /// `model-q4_1.gguf`: every matrix Q4_1.
+    /// `model-q4_1.gguf`.
     GgufQ4_1,
-    /// `model-q4_k.gguf`: every matrix Q4_K (needs widths that are multiples of 256).
+    /// `model-q5_0.gguf`.
+    GgufQ5_0,
+    /// `model-q5_1.gguf`.
+    GgufQ5_1,
+    /// `model-q2_k.gguf` (k-quants need widths that are multiples of 256).
+    GgufQ2K,
+    /// `model-q3_k.gguf`.
+    GgufQ3K,
+    /// `model-q4_k.gguf`.
     GgufQ4K,
+    /// `model-q5_k.gguf`.
+    GgufQ5K,
+    /// `model-q6_k.gguf`.
+    GgufQ6K,
 }
+
+/// Each format, its short name and its GGUF matrix type.
+const FORMATS: [(SynthFormat, &str, Option<GgmlDType>); 12] = [
+    (SynthFormat::Safetensors, "safetensors", None),
+    (SynthFormat::GgufF16, "f16", Some(GgmlDType::F16)),
+    (SynthFormat::GgufQ8_0, "q8_0", Some(GgmlDType::Q8_0)),
+    (SynthFormat::GgufQ4_0, "q4_0", Some(GgmlDType::Q4_0)),
+    (SynthFormat::GgufQ4_1, "q4_1", Some(GgmlDType::Q4_1)),
+    (SynthFormat::GgufQ5_0, "q5_0", Some(GgmlDType::Q5_0)),
+    (SynthFormat::GgufQ5_1, "q5_1", Some(GgmlDType::Q5_1)),
+    (SynthFormat::GgufQ2K, "q2_k", Some(GgmlDType::Q2K)),
+    (SynthFormat::GgufQ3K, "q3_k", Some(GgmlDType::Q3K)),
+    (SynthFormat::GgufQ4K, "q4_k", Some(GgmlDType::Q4K)),
+    (SynthFormat::GgufQ5K, "q5_k", Some(GgmlDType::Q5K)),
+    (SynthFormat::GgufQ6K, "q6_k", Some(GgmlDType::Q6K)),
+];
 
 impl SynthFormat {
     /// Every format.
-    pub const ALL: [SynthFormat; 6] = [
+    pub const ALL: [SynthFormat; 12] = [
         SynthFormat::Safetensors,
         SynthFormat::GgufF16,
         SynthFormat::GgufQ8_0,
         SynthFormat::GgufQ4_0,
         SynthFormat::GgufQ4_1,
+        SynthFormat::GgufQ5_0,
+        SynthFormat::GgufQ5_1,
+        SynthFormat::GgufQ2K,
+        SynthFormat::GgufQ3K,
         SynthFormat::GgufQ4K,
+        SynthFormat::GgufQ5K,
+        SynthFormat::GgufQ6K,
     ];
 
-    /// The format's short name: `safetensors`, `f16`, `q8_0`, `q4_0`, `q4_1`, `q4_k`.
+    fn entry(self) -> (&'static str, Option<GgmlDType>) {
+        FORMATS
+            .iter()
+            .find(|(f, _, _)| *f == self)
+            .map(|(_, name, ty)| (*name, *ty))
+            .unwrap_or(("safetensors", None))
+    }
+
+    /// The format's short name: `safetensors`, `f16`, `q8_0`, `q4_0`, `q4_1`, `q5_0`,
+    /// `q5_1`, `q2_k`, `q3_k`, `q4_k`, `q5_k`, `q6_k`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            SynthFormat::Safetensors => "safetensors",
-            SynthFormat::GgufF16 => "f16",
-            SynthFormat::GgufQ8_0 => "q8_0",
-            SynthFormat::GgufQ4_0 => "q4_0",
-            SynthFormat::GgufQ4_1 => "q4_1",
-            SynthFormat::GgufQ4K => "q4_k",
-        }
+        self.entry().0
+    }
+
+    /// The GGUF type of its matrices (`None` for safetensors).
+    pub fn gguf_type(self) -> Option<GgmlDType> {
+        self.entry().1
     }
 
     /// Parses [`SynthFormat::as_str`] (also `gguf-q8_0` style).
@@ -69,14 +111,10 @@ impl SynthFormat {
     }
 
     /// The file (or directory, for safetensors) it writes under the output directory.
-    pub fn file_name(self) -> &'static str {
+    pub fn file_name(self) -> String {
         match self {
-            SynthFormat::Safetensors => "model.safetensors",
-            SynthFormat::GgufF16 => "model-f16.gguf",
-            SynthFormat::GgufQ8_0 => "model-q8_0.gguf",
-            SynthFormat::GgufQ4_0 => "model-q4_0.gguf",
-            SynthFormat::GgufQ4_1 => "model-q4_1.gguf",
-            SynthFormat::GgufQ4K => "model-q4_k.gguf",
+            SynthFormat::Safetensors => "model.safetensors".into(),
+            f => format!("model-{}.gguf", f.as_str()),
         }
     }
 }
@@ -182,13 +220,9 @@ pub fn synthesize(
     let mut written = vec![cfg_out];
     for &f in formats {
         let path = out_dir.join(f.file_name());
-        match f {
-            SynthFormat::Safetensors => write_safetensors(&cfg, &torch_dtype, &path)?,
-            SynthFormat::GgufF16 => write_gguf(&cfg, GgmlDType::F16, &path)?,
-            SynthFormat::GgufQ8_0 => write_gguf(&cfg, GgmlDType::Q8_0, &path)?,
-            SynthFormat::GgufQ4_0 => write_gguf(&cfg, GgmlDType::Q4_0, &path)?,
-            SynthFormat::GgufQ4_1 => write_gguf(&cfg, GgmlDType::Q4_1, &path)?,
-            SynthFormat::GgufQ4K => write_gguf(&cfg, GgmlDType::Q4K, &path)?,
+        match f.gguf_type() {
+            None => write_safetensors(&cfg, &torch_dtype, &path)?,
+            Some(ty) => write_gguf(&cfg, ty, &path)?,
         }
         written.push(path);
     }

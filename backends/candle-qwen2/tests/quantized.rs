@@ -102,9 +102,9 @@ fn check(format: SynthFormat, exact_as_candle: bool, min_cos: f32) -> Result<()>
             c >= 0.9998,
             "{format:?} step {step}: cosine to f32 compute {c} < 0.9998"
         );
-        // candle quantizes activations for Q8_0 and Q4_1 a little differently from
-        // ggml (which this crate follows), so the two agree to cosine, and exactly where
-        // the arithmetic is the same (Q4_0; Q4_K runs on candle's kernel both times).
+        // candle quantizes activations for some types a little differently from ggml
+        // (which gllm-kernels follows), so the two agree to cosine, and exactly where the
+        // arithmetic is the same.
         let c = cosine(&ours[step], &candle[step]);
         ensure!(
             c >= 0.9998,
@@ -145,8 +145,38 @@ fn q4_1_kernels_agree() -> Result<()> {
 }
 
 #[test]
+fn q5_0_kernels_agree() -> Result<()> {
+    check(SynthFormat::GgufQ5_0, false, 0.99)
+}
+
+#[test]
+fn q5_1_kernels_agree() -> Result<()> {
+    check(SynthFormat::GgufQ5_1, false, 0.99)
+}
+
+#[test]
+fn q2_k_kernels_agree() -> Result<()> {
+    check(SynthFormat::GgufQ2K, false, 0.8)
+}
+
+#[test]
+fn q3_k_kernels_agree() -> Result<()> {
+    check(SynthFormat::GgufQ3K, false, 0.9)
+}
+
+#[test]
 fn q4_k_kernels_agree() -> Result<()> {
-    check(SynthFormat::GgufQ4K, true, 0.98)
+    check(SynthFormat::GgufQ4K, false, 0.98)
+}
+
+#[test]
+fn q5_k_kernels_agree() -> Result<()> {
+    check(SynthFormat::GgufQ5K, false, 0.99)
+}
+
+#[test]
+fn q6_k_kernels_agree() -> Result<()> {
+    check(SynthFormat::GgufQ6K, false, 0.999)
 }
 
 #[test]

@@ -32,8 +32,8 @@ impl HalfKind {
     #[inline]
     pub fn to_f32(self, bits: u16) -> f32 {
         match self {
-            HalfKind::Bf16 => half::bf16::from_bits(bits).to_f32(),
-            HalfKind::F16 => half::f16::from_bits(bits).to_f32(),
+            HalfKind::Bf16 => ::half::bf16::from_bits(bits).to_f32(),
+            HalfKind::F16 => ::half::f16::from_bits(bits).to_f32(),
         }
     }
 
@@ -41,8 +41,8 @@ impl HalfKind {
     #[inline]
     pub fn from_f32(self, v: f32) -> u16 {
         match self {
-            HalfKind::Bf16 => half::bf16::from_f32(v).to_bits(),
-            HalfKind::F16 => half::f16::from_f32(v).to_bits(),
+            HalfKind::Bf16 => ::half::bf16::from_f32(v).to_bits(),
+            HalfKind::F16 => ::half::f16::from_f32(v).to_bits(),
         }
     }
 }

@@ -1,0 +1,92 @@
+//! Throughput of the CPU matmul kernels alone, every block type and bf16, on the
+//! Qwen2-0.5B matrix shapes, for one activation row (decode) or a prompt-sized batch.
+//!
+//! `cargo run --release -p gllm-kernels --example kernel_bench [-- M [TYPE,...]]`
+//! Threads: `RAYON_NUM_THREADS` (default: all cores); `GLLM_KERNELS=avx2|scalar` caps
+//! the kernels. Prints GB/s of weights read, GMAC/s and the time per call: the figures
+//! to compare kernel changes by.
+
+use std::time::Instant;
+
+use gllm_kernels::testdata::{Rng, random_blocks};
+use gllm_kernels::{BlockType, HalfKind, PackedHalf, QuantMatrix};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let m: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1);
+    let only: Option<Vec<String>> = args
+        .next()
+        .map(|s| s.split(',').map(|t| t.to_ascii_uppercase()).collect());
+    // (name, rows, cols): fused qkv, o, fused gate/up, down, lm_head.
+    let shapes: [(&str, usize, usize); 5] = [
+        ("qkv", 1152, 896),
+        ("o", 896, 896),
+        ("gate_up", 9728, 896),
+        ("down", 896, 4864),
+        ("lm_head", 151936, 896),
+    ];
+    println!(
+        "m = {m}, threads = {}, kernels {:?}",
+        rayon::current_num_threads(),
+        gllm_kernels::Isa::detect()
+    );
+    for ty in BlockType::ALL {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|t| t == ty.name()))
+        {
+            continue;
+        }
+        for (name, rows, cols) in shapes {
+            // k-quants need widths that are multiples of 256: 896 becomes 1024.
+            let cols = cols.next_multiple_of(ty.block_values());
+            let data = random_blocks(ty, rows, cols, 7);
+            let p = QuantMatrix::from_gguf(ty, rows, cols, &data)?;
+            measure(ty.name(), name, rows, cols, data.len(), m, |x, out| {
+                p.matmul_t(x, m, out)
+            });
+        }
+    }
+    if only.is_none() {
+        let mut rng = Rng::new(3);
+        for (name, rows, cols) in shapes {
+            let w: Vec<u16> = (0..rows * cols)
+                .map(|_| HalfKind::Bf16.from_f32(rng.uniform(-0.05, 0.05)))
+                .collect();
+            let p = PackedHalf::new(HalfKind::Bf16, rows, cols, &w)
+                .ok_or_else(|| anyhow::anyhow!("sizes"))?;
+            measure("bf16", name, rows, cols, w.len() * 2, m, |x, out| {
+                p.matmul_t(x, m, out)
+            });
+        }
+    }
+    Ok(())
+}
+
+fn measure(
+    kind: &str,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    bytes: usize,
+    m: usize,
+    f: impl Fn(&[f32], &mut [f32]),
+) {
+    let x: Vec<f32> = (0..m * cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
+    let mut out = vec![0f32; m * rows];
+    f(&x, &mut out);
+    let reps = ((2e9 / (rows * cols * m.max(1)) as f64) as usize).clamp(3, 2000);
+    let start = Instant::now();
+    for _ in 0..reps {
+        f(&x, &mut out);
+    }
+    let secs = start.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "{kind:>5} {name:>8} [{rows:>6} x {cols:>4}]: {:>8.3} ms  {:>6.1} GB/s  {:>7.1} GMAC/s",
+        secs * 1e3,
+        bytes as f64 / secs / 1e9,
+        (rows * cols * m) as f64 / secs / 1e9
+    );
+}

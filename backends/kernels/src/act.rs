@@ -1,0 +1,148 @@
+//! Activations quantized once per matmul, as llama.cpp quantizes them: Q8_0 blocks for
+//! the legacy weight types, Q8_K blocks for the k-quants.
+
+/// Activation rows in Q8_0 blocks: 32 values, scale `amax / 127` rounded to f16,
+/// values rounded to nearest (ties to even).
+#[derive(Debug)]
+pub struct Q8Blocks {
+    /// Rows.
+    pub m: usize,
+    /// Blocks per row.
+    pub nb: usize,
+    /// Values, [m, nb, 32].
+    pub qs: Vec<i8>,
+    /// Scales (f16-rounded, as f32), [m, nb].
+    pub d: Vec<f32>,
+    /// Σ q per block, [m, nb].
+    pub sums: Vec<i32>,
+}
+
+impl Q8Blocks {
+    /// Quantizes `x` ([m, nb · 32], row-major).
+    pub fn quantize(x: &[f32], m: usize, nb: usize) -> Self {
+        debug_assert_eq!(x.len(), m * nb * 32);
+        let mut qs = vec![0i8; m * nb * 32];
+        let mut d = vec![0f32; m * nb];
+        let mut sums = vec![0i32; m * nb];
+        for (blk, xs) in x.chunks_exact(32).enumerate() {
+            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let dd = amax / 127.0;
+            let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in qs[blk * 32..(blk + 1) * 32].iter_mut().zip(xs) {
+                *q = (v * id).round_ties_even() as i8;
+                sum += *q as i32;
+            }
+            d[blk] = ::half::f16::from_f32(dd).to_f32();
+            sums[blk] = sum;
+        }
+        Self { m, nb, qs, d, sums }
+    }
+}
+
+/// Activation rows in Q8_K blocks: 256 values, scale `1 / (−127 / max)` in f32 where
+/// `max` is the value of largest magnitude, values rounded to nearest (ties to even)
+/// and capped at 127, with the sums of each sub-block.
+#[derive(Debug)]
+pub struct Q8K {
+    /// Rows.
+    pub m: usize,
+    /// Super-blocks per row.
+    pub nb: usize,
+    /// Sub-block length the sums are of (16 or 32).
+    pub sub: usize,
+    /// Values, [m, nb, 256].
+    pub qs: Vec<i8>,
+    /// Scales, [m, nb].
+    pub d: Vec<f32>,
+    /// Σ q per sub-block, [m, nb, 256 / sub].
+    pub sums: Vec<i16>,
+}
+
+impl Q8K {
+    /// Quantizes `x` ([m, nb · 256], row-major), with sums over sub-blocks of `sub`.
+    pub fn quantize(x: &[f32], m: usize, nb: usize, sub: usize) -> Self {
+        debug_assert_eq!(x.len(), m * nb * 256);
+        let nsub = 256 / sub;
+        let mut qs = vec![0i8; m * nb * 256];
+        let mut d = vec![0f32; m * nb];
+        let mut sums = vec![0i16; m * nb * nsub];
+        for (blk, xs) in x.chunks_exact(256).enumerate() {
+            let (mut amax, mut max) = (0f32, 0f32);
+            for v in xs {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = *v;
+                }
+            }
+            if amax == 0.0 {
+                continue;
+            }
+            let iscale = -127.0 / max;
+            let q = &mut qs[blk * 256..(blk + 1) * 256];
+            for (q, v) in q.iter_mut().zip(xs) {
+                *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+            }
+            for (s, part) in sums[blk * nsub..(blk + 1) * nsub]
+                .iter_mut()
+                .zip(q.chunks_exact(sub))
+            {
+                *s = part.iter().map(|v| *v as i16).sum();
+            }
+            d[blk] = 1.0 / iscale;
+        }
+        Self {
+            m,
+            nb,
+            sub,
+            qs,
+            d,
+            sums,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_0_blocks_reconstruct_within_half_a_step() {
+        let x: Vec<f32> = (0..128)
+            .map(|i| ((i * 29 % 61) as f32 - 30.0) / 7.0)
+            .collect();
+        let a = Q8Blocks::quantize(&x, 2, 2);
+        for (i, v) in x.iter().enumerate() {
+            let d = a.d[i / 32];
+            let back = d * a.qs[i] as f32;
+            assert!(
+                (back - v).abs() <= 0.51 * d + 1e-3 * v.abs(),
+                "{i}: {back} vs {v}"
+            );
+        }
+        let s: i32 = a.qs[32..64].iter().map(|q| *q as i32).sum();
+        assert_eq!(a.sums[1], s);
+    }
+
+    #[test]
+    fn q8_k_blocks_reconstruct_and_sum_their_sub_blocks() {
+        let x: Vec<f32> = (0..512)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0)
+            .collect();
+        for sub in [16, 32] {
+            let a = Q8K::quantize(&x, 1, 2, sub);
+            for (i, v) in x.iter().enumerate() {
+                let d = a.d[i / 256];
+                assert!((d * a.qs[i] as f32 - v).abs() <= 0.5 * d.abs() * 1.0001);
+            }
+            let nsub = 256 / sub;
+            for (j, s) in a.sums.iter().enumerate() {
+                let want: i16 = a.qs[j * sub..(j + 1) * sub].iter().map(|q| *q as i16).sum();
+                assert_eq!(*s, want, "sub {sub} sum {j} of {nsub} per block");
+            }
+        }
+        let zero = Q8K::quantize(&[0.0; 256], 1, 1, 16);
+        assert_eq!(zero.d[0], 0.0);
+        assert!(zero.qs.iter().all(|q| *q == 0));
+    }
+}

@@ -1,0 +1,35 @@
+//! Why a weight tensor cannot be repacked.
+
+/// A weight tensor that does not fit its block type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelError {
+    /// The row width is not a multiple of the type's block size.
+    #[error("{ty}: a row of {cols} values is not a whole number of {block}-value blocks")]
+    Width {
+        /// The block type.
+        ty: &'static str,
+        /// The row width.
+        cols: usize,
+        /// Values per block.
+        block: usize,
+    },
+    /// The data is not `rows × blocks per row` whole blocks.
+    #[error("{ty}: {got} bytes of data for [{rows}, {cols}], which needs {want}")]
+    Length {
+        /// The block type.
+        ty: &'static str,
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+        /// Bytes given.
+        got: usize,
+        /// Bytes needed.
+        want: usize,
+    },
+    /// A GGML type id this crate has no kernel for.
+    #[error(
+        "GGML type {0} has no CPU kernel (known: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)"
+    )]
+    UnknownType(String),
+}

@@ -1,0 +1,382 @@
+//! The legacy block types (32-value blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), repacked.
+//!
+//! Each (group of eight rows, block) holds the eight rows' f16 scales (and for the
+//! `Min` types their f16 minimums) side by side, then one chunk of packed values
+//! ([`crate::planes`]). Against a Q8_0 activation block `(d_a, q_a)` a row's block
+//! contributes `d · d_a · (Σ u·q_a − off · Σ q_a)` (offset types) or
+//! `d · d_a · Σ u·q_a + min · d_a · Σ q_a` (minimum types), with the sums exact in
+//! integers, which is llama.cpp's arithmetic for these types.
+
+use crate::act::Q8Blocks;
+use crate::error::KernelError;
+use crate::format::{BlockFormat, Decoded, Layout, Scales, f16};
+use crate::grouped::{GROUP, concat, par_groups, stackable};
+use crate::isa::Isa;
+use crate::planes::{self, CHUNK, chunk_bytes};
+
+/// A [rows, cols] matrix of one legacy block type, in groups of eight rows.
+#[derive(Debug, Clone)]
+pub struct LegacyMatrix {
+    /// The block type.
+    pub ty: crate::format::BlockType,
+    layout: Layout,
+    /// Output features.
+    pub rows: usize,
+    /// Input features (a multiple of 32).
+    pub cols: usize,
+    /// Blocks per row.
+    nb: usize,
+    /// Row groups (padding rows have zero scales).
+    groups: usize,
+    /// f16 bits of the scales, [groups, nb, 8].
+    scales: Vec<u16>,
+    /// f16 bits of the minimums ([`Scales::Min`]), [groups, nb, 8]; empty otherwise.
+    mins: Vec<u16>,
+    /// Packed values, [groups, nb, chunk].
+    quants: Vec<u8>,
+}
+
+impl LegacyMatrix {
+    /// Repacks GGUF blocks of type `F` (`rows * cols / 32` of them, row-major).
+    pub fn from_gguf<F: BlockFormat>(
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+    ) -> Result<Self, KernelError> {
+        crate::quant::check_data(F::TYPE, rows, cols, data)?;
+        let ty = F::TYPE;
+        let layout = F::LAYOUT;
+        let nb = cols / CHUNK;
+        let bb = ty.block_bytes();
+        let groups = rows.div_ceil(GROUP);
+        let cell = chunk_bytes(layout.low_bits, layout.high_bits);
+        let with_min = layout.scales == Scales::Min;
+        let mut scales = vec![0u16; groups * nb * GROUP];
+        let mut mins = if with_min {
+            vec![0u16; groups * nb * GROUP]
+        } else {
+            Vec::new()
+        };
+        let mut quants = vec![0u8; groups * nb * cell];
+        let mut dec = Decoded::default();
+        for r in 0..rows {
+            let (g, lane) = (r / GROUP, r % GROUP);
+            for b in 0..nb {
+                F::decode(&data[(r * nb + b) * bb..(r * nb + b + 1) * bb], &mut dec);
+                let at = (g * nb + b) * GROUP + lane;
+                scales[at] = dec.d;
+                if with_min {
+                    mins[at] = dec.dmin;
+                }
+                let chunk = &mut quants[(g * nb + b) * cell..(g * nb + b + 1) * cell];
+                for (e, &u) in dec.u[..CHUNK].iter().enumerate() {
+                    planes::put(chunk, layout.low_bits, layout.high_bits, lane, e, u);
+                }
+            }
+        }
+        Ok(Self {
+            ty,
+            layout,
+            rows,
+            cols,
+            nb,
+            groups,
+            scales,
+            mins,
+            quants,
+        })
+    }
+
+    fn cell(&self) -> usize {
+        chunk_bytes(self.layout.low_bits, self.layout.high_bits)
+    }
+
+    fn offset(&self) -> i32 {
+        match self.layout.scales {
+            Scales::Offset(o) => o,
+            _ => 0,
+        }
+    }
+
+    /// Stacks matrices of one type and width (rows of `parts[0]` first); `None` when
+    /// they differ or a part but the last has rows that are not a multiple of eight.
+    pub fn concat_rows(parts: &[&LegacyMatrix]) -> Option<LegacyMatrix> {
+        if !stackable(parts.iter().map(|p| (p.ty, p.rows, p.cols))) {
+            return None;
+        }
+        Some(LegacyMatrix {
+            ty: parts[0].ty,
+            layout: parts[0].layout,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: parts[0].cols,
+            nb: parts[0].nb,
+            groups: parts.iter().map(|p| p.groups).sum(),
+            scales: concat(parts, |p| &p.scales),
+            mins: concat(parts, |p| &p.mins),
+            quants: concat(parts, |p| &p.quants),
+        })
+    }
+
+    /// The unsigned stored value of element `e` of block `b` of row `r`.
+    #[inline]
+    fn stored(&self, r: usize, b: usize, e: usize) -> i32 {
+        let (g, lane) = (r / GROUP, r % GROUP);
+        let cell = self.cell();
+        let chunk = &self.quants[(g * self.nb + b) * cell..(g * self.nb + b + 1) * cell];
+        planes::get(chunk, self.layout.low_bits, self.layout.high_bits, lane, e) as i32
+    }
+
+    #[inline]
+    fn scale(&self, r: usize, b: usize) -> f32 {
+        f16(self.scales[((r / GROUP) * self.nb + b) * GROUP + r % GROUP])
+    }
+
+    /// The block minimum (`Min` types), zero for the others.
+    #[inline]
+    fn min(&self, r: usize, b: usize) -> f32 {
+        self.mins
+            .get(((r / GROUP) * self.nb + b) * GROUP + r % GROUP)
+            .map_or(0.0, |m| f16(*m))
+    }
+
+    /// Dequantizes row `r` into `out` (len cols), as ggml does.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let off = self.offset();
+        for b in 0..self.nb {
+            let (d, mn) = (self.scale(r, b), self.min(r, b));
+            for (e, o) in out[b * CHUNK..(b + 1) * CHUNK].iter_mut().enumerate() {
+                let q = self.stored(r, b, e) - off;
+                *o = if self.layout.scales == Scales::Min {
+                    q as f32 * d + mn
+                } else {
+                    q as f32 * d
+                };
+            }
+        }
+    }
+
+    /// `out_t[j * m + i] = Σ_k x[i, k] · W[j, k]` for `x` [m, cols] row-major.
+    pub fn matmul_t(&self, x: &[f32], m: usize, out_t: &mut [f32]) {
+        self.matmul_t_with(Isa::detect(), x, m, out_t)
+    }
+
+    /// [`Self::matmul_t`] with the kernels of `isa` (which the CPU must support).
+    pub fn matmul_t_with(&self, isa: Isa, x: &[f32], m: usize, out_t: &mut [f32]) {
+        debug_assert_eq!(x.len(), m * self.cols);
+        debug_assert_eq!(out_t.len(), m * self.rows);
+        if m == 0 || self.rows == 0 {
+            return;
+        }
+        let act = Q8Blocks::quantize(x, m, self.nb);
+        let kernel = self.kernel(isa);
+        let min_groups = 4096 / (self.nb * m).max(1);
+        par_groups(out_t, m, self.groups, min_groups, |g, out| {
+            kernel(self, &act, g, out)
+        });
+    }
+
+    /// The group kernel of `isa` for this layout.
+    fn kernel(&self, isa: Isa) -> GroupKernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (lo, hi) = (self.layout.low_bits, self.layout.high_bits);
+            match isa {
+                Isa::Scalar => {}
+                Isa::Avx2 => return x86::pick_avx2(lo, hi),
+                Isa::Vnni => return x86::pick_vnni(lo, hi),
+            }
+        }
+        let _ = isa;
+        Self::group_scalar
+    }
+
+    /// One group's rows for every activation row, scalar (the reference for the SIMD
+    /// kernels, and the path on CPUs without them).
+    fn group_scalar(&self, act: &Q8Blocks, g: usize, out: &mut [f32]) {
+        let m = act.m;
+        let off = self.offset();
+        for lane in 0..out.len() / m {
+            let r = g * GROUP + lane;
+            for i in 0..m {
+                let mut sum = 0f32;
+                for b in 0..self.nb {
+                    let blk = i * self.nb + b;
+                    let a = &act.qs[blk * CHUNK..][..CHUNK];
+                    let dot: i32 = (0..CHUNK).map(|e| self.stored(r, b, e) * a[e] as i32).sum();
+                    let isum = dot - off * act.sums[blk];
+                    sum += self.scale(r, b) * act.d[blk] * isum as f32;
+                    sum += self.min(r, b) * act.d[blk] * act.sums[blk] as f32;
+                }
+                out[lane * m + i] = sum;
+            }
+        }
+    }
+}
+
+/// A kernel for one group: `(matrix, activations, group, out [rows of the group, m])`.
+type GroupKernel = fn(&LegacyMatrix, &Q8Blocks, usize, &mut [f32]);
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{GROUP, GroupKernel, LegacyMatrix, Scales};
+    use crate::act::Q8Blocks;
+    use crate::planes::x86::unpack;
+    use crate::planes::{CHUNK, chunk_bytes};
+
+    /// How far ahead of the chunk being read to prefetch (bytes): 2 KiB, measured best
+    /// of 0 / 256 / 512 / 1024 / 2048 / 4096 for Q4_0 decode.
+    pub(crate) const PREFETCH_AHEAD: usize = 2048;
+
+    /// Eight dot products of unsigned weight bytes `w` with the four activation bytes
+    /// broadcast in `a`, added to `acc`. `SIGNED8`: `w` holds 8-bit values `u − 128`
+    /// (AVX2 has no unsigned × signed dot that cannot saturate on full bytes).
+    #[inline(always)]
+    pub(crate) unsafe fn dot<const VNNI: bool, const SIGNED8: bool>(
+        acc: __m256i,
+        w: __m256i,
+        a: __m256i,
+    ) -> __m256i {
+        unsafe {
+            if VNNI {
+                _mm256_dpbusd_epi32(acc, w, a)
+            } else {
+                let prod = if SIGNED8 {
+                    _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
+                } else {
+                    _mm256_maddubs_epi16(w, a)
+                };
+                _mm256_add_epi32(acc, _mm256_madd_epi16(prod, _mm256_set1_epi16(1)))
+            }
+        }
+    }
+
+    /// Prefetches the `bytes` that follow `c` by [`PREFETCH_AHEAD`].
+    #[inline(always)]
+    pub(crate) unsafe fn prefetch(c: *const u8, bytes: usize) {
+        let ahead = c.wrapping_add(PREFETCH_AHEAD);
+        let mut line = 0;
+        while line < bytes {
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8) };
+            line += 64;
+        }
+    }
+
+    /// For each tile of `T` activation rows, walks the group's blocks, unpacks the
+    /// eight weight words once and dots them with each row's broadcast activation words.
+    #[inline(always)]
+    unsafe fn group<const LO: u32, const HI: u32, const VNNI: bool, const T: usize>(
+        p: &LegacyMatrix,
+        act: &Q8Blocks,
+        g: usize,
+        out: &mut [f32],
+    ) {
+        unsafe {
+            let (nb, m) = (p.nb, act.m);
+            let signed8 = !VNNI && LO == 8;
+            let with_min = p.layout.scales == Scales::Min;
+            let off = if signed8 { 0 } else { p.offset() };
+            let cell = chunk_bytes(LO, HI);
+            let sp = p.scales.as_ptr().add(g * nb * GROUP);
+            let mp = p.mins.as_ptr().wrapping_add(g * nb * GROUP);
+            let qp = p.quants.as_ptr().add(g * nb * cell);
+            let lanes = out.len() / m;
+            let mut i0 = 0;
+            while i0 < m {
+                let tile = (m - i0).min(T);
+                let mut acc = [_mm256_setzero_ps(); T];
+                for b in 0..nb {
+                    let c = qp.add(b * cell);
+                    prefetch(c, cell);
+                    let mut w = unpack::<LO, HI>(c);
+                    if signed8 {
+                        for wk in w.iter_mut() {
+                            *wk = _mm256_xor_si256(*wk, _mm256_set1_epi8(-128));
+                        }
+                    }
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(sp.add(b * GROUP) as *const __m128i));
+                    let mw = if with_min {
+                        _mm256_cvtph_ps(_mm_loadu_si128(mp.add(b * GROUP) as *const __m128i))
+                    } else {
+                        _mm256_setzero_ps()
+                    };
+                    for t in 0..tile {
+                        let blk = (i0 + t) * nb + b;
+                        let a = act.qs.as_ptr().add(blk * CHUNK) as *const i32;
+                        let mut s0 = _mm256_setzero_si256();
+                        let mut s1 = _mm256_setzero_si256();
+                        for k in (0..8).step_by(2) {
+                            let a0 = _mm256_set1_epi32(a.add(k).read_unaligned());
+                            let a1 = _mm256_set1_epi32(a.add(k + 1).read_unaligned());
+                            if signed8 {
+                                s0 = dot::<VNNI, true>(s0, w[k], a0);
+                                s1 = dot::<VNNI, true>(s1, w[k + 1], a1);
+                            } else {
+                                s0 = dot::<VNNI, false>(s0, w[k], a0);
+                                s1 = dot::<VNNI, false>(s1, w[k + 1], a1);
+                            }
+                        }
+                        let sum_a = *act.sums.get_unchecked(blk);
+                        let isum = _mm256_sub_epi32(
+                            _mm256_add_epi32(s0, s1),
+                            _mm256_set1_epi32(off * sum_a),
+                        );
+                        let da = *act.d.get_unchecked(blk);
+                        let ds = _mm256_mul_ps(dw, _mm256_set1_ps(da));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), ds, acc[t]);
+                        if with_min {
+                            let s = da * sum_a as f32;
+                            acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(s), acc[t]);
+                        }
+                    }
+                }
+                for (t, a) in acc.iter().enumerate().take(tile) {
+                    let mut v = [0f32; GROUP];
+                    _mm256_storeu_ps(v.as_mut_ptr(), *a);
+                    for (lane, x) in v.iter().enumerate().take(lanes) {
+                        *out.get_unchecked_mut(lane * m + i0 + t) = *x;
+                    }
+                }
+                i0 += tile;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn vnni<const LO: u32, const HI: u32>(
+        p: &LegacyMatrix,
+        a: &Q8Blocks,
+        g: usize,
+        o: &mut [f32],
+    ) {
+        unsafe { group::<LO, HI, true, 4>(p, a, g, o) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn avx2<const LO: u32, const HI: u32>(
+        p: &LegacyMatrix,
+        a: &Q8Blocks,
+        g: usize,
+        o: &mut [f32],
+    ) {
+        unsafe { group::<LO, HI, false, 1>(p, a, g, o) }
+    }
+
+    macro_rules! picker {
+        ($name:ident, $f:ident) => {
+            pub(super) fn $name(lo: u32, hi: u32) -> GroupKernel {
+                // SAFETY (each closure): `Isa` saw the CPU features the kernel is
+                // compiled for; it reads only group `g`'s cells and `a`'s blocks.
+                match (lo, hi) {
+                    (4, 0) => |p, a, g, o| unsafe { $f::<4, 0>(p, a, g, o) },
+                    (4, 1) => |p, a, g, o| unsafe { $f::<4, 1>(p, a, g, o) },
+                    (8, 0) => |p, a, g, o| unsafe { $f::<8, 0>(p, a, g, o) },
+                    _ => LegacyMatrix::group_scalar,
+                }
+            }
+        };
+    }
+    picker!(pick_vnni, vnni);
+    picker!(pick_avx2, avx2);
+}

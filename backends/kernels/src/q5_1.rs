@@ -1,0 +1,37 @@
+//! Q5_1: blocks of 32 values, an f16 scale `d`, an f16 minimum `m` and 5-bit values: `d · q + m`. GGUF block: d, m, the fifth bits (u32), 16 bytes of low nibbles.
+//!
+//! Activations are quantized to Q8_0 blocks (32 values); each block's dot product is exact in integers.
+
+use crate::format::{BlockFormat, BlockType, Decoded, Layout, Scales, le16};
+
+/// The GGUF Q5_1 block type.
+#[derive(Debug, Clone, Copy)]
+pub struct Q5_1;
+
+impl BlockFormat for Q5_1 {
+    const TYPE: BlockType = BlockType::Q5_1;
+    const LAYOUT: Layout = Layout {
+        low_bits: 4,
+        high_bits: 1,
+        scales: Scales::Min,
+    };
+    const F16_AT: &'static [usize] = &[0, 2];
+
+    fn decode(b: &[u8], out: &mut Decoded) {
+        out.d = le16(b, 0);
+        out.dmin = le16(b, 2);
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        for (j, q) in b[8..24].iter().enumerate() {
+            out.u[j] = (q & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
+            out.u[j + 16] = (q >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn packs_dequantizes_and_multiplies_like_the_references() {
+        crate::testing::check_format::<super::Q5_1>();
+    }
+}
