@@ -82,39 +82,56 @@ pub fn attend(
     let group = heads / kv_heads;
     let kv_stride = kv_heads * d;
     let scale = 1.0 / (d as f32).sqrt();
-    // Enough (position, head) pairs per task to pay for the hand-off.
-    let min_len = (8192 / (offset + 1).max(d)).max(1);
-    out.par_chunks_mut(d)
+    // One task per (position, KV head): the `group` query heads that share the KV
+    // head are scored together, so each cached key and value is read once per group,
+    // not once per query head. Enough tasks per hand-off to pay for it.
+    let min_len = (8192 / ((offset + 1) * group).max(d)).max(1);
+    out.par_chunks_mut(group * d)
         .with_min_len(min_len)
         .enumerate()
         .for_each_init(Vec::new, |scores: &mut Vec<f32>, (task, o)| {
-            let (i, h) = (task / heads, task % heads);
-            let kh = h / group;
-            let qv = &q[task * d..(task + 1) * d];
+            let (i, kh) = (task / kv_heads, task % kv_heads);
             let t = offset + i + 1;
+            let qs = &q[(i * heads + kh * group) * d..][..group * d];
             scores.clear();
-            let mut max = f32::NEG_INFINITY;
+            scores.resize(group * t, 0.0);
             for p in 0..t {
                 let kp = &k[p * kv_stride + kh * d..][..d];
-                let s = dot(qv, kp) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            o.fill(0.0);
-            for (p, s) in scores.iter().enumerate() {
-                let vp = &v[p * kv_stride + kh * d..][..d];
-                for (a, b) in o.iter_mut().zip(vp) {
-                    *a += s * b;
+                for (j, qv) in qs.chunks_exact(d).enumerate() {
+                    scores[j * t + p] = dot(qv, kp) * scale;
                 }
             }
-            let inv = 1.0 / sum;
-            for a in o.iter_mut() {
-                *a *= inv;
+            let mut sums = [0f32; 64];
+            let sums = &mut sums[..group.min(64)];
+            for (j, row) in scores.chunks_exact_mut(t).enumerate() {
+                let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+                let mut sum = 0f32;
+                for s in row.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                if let Some(slot) = sums.get_mut(j) {
+                    *slot = sum;
+                } else {
+                    // More than 64 query heads per KV head: normalize the weights now.
+                    row.iter_mut().for_each(|s| *s /= sum);
+                }
+            }
+            o.fill(0.0);
+            for p in 0..t {
+                let vp = &v[p * kv_stride + kh * d..][..d];
+                for (j, oj) in o.chunks_exact_mut(d).enumerate() {
+                    let s = scores[j * t + p];
+                    for (a, b) in oj.iter_mut().zip(vp) {
+                        *a += s * b;
+                    }
+                }
+            }
+            for (j, oj) in o.chunks_exact_mut(d).enumerate() {
+                if let Some(sum) = sums.get(j) {
+                    let inv = 1.0 / sum;
+                    oj.iter_mut().for_each(|a| *a *= inv);
+                }
             }
         });
 }

@@ -70,12 +70,12 @@ impl Matrix {
         match self {
             Matrix::F32(w) => Ok(x.matmul(&w.t()?)?),
             Matrix::Half(h) => {
-                host_matmul_t(x, h.rows, h.cols, |xs, m, out| h.matmul_t(xs, m, out))
+                host_matmul(x, h.rows, h.cols, |xs, m, out| h.matmul(xs, m, out))
             }
             Matrix::Quant(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?),
             Matrix::Packed(p) => {
                 let (rows, cols) = p.dims();
-                host_matmul_t(x, rows, cols, |xs, m, out| p.matmul_t(xs, m, out))
+                host_matmul(x, rows, cols, |xs, m, out| p.matmul(xs, m, out))
             }
         }
     }
@@ -133,9 +133,9 @@ impl Matrix {
     }
 }
 
-/// Runs a host kernel `f(x, m, out_t)` that writes the transposed product [rows, m]
-/// for `x` [m, cols], and returns `x · Wᵀ` [m, rows] on `x`'s device.
-fn host_matmul_t(
+/// Runs a host kernel `f(x, m, out)` that writes the product [m, rows] for `x`
+/// [m, cols], and returns `x · Wᵀ` on `x`'s device.
+fn host_matmul(
     x: &Tensor,
     rows: usize,
     cols: usize,
@@ -147,15 +147,24 @@ fn host_matmul_t(
             "matmul: input width {k} != weight width {cols}"
         )));
     }
-    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let mut out_t = vec![0f32; m * rows];
-    f(&xs, m, &mut out_t);
-    let out = Tensor::from_vec(out_t, (rows, m), x.device())?;
-    if m == 1 {
-        Ok(out.reshape((1, rows))?)
-    } else {
-        Ok(out.t()?.contiguous()?)
+    let x = x.contiguous()?;
+    let mut out = vec![0f32; m * rows];
+    {
+        let (storage, layout) = x.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(cpu) => {
+                let xs = cpu.as_slice::<f32>()?;
+                let start = layout.start_offset();
+                f(&xs[start..start + m * k], m, &mut out);
+            }
+            _ => {
+                drop(storage);
+                let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                f(&xs, m, &mut out);
+            }
+        }
     }
+    Ok(Tensor::from_vec(out, (m, rows), x.device())?)
 }
 
 impl Matrix {

@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
             let data = random_blocks(ty, rows, cols, 7);
             let p = QuantMatrix::from_gguf(ty, rows, cols, &data)?;
             measure(ty.name(), name, rows, cols, data.len(), m, |x, out| {
-                p.matmul_t(x, m, out)
+                p.matmul(x, m, out)
             });
         }
     }
@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
             let p = PackedHalf::new(HalfKind::Bf16, rows, cols, &w)
                 .ok_or_else(|| anyhow::anyhow!("sizes"))?;
             measure("bf16", name, rows, cols, w.len() * 2, m, |x, out| {
-                p.matmul_t(x, m, out)
+                p.matmul(x, m, out)
             });
         }
     }

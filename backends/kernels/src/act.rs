@@ -1,5 +1,8 @@
 //! Activations quantized once per matmul, as llama.cpp quantizes them: Q8_0 blocks for
-//! the legacy weight types, Q8_K blocks for the k-quants.
+//! the legacy weight types, Q8_K blocks for the k-quants. Rows are quantized in
+//! parallel.
+
+use rayon::prelude::*;
 
 /// Activation rows in Q8_0 blocks: 32 values, scale `amax / 127` rounded to f16,
 /// values rounded to nearest (ties to even).
@@ -24,18 +27,26 @@ impl Q8Blocks {
         let mut qs = vec![0i8; m * nb * 32];
         let mut d = vec![0f32; m * nb];
         let mut sums = vec![0i32; m * nb];
-        for (blk, xs) in x.chunks_exact(32).enumerate() {
-            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let dd = amax / 127.0;
-            let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in qs[blk * 32..(blk + 1) * 32].iter_mut().zip(xs) {
-                *q = (v * id).round_ties_even() as i8;
-                sum += *q as i32;
+        let row = |((xs, qs), (d, sums)): ((&[f32], &mut [i8]), (&mut [f32], &mut [i32]))| {
+            for (blk, xs) in xs.chunks_exact(32).enumerate() {
+                let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let dd = amax / 127.0;
+                let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
+                let mut sum = 0i32;
+                for (q, v) in qs[blk * 32..(blk + 1) * 32].iter_mut().zip(xs) {
+                    *q = (v * id).round_ties_even() as i8;
+                    sum += *q as i32;
+                }
+                d[blk] = ::half::f16::from_f32(dd).to_f32();
+                sums[blk] = sum;
             }
-            d[blk] = ::half::f16::from_f32(dd).to_f32();
-            sums[blk] = sum;
-        }
+        };
+        let w = (nb * 32).max(1);
+        let rows = x
+            .par_chunks(w)
+            .zip(qs.par_chunks_mut(w))
+            .zip(d.par_chunks_mut(nb.max(1)).zip(sums.par_chunks_mut(nb.max(1))));
+        rows.with_min_len(4).for_each(row);
         Self { m, nb, qs, d, sums }
     }
 }
@@ -67,6 +78,28 @@ impl Q8K {
         let mut qs = vec![0i8; m * nb * 256];
         let mut d = vec![0f32; m * nb];
         let mut sums = vec![0i16; m * nb * nsub];
+        let row = |((x, qs), (d, sums)): ((&[f32], &mut [i8]), (&mut [f32], &mut [i16]))| {
+            Self::quantize_row(x, qs, d, sums, sub)
+        };
+        let w = (nb * 256).max(1);
+        x.par_chunks(w)
+            .zip(qs.par_chunks_mut(w))
+            .zip(d.par_chunks_mut(nb.max(1)).zip(sums.par_chunks_mut((nb * nsub).max(1))))
+            .with_min_len(4)
+            .for_each(row);
+        Self {
+            m,
+            nb,
+            sub,
+            qs,
+            d,
+            sums,
+        }
+    }
+
+    /// One row's blocks.
+    fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], sums: &mut [i16], sub: usize) {
+        let nsub = 256 / sub;
         for (blk, xs) in x.chunks_exact(256).enumerate() {
             let (mut amax, mut max) = (0f32, 0f32);
             for v in xs {
@@ -90,14 +123,6 @@ impl Q8K {
                 *s = part.iter().map(|v| *v as i16).sum();
             }
             d[blk] = 1.0 / iscale;
-        }
-        Self {
-            m,
-            nb,
-            sub,
-            qs,
-            d,
-            sums,
         }
     }
 }

@@ -26,27 +26,68 @@ pub fn concat<P, T: Copy>(parts: &[&P], field: impl Fn(&P) -> &[T]) -> Vec<T> {
         .collect()
 }
 
-/// Calls `kernel(g, out)` for every group `g` of a transposed product `out_t`
-/// ([rows, m]; `out` is the group's [rows of the group, m] slice), in parallel tasks
-/// that each hold at least `min_groups` groups: a few tasks per thread, and enough
-/// work in each to pay for handing it off.
+/// Where one group's outputs go in a row-major product [m, rows]: columns
+/// `8g..8g + lanes`. Each group writes only its own columns, so groups can be
+/// computed in parallel on one output buffer.
+#[derive(Debug)]
+pub struct GroupOut {
+    ptr: *mut f32,
+    rows: usize,
+    col: usize,
+    /// Activation rows.
+    pub m: usize,
+    /// Rows of the group that are real (8, or fewer in a last partial group).
+    pub lanes: usize,
+}
+
+impl GroupOut {
+    /// Output (activation row `i`, weight row `8g + lane`).
+    #[inline(always)]
+    pub fn set(&mut self, i: usize, lane: usize, v: f32) {
+        assert!(i < self.m && lane < self.lanes);
+        // SAFETY: in bounds of the [m, rows] buffer (checked above); the group's
+        // columns belong to this GroupOut alone.
+        unsafe { *self.ptr.add(i * self.rows + self.col + lane) = v }
+    }
+
+    /// The group's eight outputs for activation row `i` (lanes past `lanes` dropped).
+    #[inline(always)]
+    pub fn store(&mut self, i: usize, v: &[f32; GROUP]) {
+        assert!(i < self.m);
+        // SAFETY: as in `set`: `lanes` values from column `col` of row `i`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(i * self.rows + self.col), self.lanes)
+        }
+    }
+}
+
+/// Calls `kernel(g, out)` for every group `g` of a product `out` ([m, rows]
+/// row-major), in parallel tasks that each hold at least `min_groups` groups: a few
+/// tasks per thread, and enough work in each to pay for handing it off.
 pub fn par_groups(
-    out_t: &mut [f32],
+    out: &mut [f32],
+    rows: usize,
     m: usize,
-    groups: usize,
     min_groups: usize,
-    kernel: impl Fn(usize, &mut [f32]) + Sync + Send,
+    kernel: impl Fn(usize, &mut GroupOut) + Sync + Send,
 ) {
+    assert_eq!(out.len(), rows * m, "output is not [m, rows]");
+    let groups = rows.div_ceil(GROUP);
     let tasks = 8 * rayon::current_num_threads();
     let per_task = groups.div_ceil(tasks).max(min_groups).max(1);
-    out_t
-        .par_chunks_mut(per_task * GROUP * m)
-        .enumerate()
-        .for_each(|(task, out)| {
-            for (gi, out) in out.chunks_mut(GROUP * m).enumerate() {
-                kernel(task * per_task + gi, out);
-            }
-        });
+    let base = out.as_mut_ptr() as usize;
+    (0..groups.div_ceil(per_task)).into_par_iter().for_each(|task| {
+        for g in task * per_task..((task + 1) * per_task).min(groups) {
+            let mut o = GroupOut {
+                ptr: base as *mut f32,
+                rows,
+                col: g * GROUP,
+                m,
+                lanes: (rows - g * GROUP).min(GROUP),
+            };
+            kernel(g, &mut o);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -66,13 +107,14 @@ mod tests {
     }
 
     #[test]
-    fn every_group_is_visited_once_with_its_rows() {
-        let (rows, m): (usize, usize) = (8 * 37 + 3, 2);
-        let groups = rows.div_ceil(GROUP);
-        let mut out = vec![0f32; rows * m];
-        par_groups(&mut out, m, groups, 1, |g, o| {
-            for (j, v) in o.iter_mut().enumerate() {
-                *v += (g * GROUP * m + j) as f32;
+    fn every_group_writes_its_own_columns_of_every_row() {
+        let (rows, m): (usize, usize) = (8 * 37 + 3, 3);
+        let mut out = vec![-1f32; rows * m];
+        par_groups(&mut out, rows, m, 1, |g, o| {
+            for i in 0..m {
+                for lane in 0..o.lanes {
+                    o.set(i, lane, (i * rows + g * GROUP + lane) as f32);
+                }
             }
         });
         assert!(out.iter().enumerate().all(|(j, v)| *v == j as f32));

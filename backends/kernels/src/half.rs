@@ -16,7 +16,7 @@
 //!
 //! The AVX2 + FMA + F16C kernel is picked at run time; other CPUs use the scalar loop.
 
-use crate::grouped::{GROUP, concat, par_groups, stackable};
+use crate::grouped::{GROUP, GroupOut, concat, par_groups, stackable};
 
 /// Which 16-bit float a half matrix holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,22 +128,22 @@ impl PackedHalf {
         })
     }
 
-    /// `out_t[j * m + i] = Σ_k x[i, k] · W[j, k]` for `x` [m, cols] row-major; `out_t`
-    /// is the transposed product [rows, m]. Each weight is read once per call.
-    pub fn matmul_t(&self, x: &[f32], m: usize, out_t: &mut [f32]) {
+    /// `out[i * rows + j] = Σ_k x[i, k] · W[j, k]` for `x` [m, cols] row-major. Each
+    /// weight is read once per call.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
         debug_assert_eq!(x.len(), m * self.cols);
-        debug_assert_eq!(out_t.len(), m * self.rows);
+        debug_assert_eq!(out.len(), m * self.rows);
         if m == 0 || self.rows == 0 {
             return;
         }
         let simd = simd_available();
         let min_groups = 8192 / (self.cols * m).max(1);
-        par_groups(out_t, m, self.groups, min_groups, |g, out| {
-            self.group(simd, x, m, g, out)
+        par_groups(out, self.rows, m, min_groups, |g, o| {
+            self.group(simd, x, m, g, o)
         });
     }
 
-    fn group(&self, simd: bool, x: &[f32], m: usize, g: usize, out: &mut [f32]) {
+    fn group(&self, simd: bool, x: &[f32], m: usize, g: usize, out: &mut GroupOut) {
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: `simd_available` saw avx2, fma and f16c; the kernel reads group
@@ -155,16 +155,17 @@ impl PackedHalf {
         self.group_scalar(x, m, g, out);
     }
 
-    fn group_scalar(&self, x: &[f32], m: usize, g: usize, out: &mut [f32]) {
-        for lane in 0..out.len() / m {
+    fn group_scalar(&self, x: &[f32], m: usize, g: usize, out: &mut GroupOut) {
+        for lane in 0..out.lanes {
             let r = g * GROUP + lane;
             for i in 0..m {
                 let xi = &x[i * self.cols..(i + 1) * self.cols];
-                out[lane * m + i] = xi
+                let sum = xi
                     .iter()
                     .enumerate()
                     .map(|(c, v)| v * self.kind.to_f32(self.data[self.index(r, c)]))
                     .sum();
+                out.set(i, lane, sum);
             }
         }
     }
@@ -187,7 +188,7 @@ fn simd_available() -> bool {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{GROUP, HalfKind, PackedHalf};
+    use super::{GROUP, GroupOut, HalfKind, PackedHalf};
 
     /// Weights of the group's eight rows at positions `c..c + 4` (c even).
     #[inline(always)]
@@ -242,10 +243,9 @@ mod x86 {
     unsafe fn tile<const T: usize, const A: usize>(
         w: &PackedHalf,
         x: &[f32],
-        m: usize,
         g: usize,
         i0: usize,
-        out: &mut [f32],
+        out: &mut GroupOut,
     ) {
         unsafe {
             let cols = w.cols;
@@ -272,7 +272,6 @@ mod x86 {
                 }
                 c += 1;
             }
-            let lanes = out.len() / m;
             for (t, a) in acc.iter().enumerate() {
                 let mut sum = a[0];
                 for v in &a[1..] {
@@ -280,25 +279,23 @@ mod x86 {
                 }
                 let mut v = [0f32; GROUP];
                 _mm256_storeu_ps(v.as_mut_ptr(), sum);
-                for (lane, val) in v.iter().enumerate().take(lanes) {
-                    *out.get_unchecked_mut(lane * m + i0 + t) = *val;
-                }
+                out.store(i0 + t, &v);
             }
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group(w: &PackedHalf, x: &[f32], m: usize, g: usize, out: &mut [f32]) {
+    pub(super) unsafe fn group(w: &PackedHalf, x: &[f32], m: usize, g: usize, out: &mut GroupOut) {
         unsafe {
             // Eight activation rows share each weight load (eight accumulators, four
             // weight registers: within AVX2's sixteen); leftover rows go one by one.
             let mut i0 = 0;
             while i0 + 8 <= m {
-                tile::<8, 1>(w, x, m, g, i0, out);
+                tile::<8, 1>(w, x, g, i0, out);
                 i0 += 8;
             }
             while i0 < m {
-                tile::<1, 4>(w, x, m, g, i0, out);
+                tile::<1, 4>(w, x, g, i0, out);
                 i0 += 1;
             }
         }
@@ -329,25 +326,22 @@ mod tests {
                         .collect();
                     assert_eq!(row, want, "{kind:?} row {j}");
                 }
-                let mut out_t = vec![0f32; n * m];
-                p.matmul_t(&x, m, &mut out_t);
+                let mut out = vec![0f32; n * m];
+                p.matmul(&x, m, &mut out);
                 let mut scalar = vec![0f32; n * m];
-                for g in 0..p.groups {
-                    let end = ((g + 1) * GROUP).min(n);
-                    p.group_scalar(&x, m, g, &mut scalar[g * GROUP * m..end * m]);
-                }
+                par_groups(&mut scalar, n, m, 1, |g, o| p.group_scalar(&x, m, g, o));
                 for j in 0..n {
                     for i in 0..m {
                         let want: f32 = (0..k)
                             .map(|c| x[i * k + c] * kind.to_f32(w[j * k + c]))
                             .sum();
-                        let got = out_t[j * m + i];
+                        let got = out[i * n + j];
                         assert!(
                             (got - want).abs() < 1e-4,
                             "{kind:?} {m}x{k}x{n} [{i}, {j}]: {got} vs {want}"
                         );
                         assert!(
-                            (scalar[j * m + i] - want).abs() < 1e-4,
+                            (scalar[i * n + j] - want).abs() < 1e-4,
                             "scalar {kind:?} [{i}, {j}]"
                         );
                     }
@@ -374,9 +368,9 @@ mod tests {
         let ab = PackedHalf::concat_rows(&[&a, &b]).expect("same kind and width");
         let x: Vec<f32> = (0..k).map(|i| i as f32 / 3.0 - 1.0).collect();
         let (mut oa, mut ob, mut oab) = (vec![0f32; 8], vec![0f32; 5], vec![0f32; 13]);
-        a.matmul_t(&x, 1, &mut oa);
-        b.matmul_t(&x, 1, &mut ob);
-        ab.matmul_t(&x, 1, &mut oab);
+        a.matmul(&x, 1, &mut oa);
+        b.matmul(&x, 1, &mut ob);
+        ab.matmul(&x, 1, &mut oab);
         assert_eq!(oab, [oa, ob].concat());
     }
 }

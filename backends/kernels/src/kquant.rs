@@ -15,7 +15,7 @@
 use crate::act::Q8K;
 use crate::error::KernelError;
 use crate::format::{BlockFormat, BlockType, Decoded, Layout, Scales, f16};
-use crate::grouped::{GROUP, concat, par_groups, stackable};
+use crate::grouped::{GROUP, GroupOut, concat, par_groups, stackable};
 use crate::isa::Isa;
 use crate::planes::{self, CHUNK, chunk_bytes};
 
@@ -197,23 +197,23 @@ impl KMatrix {
         }
     }
 
-    /// `out_t[j * m + i] = Σ_k x[i, k] · W[j, k]` for `x` [m, cols] row-major.
-    pub fn matmul_t(&self, x: &[f32], m: usize, out_t: &mut [f32]) {
-        self.matmul_t_with(Isa::detect(), x, m, out_t)
+    /// `out[i * rows + j] = Σ_k x[i, k] · W[j, k]` for `x` [m, cols] row-major.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_with(Isa::detect(), x, m, out)
     }
 
-    /// [`Self::matmul_t`] with the kernels of `isa` (which the CPU must support).
-    pub fn matmul_t_with(&self, isa: Isa, x: &[f32], m: usize, out_t: &mut [f32]) {
+    /// [`Self::matmul`] with the kernels of `isa` (which the CPU must support).
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) {
         debug_assert_eq!(x.len(), m * self.cols);
-        debug_assert_eq!(out_t.len(), m * self.rows);
+        debug_assert_eq!(out.len(), m * self.rows);
         if m == 0 || self.rows == 0 {
             return;
         }
         let act = Q8K::quantize(x, m, self.nb, self.layout.sub());
         let kernel = self.kernel(isa);
         let min_groups = 512 / (self.nb * m).max(1);
-        par_groups(out_t, m, self.groups, min_groups, |g, out| {
-            kernel(self, &act, g, out)
+        par_groups(out, self.rows, m, min_groups, |g, o| {
+            kernel(self, &act, g, o)
         });
     }
 
@@ -237,9 +237,9 @@ impl KMatrix {
 
     /// One group's rows for every activation row, scalar (the reference for the SIMD
     /// kernels, and the path on CPUs without them).
-    fn group_scalar(&self, act: &Q8K, g: usize, out: &mut [f32]) {
+    fn group_scalar(&self, act: &Q8K, g: usize, out: &mut GroupOut) {
         let (m, sub, nsub) = (act.m, self.layout.sub(), self.nsub());
-        for lane in 0..out.len() / m {
+        for lane in 0..out.lanes {
             let r = g * GROUP + lane;
             for i in 0..m {
                 let mut sum = 0f32;
@@ -263,20 +263,20 @@ impl KMatrix {
                         sum -= summ as f32 * (self.dmin[at] * da);
                     }
                 }
-                out[lane * m + i] = sum;
+                out.set(i, lane, sum);
             }
         }
     }
 }
 
 /// A kernel for one group: `(matrix, activations, group, out [rows of the group, m])`.
-type GroupKernel = fn(&KMatrix, &Q8K, usize, &mut [f32]);
+type GroupKernel = fn(&KMatrix, &Q8K, usize, &mut GroupOut);
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{GROUP, GroupKernel, KMatrix, QK_K};
+    use super::{GROUP, GroupKernel, GroupOut, KMatrix, QK_K};
     use crate::act::Q8K;
     use crate::legacy::x86::{dot, prefetch};
     use crate::planes::x86::unpack;
@@ -295,7 +295,7 @@ mod x86 {
         p: &KMatrix,
         act: &Q8K,
         g: usize,
-        out: &mut [f32],
+        out: &mut GroupOut,
     ) {
         unsafe {
             let (nb, m) = (p.nb, act.m);
@@ -306,7 +306,6 @@ mod x86 {
             let scp = p.sc.as_ptr().add(g * nb * nsub * GROUP);
             let mp = p.m.as_ptr().add(g * nb * nsub * GROUP);
             let qp = p.quants.as_ptr().add(g * nb * 8 * cell);
-            let lanes = out.len() / m;
             let mut i0 = 0;
             while i0 < m {
                 let tile = (m - i0).min(T);
@@ -389,9 +388,7 @@ mod x86 {
                 for (t, a) in acc.iter().enumerate().take(tile) {
                     let mut v = [0f32; GROUP];
                     _mm256_storeu_ps(v.as_mut_ptr(), *a);
-                    for (lane, x) in v.iter().enumerate().take(lanes) {
-                        *out.get_unchecked_mut(lane * m + i0 + t) = *x;
-                    }
+                    out.store(i0 + t, &v);
                 }
                 i0 += tile;
             }
@@ -403,9 +400,9 @@ mod x86 {
         p: &KMatrix,
         a: &Q8K,
         g: usize,
-        o: &mut [f32],
+        o: &mut GroupOut,
     ) {
-        unsafe { group::<LO, HI, SUB, true, 4>(p, a, g, o) }
+        unsafe { group::<LO, HI, SUB, true, 8>(p, a, g, o) }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -413,7 +410,7 @@ mod x86 {
         p: &KMatrix,
         a: &Q8K,
         g: usize,
-        o: &mut [f32],
+        o: &mut GroupOut,
     ) {
         unsafe { group::<LO, HI, SUB, false, 1>(p, a, g, o) }
     }

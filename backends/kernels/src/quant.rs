@@ -108,18 +108,18 @@ impl QuantMatrix {
         }
     }
 
-    /// `out_t[j * m + i] = Σ_k x[i, k] · W[j, k]` for `x` [m, cols] row-major: the
-    /// transposed product [rows, m].
-    pub fn matmul_t(&self, x: &[f32], m: usize, out_t: &mut [f32]) {
-        self.matmul_t_with(Isa::detect(), x, m, out_t)
+    /// `out[i * rows + j] = Σ_k x[i, k] · W[j, k]` for `x` [m, cols] row-major: the
+    /// product [m, rows].
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_with(Isa::detect(), x, m, out)
     }
 
-    /// [`Self::matmul_t`] with the kernels of `isa` (which the CPU must support, see
+    /// [`Self::matmul`] with the kernels of `isa` (which the CPU must support, see
     /// [`Isa::available`]).
-    pub fn matmul_t_with(&self, isa: Isa, x: &[f32], m: usize, out_t: &mut [f32]) {
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) {
         match self {
-            QuantMatrix::Legacy(p) => p.matmul_t_with(isa, x, m, out_t),
-            QuantMatrix::K(p) => p.matmul_t_with(isa, x, m, out_t),
+            QuantMatrix::Legacy(p) => p.matmul_with(isa, x, m, out),
+            QuantMatrix::K(p) => p.matmul_with(isa, x, m, out),
         }
     }
 

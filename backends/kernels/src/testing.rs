@@ -102,7 +102,7 @@ fn check_shape<F: BlockFormat>(rows: usize, cols: usize, ms: &[usize], sample: u
             p.row_f32(r, &mut w);
             for i in 0..m {
                 let xi = &x[i * cols..(i + 1) * cols];
-                magnitude[r * m + i] = w
+                magnitude[i * rows + r] = w
                     .iter()
                     .zip(xi)
                     .map(|(a, b)| (*a as f64 * *b as f64).abs())
@@ -110,7 +110,7 @@ fn check_shape<F: BlockFormat>(rows: usize, cols: usize, ms: &[usize], sample: u
             }
         }
         let mut scalar = vec![0f32; rows * m];
-        p.matmul_t_with(Isa::Scalar, &x, m, &mut scalar);
+        p.matmul_with(Isa::Scalar, &x, m, &mut scalar);
         // The scalar kernel against exact f32 on the dequantized weights: only the
         // activations' 8-bit quantization separates them.
         for (i_r, &r) in checked.iter().enumerate() {
@@ -122,8 +122,8 @@ fn check_shape<F: BlockFormat>(rows: usize, cols: usize, ms: &[usize], sample: u
                     .zip(xi)
                     .map(|(a, b)| (*a as f64) * (*b as f64))
                     .sum();
-                let scale = magnitude[r * m + i];
-                let got = scalar[r * m + i] as f64;
+                let scale = magnitude[i * rows + r];
+                let got = scalar[i * rows + r] as f64;
                 assert!(
                     (got - exact).abs() <= 0.01 * scale + 1e-6,
                     "{ty} [{rows}, {cols}] m {m} row {r} act {i}: {got} vs exact {exact} (Σ|w·x| {scale})"
@@ -134,11 +134,11 @@ fn check_shape<F: BlockFormat>(rows: usize, cols: usize, ms: &[usize], sample: u
         // of the f32 additions of the blocks' terms (and fused multiply-adds) differs.
         for isa in Isa::available().into_iter().filter(|i| *i != Isa::Scalar) {
             let mut got = vec![0f32; rows * m];
-            p.matmul_t_with(isa, &x, m, &mut got);
+            p.matmul_with(isa, &x, m, &mut got);
             for r in 0..rows {
                 for i in 0..m {
-                    let (g, s) = (got[r * m + i], scalar[r * m + i]);
-                    let tol = 4e-6 * magnitude[r * m + i] + 1e-6;
+                    let (g, s) = (got[i * rows + r], scalar[i * rows + r]);
+                    let tol = 4e-6 * magnitude[i * rows + r] + 1e-6;
                     assert!(
                         ((g - s).abs() as f64) <= tol,
                         "{ty} {isa:?} [{rows}, {cols}] m {m} row {r} act {i}: {g} vs scalar {s} (tolerance {tol})"
@@ -164,10 +164,13 @@ fn check_concat<F: BlockFormat>() {
     let ab = QuantMatrix::concat_rows(&[&a, &b]).expect("one type, whole groups first");
     let x = activations(2, cols, 5);
     let (mut oa, mut ob, mut oab) = (vec![0f32; 16], vec![0f32; 6], vec![0f32; 22]);
-    a.matmul_t(&x, 2, &mut oa);
-    b.matmul_t(&x, 2, &mut ob);
-    ab.matmul_t(&x, 2, &mut oab);
-    assert_eq!(oab, [oa, ob].concat(), "{ty}");
+    a.matmul(&x, 2, &mut oa);
+    b.matmul(&x, 2, &mut ob);
+    ab.matmul(&x, 2, &mut oab);
+    for i in 0..2 {
+        let want = [&oa[i * 8..(i + 1) * 8], &ob[i * 3..(i + 1) * 3]].concat();
+        assert_eq!(oab[i * 11..(i + 1) * 11], want, "{ty} activation row {i}");
+    }
 }
 
 fn check_bad_input<F: BlockFormat>() {
