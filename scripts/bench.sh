@@ -1,24 +1,74 @@
 #!/usr/bin/env bash
-# Reproduces the README's benchmark table: fetches the real models, synthesizes the
-# Qwen2-0.5B shape (random weights) once, and runs `gllm bench` for every row.
-# Run it on a quiet machine.
+# Reproduces the README's benchmark tables. Run it on a quiet machine.
+#
+#   scripts/bench.sh            both parts
+#   scripts/bench.sh --gllm     gllm alone: embeddings, the Qwen2-0.5B shape in each format, SmolLM2,
+#                               eight concurrent streams
+#   scripts/bench.sh --peers    gllm beside llama.cpp on the same GGUF files, one run per file
+#                               (../shared/bench/compare-llama-cpp.sh): the Qwen2-0.5B shape quantized by
+#                               llama.cpp's llama-quantize to Q4_0, Q8_0, Q4_K_M, Q5_K_M, Q6_K, Q3_K_M and
+#                               F16, and the real Qwen2.5-Coder-0.5B-Instruct Q4_K_M; plus a 2048-token
+#                               prompt for Q4_0 and Q4_K_M.
+#
+# llama.cpp is built once by ../shared/bench/build-llama-cpp.sh (cached in ~/.cache/gllm-peers).
+# The source model is converted with llama.cpp's convert_hf_to_gguf.py when its Python needs
+# (torch, transformers) are importable; otherwise gllm synth writes the F16 GGUF that
+# llama-quantize starts from (the same weights; say which in a report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+part="${1:-all}"
 export GLLM_TEST_MODELS="${GLLM_TEST_MODELS:-$HOME/.cache/gllm-test-models}"
 export GLLM_BENCH_DIR="${GLLM_BENCH_DIR:-/tmp/gllm-bench-qwen05}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 scripts/fetch-models.sh "$GLLM_TEST_MODELS" >/dev/null
 cargo build --release --bin gllm
 gllm="${CARGO_TARGET_DIR:-target}/release/gllm"
-if [ ! -f "$GLLM_BENCH_DIR/model-q4_0.gguf" ]; then
+tokenizer=../shared/fixtures/tiny-qwen2/tokenizer.json
+if [ ! -f "$GLLM_BENCH_DIR/model-f16.gguf" ]; then
   "$gllm" synth --config ../shared/bench/qwen2-0.5b.config.json --out "$GLLM_BENCH_DIR" \
-    --formats safetensors,q8_0,q4_0 --tokenizer ../shared/fixtures/tiny-qwen2/tokenizer.json
+    --formats safetensors,f16,q8_0,q4_0 --tokenizer "$tokenizer"
 fi
-"$gllm" --manifest bench/models.toml bench embed --model minilm --corpus ../shared/bench/corpus.txt
-for m in qwen05-burn qwen05-candle qwen05-q8_0 qwen05-q4_0 smollm2; do
-  "$gllm" --manifest bench/models.toml bench generate --model "$m"
-done
-# Eight sequences decoding at once (a server under load): their steps share batches.
-for m in qwen05-candle qwen05-q4_0 smollm2; do
-  "$gllm" --manifest bench/models.toml bench generate --model "$m" --streams 8
-done
+
+if [ "$part" = all ] || [ "$part" = --gllm ]; then
+  "$gllm" --manifest bench/models.toml bench embed --model minilm --corpus ../shared/bench/corpus.txt
+  for m in qwen05-burn qwen05-candle qwen05-q8_0 qwen05-q4_0 smollm2; do
+    "$gllm" --manifest bench/models.toml bench generate --model "$m"
+  done
+  # Eight sequences decoding at once (a server under load): their steps share batches.
+  for m in qwen05-candle qwen05-q4_0 smollm2; do
+    "$gllm" --manifest bench/models.toml bench generate --model "$m" --streams 8
+  done
+fi
+
+if [ "$part" = all ] || [ "$part" = --peers ]; then
+  llama="$(../shared/bench/build-llama-cpp.sh | tail -n 1)"
+  export LLAMA_CPP_DIR="$llama"
+  peers="$GLLM_BENCH_DIR/llama.cpp"
+  mkdir -p "$peers"
+  src="$peers/source-f16.gguf"
+  if [ ! -f "$src" ]; then
+    if python3 -c "import torch, transformers" >/dev/null 2>&1; then
+      cp "$tokenizer" ../shared/fixtures/tiny-qwen2/tokenizer_config.json "$GLLM_BENCH_DIR/"
+      python3 "$llama/convert_hf_to_gguf.py" "$GLLM_BENCH_DIR" --outtype f16 --outfile "$src"
+    else
+      echo "bench: torch/transformers are not importable; quantizing gllm synth's F16 GGUF instead" >&2
+      cp "$GLLM_BENCH_DIR/model-f16.gguf" "$src"
+    fi
+  fi
+  files=()
+  for q in Q4_0 Q8_0 Q4_K_M Q5_K_M Q6_K Q3_K_M F16; do
+    f="$peers/qwen2-0.5b-$q.gguf"
+    [ -f "$f" ] || "$llama/bin/llama-quantize" "$src" "$f" "$q" >/dev/null
+    files+=("$f")
+  done
+  header=--header
+  for f in "${files[@]}"; do
+    ../shared/bench/compare-llama-cpp.sh "$f" --tokenizer "$tokenizer" $header
+    header=""
+  done
+  ../shared/bench/compare-llama-cpp.sh "$GLLM_TEST_MODELS/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+  for q in Q4_0 Q4_K_M; do
+    ../shared/bench/compare-llama-cpp.sh "$peers/qwen2-0.5b-$q.gguf" --tokenizer "$tokenizer" \
+      --prompt-tokens 2048 --decode-tokens 64 --repeats 1
+  done
+fi

@@ -69,9 +69,7 @@ impl Matrix {
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Matrix::F32(w) => Ok(x.matmul(&w.t()?)?),
-            Matrix::Half(h) => {
-                host_matmul(x, h.rows, h.cols, |xs, m, out| h.matmul(xs, m, out))
-            }
+            Matrix::Half(h) => host_matmul(x, h.rows, h.cols, |xs, m, out| h.matmul(xs, m, out)),
             Matrix::Quant(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?),
             Matrix::Packed(p) => {
                 let (rows, cols) = p.dims();

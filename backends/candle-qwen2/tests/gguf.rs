@@ -194,3 +194,54 @@ fn tiny_gguf_config_from_metadata() -> Result<()> {
     assert_eq!(cfg.rope_theta, 1e6);
     Ok(())
 }
+
+/// A copy of `src` whose tensor `name` claims GGML type `ty` (its info edited in place).
+fn with_tensor_type(src: &Path, name: &str, ty: u32, tag: &str) -> Result<std::path::PathBuf> {
+    let mut bytes = std::fs::read(src)?;
+    // Tensor info: u64 name length, the name, u32 dims, dims × u64, u32 type, u64 offset.
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key.as_slice())
+        .context("tensor info not found")?
+        + key.len();
+    let dims = u32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+    let ty_at = at + 4 + 8 * dims;
+    bytes[ty_at..ty_at + 4].copy_from_slice(&ty.to_le_bytes());
+    let out = std::env::temp_dir().join(format!("gllm-gguf-{tag}-{}.gguf", std::process::id()));
+    std::fs::write(&out, bytes)?;
+    Ok(out)
+}
+
+#[test]
+fn unknown_and_truncated_tensors_are_invalid_model_errors_naming_them() -> Result<()> {
+    let src = fixture("gguf/tiny-qwen2-q8_0.gguf");
+    // IQ4_NL (20): a block type gllm has no kernel for.
+    let path = with_tensor_type(&src, "blk.1.attn_q.weight", 20, "iq4nl")?;
+    let err = FACTORY
+        .load(&spec(&path, "qwen2", &[]), Device::CPU)
+        .err()
+        .context("an unknown type loads")?;
+    let _ = std::fs::remove_file(&path);
+    let msg = err.to_string();
+    ensure!(err.kind == gllm_api::ErrorKind::InvalidModel, "{msg}");
+    ensure!(
+        msg.contains("blk.1.attn_q.weight") && msg.contains("IQ4_NL"),
+        "{msg}"
+    );
+
+    // Truncated tensor data: the last tensor's bytes are cut short.
+    let bytes = std::fs::read(&src)?;
+    let cut = std::env::temp_dir().join(format!("gllm-gguf-cut-{}.gguf", std::process::id()));
+    std::fs::write(&cut, &bytes[..bytes.len() - 100])?;
+    let err = FACTORY
+        .load(&spec(&cut, "qwen2", &[]), Device::CPU)
+        .err()
+        .context("a truncated file loads")?;
+    let _ = std::fs::remove_file(&cut);
+    let msg = err.to_string();
+    ensure!(err.kind == gllm_api::ErrorKind::InvalidModel, "{msg}");
+    ensure!(msg.contains("tensor `output_norm.weight` (F32)"), "{msg}");
+    Ok(())
+}

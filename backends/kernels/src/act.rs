@@ -42,10 +42,10 @@ impl Q8Blocks {
             }
         };
         let w = (nb * 32).max(1);
-        let rows = x
-            .par_chunks(w)
-            .zip(qs.par_chunks_mut(w))
-            .zip(d.par_chunks_mut(nb.max(1)).zip(sums.par_chunks_mut(nb.max(1))));
+        let rows = x.par_chunks(w).zip(qs.par_chunks_mut(w)).zip(
+            d.par_chunks_mut(nb.max(1))
+                .zip(sums.par_chunks_mut(nb.max(1))),
+        );
         rows.with_min_len(4).for_each(row);
         Self { m, nb, qs, d, sums }
     }
@@ -84,7 +84,10 @@ impl Q8K {
         let w = (nb * 256).max(1);
         x.par_chunks(w)
             .zip(qs.par_chunks_mut(w))
-            .zip(d.par_chunks_mut(nb.max(1)).zip(sums.par_chunks_mut((nb * nsub).max(1))))
+            .zip(
+                d.par_chunks_mut(nb.max(1))
+                    .zip(sums.par_chunks_mut((nb * nsub).max(1))),
+            )
             .with_min_len(4)
             .for_each(row);
         Self {

@@ -212,3 +212,20 @@ pub(crate) fn le16(b: &[u8], at: usize) -> u16 {
 pub(crate) fn f16(bits: u16) -> f32 {
     ::half::f16::from_bits(bits).to_f32()
 }
+
+/// Values of a legacy block's 16 nibble bytes: byte `j` holds value `j` (low nibble)
+/// and `j + 16` (high); `fifth`, where given, holds bit 4 of value `j` at bit `j`.
+#[inline]
+pub(crate) fn legacy_nibbles(qs: &[u8], fifth: Option<u32>, u: &mut [u8]) {
+    let qh = fifth.unwrap_or(0);
+    for (j, q) in qs[..16].iter().enumerate() {
+        u[j] = (q & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
+        u[j + 16] = (q >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+    }
+}
+
+/// A little-endian u32 at `at`.
+#[inline]
+pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}

@@ -56,7 +56,11 @@ impl GroupOut {
         assert!(i < self.m);
         // SAFETY: as in `set`: `lanes` values from column `col` of row `i`.
         unsafe {
-            std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(i * self.rows + self.col), self.lanes)
+            std::ptr::copy_nonoverlapping(
+                v.as_ptr(),
+                self.ptr.add(i * self.rows + self.col),
+                self.lanes,
+            )
         }
     }
 }
@@ -76,18 +80,20 @@ pub fn par_groups(
     let tasks = 8 * rayon::current_num_threads();
     let per_task = groups.div_ceil(tasks).max(min_groups).max(1);
     let base = out.as_mut_ptr() as usize;
-    (0..groups.div_ceil(per_task)).into_par_iter().for_each(|task| {
-        for g in task * per_task..((task + 1) * per_task).min(groups) {
-            let mut o = GroupOut {
-                ptr: base as *mut f32,
-                rows,
-                col: g * GROUP,
-                m,
-                lanes: (rows - g * GROUP).min(GROUP),
-            };
-            kernel(g, &mut o);
-        }
-    });
+    (0..groups.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            for g in task * per_task..((task + 1) * per_task).min(groups) {
+                let mut o = GroupOut {
+                    ptr: base as *mut f32,
+                    rows,
+                    col: g * GROUP,
+                    m,
+                    lanes: (rows - g * GROUP).min(GROUP),
+                };
+                kernel(g, &mut o);
+            }
+        });
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! Activations are quantized to Q8_0 blocks (32 values); each block's dot product is exact in integers.
 
-use crate::format::{BlockFormat, BlockType, Decoded, Layout, Scales, le16};
+use crate::format::{BlockFormat, BlockType, Decoded, Layout, Scales, le16, legacy_nibbles};
 
 /// The GGUF Q4_0 block type.
 #[derive(Debug, Clone, Copy)]
@@ -19,10 +19,7 @@ impl BlockFormat for Q4_0 {
 
     fn decode(b: &[u8], out: &mut Decoded) {
         out.d = le16(b, 0);
-        for (j, q) in b[2..18].iter().enumerate() {
-            out.u[j] = q & 0x0F;
-            out.u[j + 16] = q >> 4;
-        }
+        legacy_nibbles(&b[2..18], None, &mut out.u);
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Activations are quantized to Q8_0 blocks (32 values); each block's dot product is exact in integers.
 
-use crate::format::{BlockFormat, BlockType, Decoded, Layout, Scales, le16};
+use crate::format::{BlockFormat, BlockType, Decoded, Layout, Scales, le16, legacy_nibbles};
 
 /// The GGUF Q4_1 block type.
 #[derive(Debug, Clone, Copy)]
@@ -20,10 +20,7 @@ impl BlockFormat for Q4_1 {
     fn decode(b: &[u8], out: &mut Decoded) {
         out.d = le16(b, 0);
         out.dmin = le16(b, 2);
-        for (j, q) in b[4..20].iter().enumerate() {
-            out.u[j] = q & 0x0F;
-            out.u[j + 16] = q >> 4;
-        }
+        legacy_nibbles(&b[4..20], None, &mut out.u);
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Activations are quantized to Q8_0 blocks (32 values); each block's dot product is exact in integers.
 
-use crate::format::{BlockFormat, BlockType, Decoded, Layout, Scales, le16};
+use crate::format::{BlockFormat, BlockType, Decoded, Layout, Scales, le16, le32, legacy_nibbles};
 
 /// The GGUF Q5_0 block type.
 #[derive(Debug, Clone, Copy)]
@@ -19,11 +19,7 @@ impl BlockFormat for Q5_0 {
 
     fn decode(b: &[u8], out: &mut Decoded) {
         out.d = le16(b, 0);
-        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        for (j, q) in b[6..22].iter().enumerate() {
-            out.u[j] = (q & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
-            out.u[j + 16] = (q >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-        }
+        legacy_nibbles(&b[6..22], Some(le32(b, 2)), &mut out.u);
     }
 }
 

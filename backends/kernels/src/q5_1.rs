@@ -2,7 +2,7 @@
 //!
 //! Activations are quantized to Q8_0 blocks (32 values); each block's dot product is exact in integers.
 
-use crate::format::{BlockFormat, BlockType, Decoded, Layout, Scales, le16};
+use crate::format::{BlockFormat, BlockType, Decoded, Layout, Scales, le16, le32, legacy_nibbles};
 
 /// The GGUF Q5_1 block type.
 #[derive(Debug, Clone, Copy)]
@@ -20,11 +20,7 @@ impl BlockFormat for Q5_1 {
     fn decode(b: &[u8], out: &mut Decoded) {
         out.d = le16(b, 0);
         out.dmin = le16(b, 2);
-        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-        for (j, q) in b[8..24].iter().enumerate() {
-            out.u[j] = (q & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
-            out.u[j + 16] = (q >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-        }
+        legacy_nibbles(&b[8..24], Some(le32(b, 4)), &mut out.u);
     }
 }
 
