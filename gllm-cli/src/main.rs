@@ -179,16 +179,18 @@ fn synth(
         .map(|f| {
             SynthFormat::parse(f).with_context(|| {
                 format!(
-                    "unknown format `{f}` (expected safetensors, f16, q8_0, q4_0, q4_1 or q4_k)"
+                    "unknown format `{f}` (expected safetensors, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k or q6_k)"
                 )
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let written = synthesize(config, out, &formats)?;
+    // The tokenizer first: GGUF files carry its vocabulary (llama.cpp needs one).
     if let Some(t) = tokenizer {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         std::fs::copy(t, out.join("tokenizer.json"))
             .with_context(|| format!("copying {}", t.display()))?;
     }
+    let written = synthesize(config, out, &formats)?;
     for p in &written {
         println!("wrote {}", p.display());
     }

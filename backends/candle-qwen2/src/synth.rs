@@ -314,6 +314,13 @@ fn write_gguf(cfg: &Qwen2Config, dtype: GgmlDType, path: &Path) -> Result<(), Sy
             Value::F32(cfg.rope_theta as f32),
         ),
     ];
+    let mut meta = meta;
+    if let Some(dir) = path.parent() {
+        meta.extend(tokenizer_metadata(
+            &dir.join("tokenizer.json"),
+            cfg.vocab_size,
+        )?);
+    }
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let file = File::create(path).map_err(io_err(path))?;
@@ -321,6 +328,72 @@ fn write_gguf(cfg: &Qwen2Config, dtype: GgmlDType, path: &Path) -> Result<(), Sy
     candle_core::quantized::gguf_file::write(&mut w, &meta_refs, &tensor_refs)?;
     std::io::Write::flush(&mut w).map_err(io_err(path))?;
     Ok(())
+}
+
+/// llama.cpp's tokenizer metadata (`tokenizer.ggml.*`, as `convert_hf_to_gguf.py` writes
+/// it for a byte-level BPE tokenizer, padded to `vocab_size` tokens) from the
+/// `tokenizer.json` beside the model, if there is one: llama.cpp loads no model without
+/// a vocabulary. Nothing when the file is absent.
+fn tokenizer_metadata(path: &Path, vocab_size: usize) -> Result<Vec<(String, Value)>, SynthError> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let bad = |what: &str| BackendError::invalid_model(format!("{}: {what}", path.display()));
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(&format!("not JSON: {e}")))?;
+    let vocab = json["model"]["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("no model.vocab (only BPE tokenizers are supported)"))?;
+    let mut tokens: Vec<Option<(String, i32)>> = vec![None; vocab_size];
+    let mut place = |id: Option<u64>, tok: &str, ty: i32| {
+        if let Some(slot) = id.and_then(|i| tokens.get_mut(i as usize)) {
+            *slot = Some((tok.to_string(), ty));
+        }
+    };
+    for (tok, id) in vocab {
+        place(id.as_u64(), tok, 1);
+    }
+    for added in json["added_tokens"].as_array().into_iter().flatten() {
+        let special = added["special"].as_bool().unwrap_or(false);
+        place(
+            added["id"].as_u64(),
+            added["content"].as_str().unwrap_or(""),
+            if special { 3 } else { 4 },
+        );
+    }
+    let (mut names, mut types) = (
+        Vec::with_capacity(vocab_size),
+        Vec::with_capacity(vocab_size),
+    );
+    for (i, t) in tokens.into_iter().enumerate() {
+        let (name, ty) = t.unwrap_or_else(|| (format!("[PAD{i}]"), 5));
+        names.push(Value::String(name));
+        types.push(Value::I32(ty));
+    }
+    let merges: Vec<Value> = json["model"]["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(p) => Some(
+                p.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            _ => None,
+        })
+        .map(Value::String)
+        .collect();
+    Ok(vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(names)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+    ])
 }
 
 #[cfg(test)]
