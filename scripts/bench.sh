@@ -10,7 +10,10 @@
 #                               F16, and the real Qwen2.5-Coder-0.5B-Instruct Q4_K_M; plus a 2048-token
 #                               prompt for Q4_0 and Q4_K_M.
 #
-# llama.cpp is built once by ../shared/bench/build-llama-cpp.sh (cached in ~/.cache/gllm-peers).
+# llama.cpp is built once by ../shared/bench/build-llama-cpp.sh (cached in ~/.cache/gllm-peers), or
+# taken from LLAMA_CPP_DIR. On an Intel CPU that lists AMX but whose kernel does not grant AMX tiles to
+# processes, that native build dies with SIGILL in ggml's AMX kernels: build it with
+# CMAKE_C_FLAGS/CMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" and point LLAMA_CPP_DIR at it.
 # The source model is converted with llama.cpp's convert_hf_to_gguf.py when its Python needs
 # (torch, transformers) are importable; otherwise gllm synth writes the F16 GGUF that
 # llama-quantize starts from (the same weights; say which in a report).
@@ -41,7 +44,8 @@ if [ "$part" = all ] || [ "$part" = --gllm ]; then
 fi
 
 if [ "$part" = all ] || [ "$part" = --peers ]; then
-  llama="$(../shared/bench/build-llama-cpp.sh | tail -n 1)"
+  # LLAMA_CPP_DIR: a llama.cpp build holding bin/ (default: build-llama-cpp.sh's cache).
+  llama="${LLAMA_CPP_DIR:-$(../shared/bench/build-llama-cpp.sh | tail -n 1)}"
   export LLAMA_CPP_DIR="$llama"
   peers="$GLLM_BENCH_DIR/llama.cpp"
   mkdir -p "$peers"

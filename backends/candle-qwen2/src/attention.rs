@@ -1,7 +1,9 @@
 //! Attention on the CPU without tensor plumbing: RoPE applied in place to the
 //! projection outputs ([positions, heads, head_dim], as the fused q/k/v matmul leaves
-//! them), keys and values appended to a position-major cache, and causal grouped-query
-//! attention computed per (position, head) in parallel, written straight into the
+//! them), keys appended to a cache of eight-position blocks ([`key_index`]: the scores of
+//! eight positions are eight-lane FMAs) and values to a position-major one, and causal
+//! grouped-query attention computed per (position, KV head) in parallel (the query heads
+//! sharing a KV head read each cached row once), written straight into the
 //! [positions, heads · head_dim] layout the output projection takes.
 //!
 //! Decode attends one query over the cache: this path does it with no transposes, no
@@ -63,9 +65,38 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
+/// Positions per block of the key cache.
+pub const KEY_BLOCK: usize = 8;
+
+/// Where key element `c` of KV head `kh` at position `p` sits in the key cache: blocks
+/// of [`KEY_BLOCK`] positions, [blocks, kv_heads, d, 8], so the scores of eight
+/// positions against one query are eight-lane FMAs with no horizontal sums.
+#[inline]
+pub fn key_index(p: usize, kh: usize, c: usize, kv_heads: usize, d: usize) -> usize {
+    ((p / KEY_BLOCK * kv_heads + kh) * d + c) * KEY_BLOCK + p % KEY_BLOCK
+}
+
+/// Values the key cache holds for `positions` positions (whole blocks).
+pub fn key_cache_len(positions: usize, kv_heads: usize, d: usize) -> usize {
+    positions.div_ceil(KEY_BLOCK) * KEY_BLOCK * kv_heads * d
+}
+
+/// Writes keys `k` ([n, kv_heads, d], position-major) of positions `from..from + n`
+/// into the key cache `cache` (long enough).
+pub fn store_keys(cache: &mut [f32], from: usize, k: &[f32], kv_heads: usize, d: usize) {
+    for (i, row) in k.chunks_exact(kv_heads * d).enumerate() {
+        for (kh, head) in row.chunks_exact(d).enumerate() {
+            for (c, v) in head.iter().enumerate() {
+                cache[key_index(from + i, kh, c, kv_heads, d)] = *v;
+            }
+        }
+    }
+}
+
 /// Causal attention of `n` new positions (`q`: [n, heads, d]) that sit at
-/// `offset..offset + n`, over a cache holding positions `0..offset + n` (`k`, `v`:
-/// [positions, kv_heads, d], position-major). Writes `out`: [n, heads · d].
+/// `offset..offset + n`, over a cache holding positions `0..offset + n` (`k`: the key
+/// cache, see [`key_index`]; `v`: [positions, kv_heads, d], position-major). Writes
+/// `out`: [n, heads · d].
 pub fn attend(
     q: &[f32],
     k: &[f32],
@@ -95,10 +126,21 @@ pub fn attend(
             let qs = &q[(i * heads + kh * group) * d..][..group * d];
             scores.clear();
             scores.resize(group * t, 0.0);
-            for p in 0..t {
-                let kp = &k[p * kv_stride + kh * d..][..d];
-                for (j, qv) in qs.chunks_exact(d).enumerate() {
-                    scores[j * t + p] = dot(qv, kp) * scale;
+            // Eight positions at a time: one key block against every query head.
+            for blk in 0..t.div_ceil(KEY_BLOCK) {
+                let kb = &k[(blk * kv_heads + kh) * d * KEY_BLOCK..][..d * KEY_BLOCK];
+                for (j0, heads8) in qs.chunks(8 * d).enumerate() {
+                    let mut block = [[0f32; KEY_BLOCK]; 8];
+                    block_scores(heads8, d, kb, &mut block);
+                    for (jj, b) in block.iter().enumerate().take(heads8.len() / d) {
+                        let row = (8 * j0 + jj) * t;
+                        for (l, v) in b.iter().enumerate() {
+                            let p = blk * KEY_BLOCK + l;
+                            if p < t {
+                                scores[row + p] = v * scale;
+                            }
+                        }
+                    }
                 }
             }
             let mut sums = [0f32; 64];
@@ -117,15 +159,9 @@ pub fn attend(
                     row.iter_mut().for_each(|s| *s /= sum);
                 }
             }
-            o.fill(0.0);
-            for p in 0..t {
-                let vp = &v[p * kv_stride + kh * d..][..d];
-                for (j, oj) in o.chunks_exact_mut(d).enumerate() {
-                    let s = scores[j * t + p];
-                    for (a, b) in oj.iter_mut().zip(vp) {
-                        *a += s * b;
-                    }
-                }
+            for (j, oj) in o.chunks_exact_mut(d).enumerate() {
+                let sj = &scores[j * t..(j + 1) * t];
+                weighted_sum(sj, v, kv_stride, kh * d, oj);
             }
             for (j, oj) in o.chunks_exact_mut(d).enumerate() {
                 if let Some(sum) = sums.get(j) {
@@ -136,23 +172,105 @@ pub fn attend(
         });
 }
 
-/// A dot product in eight independent lanes (vectorizes; no serial dependency).
+/// The dot products of up to eight queries `qs` ([heads, d]) with the eight keys of
+/// block `kb` ([d, 8]): `out[j][l]` for query `j`, key `l`. One load of each key row
+/// serves every query.
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
+fn block_scores(qs: &[f32], d: usize, kb: &[f32], out: &mut [[f32; KEY_BLOCK]; 8]) {
+    let heads = qs.len() / d;
+    assert!(
+        heads <= 8 && kb.len() == d * KEY_BLOCK,
+        "block_scores: shapes"
+    );
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: the build enables AVX2 and FMA; kb holds d rows of eight and qs
+        // `heads` rows of d (asserted).
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for c in 0..d {
+                let kc = _mm256_loadu_ps(kb.as_ptr().add(c * KEY_BLOCK));
+                for (j, a) in acc.iter_mut().enumerate().take(heads) {
+                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*qs.get_unchecked(j * d + c)), kc, *a);
+                }
+            }
+            for (o, a) in out.iter_mut().zip(acc) {
+                _mm256_storeu_ps(o.as_mut_ptr(), a);
+            }
+        }
+        return;
+    }
+    #[allow(unreachable_code)]
+    for (j, o) in out.iter_mut().enumerate().take(heads) {
+        *o = [0f32; KEY_BLOCK];
+        for (qv, kc) in qs[j * d..(j + 1) * d]
+            .iter()
+            .zip(kb.chunks_exact(KEY_BLOCK))
+        {
+            for (x, kv) in o.iter_mut().zip(kc) {
+                *x = qv.mul_add(*kv, *x);
+            }
         }
     }
-    acc.iter().sum::<f32>() + tail
+}
+
+/// `out = Σ_p w[p] · v[p · stride + off ..][..out.len()]`: the softmax-weighted sum of
+/// one head's cached values.
+#[inline]
+fn weighted_sum(w: &[f32], v: &[f32], stride: usize, off: usize, out: &mut [f32]) {
+    let d = out.len();
+    if let Some(last) = w.len().checked_sub(1) {
+        assert!(last * stride + off + d <= v.len(), "value cache too short");
+    }
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    if d.is_multiple_of(64) {
+        for (h, part) in out.chunks_exact_mut(64).enumerate() {
+            // SAFETY: the build enables AVX2 and FMA; every row read is in bounds (the
+            // assertion above covers the last one).
+            unsafe { weighted_sum_64(w, v.as_ptr().add(off + 64 * h), stride, part) };
+        }
+        return;
+    }
+    out.fill(0.0);
+    for (p, s) in w.iter().enumerate() {
+        let vp = &v[p * stride + off..][..d];
+        for (a, b) in out.iter_mut().zip(vp) {
+            *a = s.mul_add(*b, *a);
+        }
+    }
+}
+
+/// 64 columns of [`weighted_sum`] in eight AVX registers.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline]
+unsafe fn weighted_sum_64(w: &[f32], v: *const f32, stride: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (p, s) in w.iter().enumerate() {
+            let row = v.add(p * stride);
+            let s = _mm256_set1_ps(*s);
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(s, _mm256_loadu_ps(row.add(8 * i)), *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *a);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -206,8 +324,10 @@ mod tests {
             let v: Vec<f32> = (0..t * s.kv_heads * s.head_dim)
                 .map(|i| val(i, 11))
                 .collect();
+            let mut cache = vec![0f32; key_cache_len(t, s.kv_heads, s.head_dim)];
+            store_keys(&mut cache, 0, &k, s.kv_heads, s.head_dim);
             let mut out = vec![0f32; q.len()];
-            attend(&q, &k, &v, offset, s, &mut out);
+            attend(&q, &cache, &v, offset, s, &mut out);
             let want = naive(&q, &k, &v, offset, s);
             for (j, (a, b)) in out.iter().zip(&want).enumerate() {
                 assert!(

@@ -1,6 +1,6 @@
 //! The caller-owned KV cache of one sequence: per layer, keys and values that grow as
-//! positions are appended. On the CPU they are plain position-major buffers
-//! ([positions, kv_heads, head_dim]) that [`crate::attention`] reads in place; on other
+//! positions are appended. On the CPU they are plain buffers that [`crate::attention`]
+//! reads in place (keys in blocks of eight positions, values position-major); on other
 //! devices, tensors [kv_heads, capacity, head_dim] that grow in chunks.
 
 use candle_core::{DType, Tensor};
@@ -21,24 +21,31 @@ pub(crate) struct LayerKv {
 }
 
 impl LayerKv {
-    /// Writes `k`, `v` ([n, kv_heads, head_dim], `width` = kv_heads · head_dim values a
-    /// position) at positions `len..len + n` of the CPU buffers and returns the buffers'
-    /// positions `0..len + n`.
+    /// Writes `k`, `v` ([n, kv_heads, head_dim], position-major) at positions
+    /// `len..len + n` of the CPU buffers and returns the key cache (the block layout of
+    /// [`crate::attention::key_index`]) and the values ([positions, kv_heads, head_dim])
+    /// of positions `0..len + n`.
     pub(crate) fn append_host(
         &mut self,
         len: usize,
-        width: usize,
+        kv_heads: usize,
+        head_dim: usize,
         k: &[f32],
         v: &[f32],
     ) -> (&[f32], &[f32]) {
-        let end = len * width + k.len();
-        for (buf, new) in [(&mut self.host_k, k), (&mut self.host_v, v)] {
-            if buf.len() < end {
-                buf.resize(end, 0.0);
-            }
-            buf[len * width..end].copy_from_slice(new);
+        let width = kv_heads * head_dim;
+        let n = k.len() / width.max(1);
+        let keys = crate::attention::key_cache_len(len + n, kv_heads, head_dim);
+        if self.host_k.len() < keys {
+            self.host_k.resize(keys, 0.0);
         }
-        (&self.host_k[..end], &self.host_v[..end])
+        crate::attention::store_keys(&mut self.host_k, len, k, kv_heads, head_dim);
+        let end = len * width + v.len();
+        if self.host_v.len() < end {
+            self.host_v.resize(end, 0.0);
+        }
+        self.host_v[len * width..end].copy_from_slice(v);
+        (&self.host_k[..keys], &self.host_v[..end])
     }
 
     fn capacity(&self) -> usize {

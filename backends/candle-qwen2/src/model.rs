@@ -271,7 +271,7 @@ impl Qwen2Model {
         let n = q.len() / (shape.heads * d);
         rope_in_place(&mut q, shape.heads, d, cos, sin, cfg.rope_style);
         rope_in_place(&mut k, shape.kv_heads, d, cos, sin, cfg.rope_style);
-        let (k_all, v_all) = kv.append_host(offset, shape.kv_heads * d, &k, &v);
+        let (k_all, v_all) = kv.append_host(offset, shape.kv_heads, d, &k, &v);
         let mut out = vec![0f32; q.len()];
         attend(&q, k_all, v_all, offset, shape, &mut out);
         Ok(Tensor::from_vec(out, (n, shape.heads * d), &self.device)?)

@@ -4,6 +4,9 @@
 
 use rayon::prelude::*;
 
+/// One row's input and outputs in a parallel quantization: ((x, q), (scales, sums)).
+type RowParts<'a, S> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [S]));
+
 /// Activation rows in Q8_0 blocks: 32 values, scale `amax / 127` rounded to f16,
 /// values rounded to nearest (ties to even).
 #[derive(Debug)]
@@ -27,7 +30,7 @@ impl Q8Blocks {
         let mut qs = vec![0i8; m * nb * 32];
         let mut d = vec![0f32; m * nb];
         let mut sums = vec![0i32; m * nb];
-        let row = |((xs, qs), (d, sums)): ((&[f32], &mut [i8]), (&mut [f32], &mut [i32]))| {
+        let row = |((xs, qs), (d, sums)): RowParts<'_, i32>| {
             for (blk, xs) in xs.chunks_exact(32).enumerate() {
                 let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let dd = amax / 127.0;
@@ -78,9 +81,7 @@ impl Q8K {
         let mut qs = vec![0i8; m * nb * 256];
         let mut d = vec![0f32; m * nb];
         let mut sums = vec![0i16; m * nb * nsub];
-        let row = |((x, qs), (d, sums)): ((&[f32], &mut [i8]), (&mut [f32], &mut [i16]))| {
-            Self::quantize_row(x, qs, d, sums, sub)
-        };
+        let row = |((x, qs), (d, sums)): RowParts<'_, i16>| Self::quantize_row(x, qs, d, sums, sub);
         let w = (nb * 256).max(1);
         x.par_chunks(w)
             .zip(qs.par_chunks_mut(w))

@@ -284,6 +284,8 @@ mod x86 {
 
     /// For each tile of `T` activation rows, walks the group's super-blocks; each chunk
     /// of eight weight words is unpacked once and dotted with every row of the tile.
+    // Register arrays are indexed by tile row and word on purpose.
+    #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     unsafe fn group<
         const LO: u32,

@@ -265,6 +265,8 @@ pub(crate) mod x86 {
 
     /// For each tile of `T` activation rows, walks the group's blocks, unpacks the
     /// eight weight words once and dots them with each row's broadcast activation words.
+    // Register arrays are indexed by tile row and word on purpose.
+    #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     unsafe fn group<const LO: u32, const HI: u32, const VNNI: bool, const T: usize>(
         p: &LegacyMatrix,

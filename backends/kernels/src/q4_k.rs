@@ -36,14 +36,6 @@ impl BlockFormat for Q4_K {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn packs_dequantizes_and_multiplies_like_the_references() {
-        crate::testing::check_format::<super::Q4_K>();
-    }
-}
-
 /// The eight 6-bit scales and minimums of a Q4_K/Q5_K super-block (llama.cpp's
 /// `get_scale_min_k4` for j = 0..8).
 pub(crate) fn scale_min_k4(q: &[u8]) -> ([i8; 8], [i8; 8]) {
@@ -61,4 +53,12 @@ pub(crate) fn scale_min_k4(q: &[u8]) -> ([i8; 8], [i8; 8]) {
         m[j] = mn as i8;
     }
     (sc, m)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn packs_dequantizes_and_multiplies_like_the_references() {
+        crate::testing::check_format::<super::Q4_K>();
+    }
 }
