@@ -16,5 +16,5 @@ set -x
 "$gllm" embed --model minilm "The quick brown fox jumps over the lazy dog." "A fast auburn fox leapt over a sleepy hound." | cut -c1-160
 "$gllm" rerank --model tiny-reranker --query "how to learn rust" "Rust is a systems language." "Sourdough needs a starter."
 "$gllm" generate --model smollm2 --temperature 0 --max-tokens 32 "The capital of France is"
-"$gllm" chat --model smollm2 --temperature 0 --max-tokens 48 "Name three fruits."
+"$gllm" chat --model smollm2 --temperature 0 --max-tokens 48 "What are three common fruits?"
 "$gllm" chat --model qwen-coder --temperature 0 --max-tokens 96 "Write a Python function that returns the factorial of n."
