@@ -229,3 +229,23 @@ pub(crate) fn legacy_nibbles(qs: &[u8], fifth: Option<u32>, u: &mut [u8]) {
 pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
+
+/// Decodes every block of a row-major tensor of `rows` rows of `nb` blocks of type `F`,
+/// calling `f(gb, lane, block)` for row `8g + lane`'s block `b`, where `gb = g · nb + b`
+/// indexes the (group, block) cells of the packed layouts.
+pub(crate) fn decode_blocks<F: BlockFormat>(
+    rows: usize,
+    nb: usize,
+    data: &[u8],
+    mut f: impl FnMut(usize, usize, &Decoded),
+) {
+    let bb = F::TYPE.block_bytes();
+    let mut dec = Decoded::default();
+    for r in 0..rows {
+        let (g, lane) = (r / crate::grouped::GROUP, r % crate::grouped::GROUP);
+        for b in 0..nb {
+            F::decode(&data[(r * nb + b) * bb..(r * nb + b + 1) * bb], &mut dec);
+            f(g * nb + b, lane, &dec);
+        }
+    }
+}

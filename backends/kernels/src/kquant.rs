@@ -14,7 +14,7 @@
 
 use crate::act::Q8K;
 use crate::error::KernelError;
-use crate::format::{BlockFormat, BlockType, Decoded, Layout, Scales, f16};
+use crate::format::{BlockFormat, BlockType, Layout, Scales, decode_blocks, f16};
 use crate::grouped::{GROUP, GroupOut, concat, par_groups, stackable};
 use crate::isa::Isa;
 use crate::planes::{self, CHUNK, chunk_bytes};
@@ -61,7 +61,6 @@ impl KMatrix {
         let (ty, layout) = (F::TYPE, F::LAYOUT);
         let nb = cols / QK_K;
         let nsub = QK_K / layout.sub();
-        let bb = ty.block_bytes();
         let groups = rows.div_ceil(GROUP);
         let cell = chunk_bytes(layout.low_bits, layout.high_bits);
         let mut d = vec![0f32; groups * nb * GROUP];
@@ -69,32 +68,28 @@ impl KMatrix {
         let mut sc = vec![0i8; groups * nb * nsub * GROUP];
         let mut m = vec![0i16; groups * nb * nsub * GROUP];
         let mut quants = vec![0u8; groups * nb * 8 * cell];
-        let mut dec = Decoded::default();
-        for r in 0..rows {
-            let (g, lane) = (r / GROUP, r % GROUP);
-            for b in 0..nb {
-                F::decode(&data[(r * nb + b) * bb..(r * nb + b + 1) * bb], &mut dec);
-                let gb = g * nb + b;
-                d[gb * GROUP + lane] = f16(dec.d);
-                dmin[gb * GROUP + lane] = f16(dec.dmin);
-                for s in 0..nsub {
-                    sc[(gb * nsub + s) * GROUP + lane] = dec.sc[s];
-                    let mv = match layout.scales {
-                        Scales::SubOffset { .. } => dec.sc[s],
-                        _ => dec.m[s],
-                    };
-                    m[((gb * nsub / 2 + s / 2) * GROUP + lane) * 2 + s % 2] = mv as i16;
-                }
-                for c in 0..8 {
-                    let at = (gb * 8 + c) * cell;
-                    let chunk = &mut quants[at..at + cell];
-                    for e in 0..CHUNK {
-                        let u = dec.u[c * CHUNK + e];
-                        planes::put(chunk, layout.low_bits, layout.high_bits, lane, e, u);
-                    }
-                }
+        decode_blocks::<F>(rows, nb, data, |gb, lane, dec| {
+            d[gb * GROUP + lane] = f16(dec.d);
+            dmin[gb * GROUP + lane] = f16(dec.dmin);
+            for s in 0..nsub {
+                sc[(gb * nsub + s) * GROUP + lane] = dec.sc[s];
+                let mv = match layout.scales {
+                    Scales::SubOffset { .. } => dec.sc[s],
+                    _ => dec.m[s],
+                };
+                m[((gb * nsub / 2 + s / 2) * GROUP + lane) * 2 + s % 2] = mv as i16;
             }
-        }
+            for (c, values) in dec.u.chunks_exact(CHUNK).enumerate() {
+                let at = (gb * 8 + c) * cell;
+                planes::put_row(
+                    &mut quants[at..at + cell],
+                    layout.low_bits,
+                    layout.high_bits,
+                    lane,
+                    values,
+                );
+            }
+        });
         let offset = match layout.scales {
             Scales::SubOffset { offset, .. } => offset,
             _ => 0,

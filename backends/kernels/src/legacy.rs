@@ -9,7 +9,7 @@
 
 use crate::act::Q8Blocks;
 use crate::error::KernelError;
-use crate::format::{BlockFormat, Decoded, Layout, Scales, f16};
+use crate::format::{BlockFormat, Layout, Scales, decode_blocks, f16};
 use crate::grouped::{GROUP, GroupOut, concat, par_groups, stackable};
 use crate::isa::Isa;
 use crate::planes::{self, CHUNK, chunk_bytes};
@@ -47,7 +47,6 @@ impl LegacyMatrix {
         let ty = F::TYPE;
         let layout = F::LAYOUT;
         let nb = cols / CHUNK;
-        let bb = ty.block_bytes();
         let groups = rows.div_ceil(GROUP);
         let cell = chunk_bytes(layout.low_bits, layout.high_bits);
         let with_min = layout.scales == Scales::Min;
@@ -58,22 +57,20 @@ impl LegacyMatrix {
             Vec::new()
         };
         let mut quants = vec![0u8; groups * nb * cell];
-        let mut dec = Decoded::default();
-        for r in 0..rows {
-            let (g, lane) = (r / GROUP, r % GROUP);
-            for b in 0..nb {
-                F::decode(&data[(r * nb + b) * bb..(r * nb + b + 1) * bb], &mut dec);
-                let at = (g * nb + b) * GROUP + lane;
-                scales[at] = dec.d;
-                if with_min {
-                    mins[at] = dec.dmin;
-                }
-                let chunk = &mut quants[(g * nb + b) * cell..(g * nb + b + 1) * cell];
-                for (e, &u) in dec.u[..CHUNK].iter().enumerate() {
-                    planes::put(chunk, layout.low_bits, layout.high_bits, lane, e, u);
-                }
+        decode_blocks::<F>(rows, nb, data, |gb, lane, dec| {
+            scales[gb * GROUP + lane] = dec.d;
+            if with_min {
+                mins[gb * GROUP + lane] = dec.dmin;
             }
-        }
+            let chunk = &mut quants[gb * cell..(gb + 1) * cell];
+            planes::put_row(
+                chunk,
+                layout.low_bits,
+                layout.high_bits,
+                lane,
+                &dec.u[..CHUNK],
+            );
+        });
         Ok(Self {
             ty,
             layout,

@@ -39,6 +39,14 @@ pub fn put(chunk: &mut [u8], low: u32, high: u32, lane: usize, e: usize, v: u8) 
     }
 }
 
+/// Stores `values` (one chunk's worth, 32) as row `lane` of the chunk.
+#[inline]
+pub fn put_row(chunk: &mut [u8], low: u32, high: u32, lane: usize, values: &[u8]) {
+    for (e, &v) in values.iter().enumerate().take(CHUNK) {
+        put(chunk, low, high, lane, e, v);
+    }
+}
+
 /// Element `e` of row `lane`.
 #[inline]
 pub fn get(chunk: &[u8], low: u32, high: u32, lane: usize, e: usize) -> u8 {
