@@ -127,12 +127,11 @@ pub fn generate(
         best_tg = best_tg.max(tg);
     }
     if json {
-        let a = handle.active();
         let out = serde_json::json!({
             "model": model,
-            "backend": a.backend,
-            "device": a.device.to_string(),
-            "dtype": a.info.dtype.as_str(),
+            "backend": active.backend,
+            "device": active.device.to_string(),
+            "dtype": active.info.dtype.as_str(),
             "threads": rayon_threads(),
             "prompt_tokens": prompt_tokens,
             "decode_tokens": decode_tokens,

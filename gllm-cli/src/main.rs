@@ -178,8 +178,10 @@ fn synth(
         .iter()
         .map(|f| {
             SynthFormat::parse(f).with_context(|| {
+                let known: Vec<&str> = SynthFormat::ALL.iter().map(|f| f.as_str()).collect();
                 format!(
-                    "unknown format `{f}` (expected safetensors, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k or q6_k)"
+                    "unknown format `{f}` (expected one of {})",
+                    known.join(", ")
                 )
             })
         })

@@ -143,31 +143,18 @@ pub fn attend(
                     }
                 }
             }
-            let mut sums = [0f32; 64];
-            let sums = &mut sums[..group.min(64)];
-            for (j, row) in scores.chunks_exact_mut(t).enumerate() {
+            // Per query head: softmax with the maximum subtracted, then the weighted
+            // sum of values, normalized.
+            for (oj, row) in o.chunks_exact_mut(d).zip(scores.chunks_exact_mut(t)) {
                 let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
                 let mut sum = 0f32;
                 for s in row.iter_mut() {
                     *s = (*s - max).exp();
                     sum += *s;
                 }
-                if let Some(slot) = sums.get_mut(j) {
-                    *slot = sum;
-                } else {
-                    // More than 64 query heads per KV head: normalize the weights now.
-                    row.iter_mut().for_each(|s| *s /= sum);
-                }
-            }
-            for (j, oj) in o.chunks_exact_mut(d).enumerate() {
-                let sj = &scores[j * t..(j + 1) * t];
-                weighted_sum(sj, v, kv_stride, kh * d, oj);
-            }
-            for (j, oj) in o.chunks_exact_mut(d).enumerate() {
-                if let Some(sum) = sums.get(j) {
-                    let inv = 1.0 / sum;
-                    oj.iter_mut().for_each(|a| *a *= inv);
-                }
+                weighted_sum(row, v, kv_stride, kh * d, oj);
+                let inv = 1.0 / sum;
+                oj.iter_mut().for_each(|a| *a *= inv);
             }
         });
 }

@@ -246,7 +246,7 @@ impl TensorSource for GgufSource {
                 qt.dequantize(&self.device).map_err(model_err(name))?,
             )),
             (ty, _) if self.device.is_cpu() && !self.candle_qmatmul => {
-                let Some(kind) = BlockType::from_ggml_id(ggml_id(ty)) else {
+                let Some(kind) = block_type(ty) else {
                     return Err(invalid_model(format!(
                         "tensor `{name}`: GGUF type {ty:?} has no CPU kernel"
                     )));
@@ -268,25 +268,23 @@ impl TensorSource for GgufSource {
     }
 }
 
-/// The GGML type id of a candle dtype.
-fn ggml_id(ty: GgmlDType) -> u32 {
-    match ty {
-        GgmlDType::F32 => 0,
-        GgmlDType::F16 => 1,
-        GgmlDType::Q4_0 => 2,
-        GgmlDType::Q4_1 => 3,
-        GgmlDType::Q5_0 => 6,
-        GgmlDType::Q5_1 => 7,
-        GgmlDType::Q8_0 => 8,
-        GgmlDType::Q8_1 => 9,
-        GgmlDType::Q2K => 10,
-        GgmlDType::Q3K => 11,
-        GgmlDType::Q4K => 12,
-        GgmlDType::Q5K => 13,
-        GgmlDType::Q6K => 14,
-        GgmlDType::Q8K => 15,
-        GgmlDType::BF16 => 30,
-    }
+/// The gllm-kernels block type of a candle dtype, if it has CPU kernels.
+fn block_type(ty: GgmlDType) -> Option<BlockType> {
+    Some(match ty {
+        GgmlDType::Q4_0 => BlockType::Q4_0,
+        GgmlDType::Q4_1 => BlockType::Q4_1,
+        GgmlDType::Q5_0 => BlockType::Q5_0,
+        GgmlDType::Q5_1 => BlockType::Q5_1,
+        GgmlDType::Q8_0 => BlockType::Q8_0,
+        GgmlDType::Q2K => BlockType::Q2_K,
+        GgmlDType::Q3K => BlockType::Q3_K,
+        GgmlDType::Q4K => BlockType::Q4_K,
+        GgmlDType::Q5K => BlockType::Q5_K,
+        GgmlDType::Q6K => BlockType::Q6_K,
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::Q8_1 | GgmlDType::Q8K => {
+            return None;
+        }
+    })
 }
 
 /// Loads a GGUF file. `dequantize` widens block-quantized weights to f32 (exact f32

@@ -57,15 +57,8 @@ pub fn first_unknown_type(r: &mut impl Read) -> io::Result<Option<(String, u32)>
         return Ok(None);
     }
     let version = u32_(r)?;
-    let count = |r: &mut dyn Read| -> io::Result<u64> {
-        if version == 1 {
-            u32_(r).map(u64::from)
-        } else {
-            u64_(r)
-        }
-    };
-    let tensors = count(r)?;
-    let kvs = count(r)?;
+    let tensors = len(r, version)?;
+    let kvs = len(r, version)?;
     for _ in 0..kvs {
         skip_string(r, version)?;
         let ty = u32_(r)?;
@@ -75,7 +68,7 @@ pub fn first_unknown_type(r: &mut impl Read) -> io::Result<Option<(String, u32)>
         let name = string(r, version)?;
         let dims = u32_(r)?;
         for _ in 0..dims {
-            count(r)?;
+            len(r, version)?;
         }
         let ty = u32_(r)?;
         u64_(r)?;
@@ -98,6 +91,7 @@ fn u64_(r: &mut dyn Read) -> io::Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
+/// A count or length: u32 in GGUF version 1, u64 after.
 fn len(r: &mut dyn Read, version: u32) -> io::Result<u64> {
     if version == 1 {
         u32_(r).map(u64::from)

@@ -197,7 +197,8 @@ fn values(part: Part, len: usize) -> Vec<f32> {
 
 /// Writes a random-weight model of the shape `config_json` describes into `out_dir`, in
 /// each of `formats` (file names from [`SynthFormat::file_name`]); `config.json` is
-/// copied there too, so `out_dir` is a loadable safetensors model directory. Returns
+/// copied there too, so `out_dir` is a loadable safetensors model directory. A
+/// `tokenizer.json` already in `out_dir` goes into the GGUF files' metadata. Returns
 /// the paths written.
 pub fn synthesize(
     config_json: &Path,
@@ -218,11 +219,12 @@ pub fn synthesize(
     let cfg_out = out_dir.join("config.json");
     std::fs::write(&cfg_out, &text).map_err(io_err(&cfg_out))?;
     let mut written = vec![cfg_out];
+    let vocab = tokenizer_metadata(&out_dir.join("tokenizer.json"), cfg.vocab_size)?;
     for &f in formats {
         let path = out_dir.join(f.file_name());
         match f.gguf_type() {
             None => write_safetensors(&cfg, &torch_dtype, &path)?,
-            Some(ty) => write_gguf(&cfg, ty, &path)?,
+            Some(ty) => write_gguf(&cfg, ty, &vocab, &path)?,
         }
         written.push(path);
     }
@@ -265,7 +267,13 @@ fn write_safetensors(cfg: &Qwen2Config, torch_dtype: &str, path: &Path) -> Resul
     Ok(())
 }
 
-fn write_gguf(cfg: &Qwen2Config, dtype: GgmlDType, path: &Path) -> Result<(), SynthError> {
+/// Writes one GGUF file; `vocab` is the tokenizer metadata (see [`tokenizer_metadata`]).
+fn write_gguf(
+    cfg: &Qwen2Config,
+    dtype: GgmlDType,
+    vocab: &[(String, Value)],
+    path: &Path,
+) -> Result<(), SynthError> {
     let arch = cfg.architecture.as_str();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     for (part, shape) in expected(cfg) {
@@ -280,7 +288,7 @@ fn write_gguf(cfg: &Qwen2Config, dtype: GgmlDType, path: &Path) -> Result<(), Sy
         tensors.push((gguf_name(part), q));
     }
     let u32v = |x: usize| Value::U32(x as u32);
-    let meta: Vec<(String, Value)> = vec![
+    let mut meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
         (
             "general.name".into(),
@@ -314,13 +322,7 @@ fn write_gguf(cfg: &Qwen2Config, dtype: GgmlDType, path: &Path) -> Result<(), Sy
             Value::F32(cfg.rope_theta as f32),
         ),
     ];
-    let mut meta = meta;
-    if let Some(dir) = path.parent() {
-        meta.extend(tokenizer_metadata(
-            &dir.join("tokenizer.json"),
-            cfg.vocab_size,
-        )?);
-    }
+    meta.extend(vocab.iter().cloned());
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let file = File::create(path).map_err(io_err(path))?;

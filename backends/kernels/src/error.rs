@@ -27,9 +27,4 @@ pub enum KernelError {
         /// Bytes needed.
         want: usize,
     },
-    /// A GGML type id this crate has no kernel for.
-    #[error(
-        "GGML type {0} has no CPU kernel (known: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)"
-    )]
-    UnknownType(String),
 }

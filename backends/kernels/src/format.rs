@@ -42,27 +42,6 @@ impl BlockType {
         BlockType::Q6_K,
     ];
 
-    /// The GGML type id (as stored in a GGUF tensor info).
-    pub fn ggml_id(self) -> u32 {
-        match self {
-            BlockType::Q4_0 => 2,
-            BlockType::Q4_1 => 3,
-            BlockType::Q5_0 => 6,
-            BlockType::Q5_1 => 7,
-            BlockType::Q8_0 => 8,
-            BlockType::Q2_K => 10,
-            BlockType::Q3_K => 11,
-            BlockType::Q4_K => 12,
-            BlockType::Q5_K => 13,
-            BlockType::Q6_K => 14,
-        }
-    }
-
-    /// The type of a GGML type id, if it has kernels here.
-    pub fn from_ggml_id(id: u32) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.ggml_id() == id)
-    }
-
     /// GGML's name of the type ("Q4_K").
     pub fn name(self) -> &'static str {
         match self {
@@ -150,6 +129,14 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The offset of the stored values (offset types), 0 for the minimum types.
+    pub fn offset(&self) -> i32 {
+        match self.scales {
+            Scales::Offset(offset) | Scales::SubOffset { offset, .. } => offset,
+            Scales::Min | Scales::SubMin { .. } => 0,
+        }
+    }
+
     /// Values per sub-block (the whole block for the legacy types).
     pub fn sub(&self) -> usize {
         match self.scales {

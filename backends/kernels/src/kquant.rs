@@ -36,8 +36,6 @@ pub struct KMatrix {
     nb: usize,
     /// Row groups (padding rows have zero scales).
     groups: usize,
-    /// The offset of the stored values (offset types), else 0.
-    offset: i32,
     /// [groups, nb, 8].
     d: Vec<f32>,
     /// [groups, nb, 8].
@@ -90,10 +88,6 @@ impl KMatrix {
                 );
             }
         });
-        let offset = match layout.scales {
-            Scales::SubOffset { offset, .. } => offset,
-            _ => 0,
-        };
         Ok(Self {
             ty,
             layout,
@@ -101,7 +95,6 @@ impl KMatrix {
             cols,
             nb,
             groups,
-            offset,
             d,
             dmin,
             sc,
@@ -131,7 +124,6 @@ impl KMatrix {
             cols: parts[0].cols,
             nb: parts[0].nb,
             groups: parts.iter().map(|p| p.groups).sum(),
-            offset: parts[0].offset,
             d: concat(parts, |p| &p.d),
             dmin: concat(parts, |p| &p.dmin),
             sc: concat(parts, |p| &p.sc),
@@ -251,8 +243,9 @@ impl KMatrix {
                     }
                     let at = self.at(r, b);
                     let da = act.d[blk];
-                    if self.offset != 0 {
-                        sum += (sumi - self.offset * summ) as f32 * (self.d[at] * da);
+                    let offset = self.layout.offset();
+                    if offset != 0 {
+                        sum += (sumi - offset * summ) as f32 * (self.d[at] * da);
                     } else {
                         sum += sumi as f32 * (self.d[at] * da);
                         sum -= summ as f32 * (self.dmin[at] * da);
@@ -297,6 +290,7 @@ mod x86 {
         unsafe {
             let (nb, m) = (p.nb, act.m);
             let nsub = QK_K / SUB;
+            let offset = p.layout.offset();
             let cell = chunk_bytes(LO, HI);
             let dp = p.d.as_ptr().add(g * nb * GROUP);
             let dminp = p.dmin.as_ptr().add(g * nb * GROUP);
@@ -363,8 +357,8 @@ mod x86 {
                             summ = _mm256_add_epi32(summ, _mm256_madd_epi16(mins, pair));
                         }
                         let da = _mm256_set1_ps(*act.d.get_unchecked(blk));
-                        if p.offset != 0 {
-                            let off = _mm256_mullo_epi32(summ, _mm256_set1_epi32(p.offset));
+                        if offset != 0 {
+                            let off = _mm256_mullo_epi32(summ, _mm256_set1_epi32(offset));
                             let s = _mm256_sub_epi32(sumi[t], off);
                             acc[t] = _mm256_fmadd_ps(
                                 _mm256_cvtepi32_ps(s),

@@ -88,13 +88,6 @@ impl LegacyMatrix {
         chunk_bytes(self.layout.low_bits, self.layout.high_bits)
     }
 
-    fn offset(&self) -> i32 {
-        match self.layout.scales {
-            Scales::Offset(o) => o,
-            _ => 0,
-        }
-    }
-
     /// Stacks matrices of one type and width (rows of `parts[0]` first); `None` when
     /// they differ or a part but the last has rows that are not a multiple of eight.
     pub fn concat_rows(parts: &[&LegacyMatrix]) -> Option<LegacyMatrix> {
@@ -138,7 +131,7 @@ impl LegacyMatrix {
 
     /// Dequantizes row `r` into `out` (len cols), as ggml does.
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
-        let off = self.offset();
+        let off = self.layout.offset();
         for b in 0..self.nb {
             let (d, mn) = (self.scale(r, b), self.min(r, b));
             for (e, o) in out[b * CHUNK..(b + 1) * CHUNK].iter_mut().enumerate() {
@@ -191,7 +184,7 @@ impl LegacyMatrix {
     /// kernels, and the path on CPUs without them).
     fn group_scalar(&self, act: &Q8Blocks, g: usize, out: &mut GroupOut) {
         let m = act.m;
-        let off = self.offset();
+        let off = self.layout.offset();
         for lane in 0..out.lanes {
             let r = g * GROUP + lane;
             for i in 0..m {
@@ -275,7 +268,7 @@ pub(crate) mod x86 {
             let (nb, m) = (p.nb, act.m);
             let signed8 = !VNNI && LO == 8;
             let with_min = p.layout.scales == Scales::Min;
-            let off = if signed8 { 0 } else { p.offset() };
+            let off = if signed8 { 0 } else { p.layout.offset() };
             let cell = chunk_bytes(LO, HI);
             let sp = p.scales.as_ptr().add(g * nb * GROUP);
             let mp = p.mins.as_ptr().wrapping_add(g * nb * GROUP);

@@ -43,6 +43,29 @@ pub fn check_data(ty: BlockType, rows: usize, cols: usize, data: &[u8]) -> Resul
     Ok(())
 }
 
+/// Evaluates `$body` with `$f` naming the [`BlockFormat`](crate::BlockFormat) type of
+/// block type `$ty`: the one place a block type meets its file.
+macro_rules! with_format {
+    ($ty:expr, $f:ident => $body:expr) => {
+        match $ty {
+            BlockType::Q4_0 => with_format!(@ q4_0::Q4_0, $f, $body),
+            BlockType::Q4_1 => with_format!(@ q4_1::Q4_1, $f, $body),
+            BlockType::Q5_0 => with_format!(@ q5_0::Q5_0, $f, $body),
+            BlockType::Q5_1 => with_format!(@ q5_1::Q5_1, $f, $body),
+            BlockType::Q8_0 => with_format!(@ q8_0::Q8_0, $f, $body),
+            BlockType::Q2_K => with_format!(@ q2_k::Q2_K, $f, $body),
+            BlockType::Q3_K => with_format!(@ q3_k::Q3_K, $f, $body),
+            BlockType::Q4_K => with_format!(@ q4_k::Q4_K, $f, $body),
+            BlockType::Q5_K => with_format!(@ q5_k::Q5_K, $f, $body),
+            BlockType::Q6_K => with_format!(@ q6_k::Q6_K, $f, $body),
+        }
+    };
+    (@ $path:path, $f:ident, $body:expr) => {{
+        type $f = $path;
+        $body
+    }};
+}
+
 impl QuantMatrix {
     /// Repacks the GGUF data of a [rows, cols] tensor of type `ty` (rows = output
     /// features; GGUF lists the shape as [cols, rows]).
@@ -52,36 +75,17 @@ impl QuantMatrix {
         cols: usize,
         data: &[u8],
     ) -> Result<Self, KernelError> {
-        use QuantMatrix::{K, Legacy};
-        Ok(match ty {
-            BlockType::Q4_0 => Legacy(LegacyMatrix::from_gguf::<q4_0::Q4_0>(rows, cols, data)?),
-            BlockType::Q4_1 => Legacy(LegacyMatrix::from_gguf::<q4_1::Q4_1>(rows, cols, data)?),
-            BlockType::Q5_0 => Legacy(LegacyMatrix::from_gguf::<q5_0::Q5_0>(rows, cols, data)?),
-            BlockType::Q5_1 => Legacy(LegacyMatrix::from_gguf::<q5_1::Q5_1>(rows, cols, data)?),
-            BlockType::Q8_0 => Legacy(LegacyMatrix::from_gguf::<q8_0::Q8_0>(rows, cols, data)?),
-            BlockType::Q2_K => K(KMatrix::from_gguf::<q2_k::Q2_K>(rows, cols, data)?),
-            BlockType::Q3_K => K(KMatrix::from_gguf::<q3_k::Q3_K>(rows, cols, data)?),
-            BlockType::Q4_K => K(KMatrix::from_gguf::<q4_k::Q4_K>(rows, cols, data)?),
-            BlockType::Q5_K => K(KMatrix::from_gguf::<q5_k::Q5_K>(rows, cols, data)?),
-            BlockType::Q6_K => K(KMatrix::from_gguf::<q6_k::Q6_K>(rows, cols, data)?),
-        })
+        with_format!(ty, F => Ok(if ty.is_k() {
+            QuantMatrix::K(KMatrix::from_gguf::<F>(rows, cols, data)?)
+        } else {
+            QuantMatrix::Legacy(LegacyMatrix::from_gguf::<F>(rows, cols, data)?)
+        }))
     }
 
     /// Byte offsets of a GGUF block's f16 fields ([`crate::BlockFormat::F16_AT`]).
     pub fn f16_fields(ty: BlockType) -> &'static [usize] {
         use crate::BlockFormat;
-        match ty {
-            BlockType::Q4_0 => q4_0::Q4_0::F16_AT,
-            BlockType::Q4_1 => q4_1::Q4_1::F16_AT,
-            BlockType::Q5_0 => q5_0::Q5_0::F16_AT,
-            BlockType::Q5_1 => q5_1::Q5_1::F16_AT,
-            BlockType::Q8_0 => q8_0::Q8_0::F16_AT,
-            BlockType::Q2_K => q2_k::Q2_K::F16_AT,
-            BlockType::Q3_K => q3_k::Q3_K::F16_AT,
-            BlockType::Q4_K => q4_k::Q4_K::F16_AT,
-            BlockType::Q5_K => q5_k::Q5_K::F16_AT,
-            BlockType::Q6_K => q6_k::Q6_K::F16_AT,
-        }
+        with_format!(ty, F => F::F16_AT)
     }
 
     /// The block type.
@@ -126,26 +130,24 @@ impl QuantMatrix {
     /// Stacks matrices of one type and width; `None` when they cannot be stacked.
     pub fn concat_rows(parts: &[&QuantMatrix]) -> Option<QuantMatrix> {
         match parts.first()? {
-            QuantMatrix::Legacy(_) => {
-                let ps: Option<Vec<&LegacyMatrix>> = parts
-                    .iter()
-                    .map(|p| match p {
-                        QuantMatrix::Legacy(l) => Some(l),
-                        QuantMatrix::K(_) => None,
-                    })
-                    .collect();
-                LegacyMatrix::concat_rows(&ps?).map(QuantMatrix::Legacy)
-            }
-            QuantMatrix::K(_) => {
-                let ps: Option<Vec<&KMatrix>> = parts
-                    .iter()
-                    .map(|p| match p {
-                        QuantMatrix::K(k) => Some(k),
-                        QuantMatrix::Legacy(_) => None,
-                    })
-                    .collect();
-                KMatrix::concat_rows(&ps?).map(QuantMatrix::K)
-            }
+            QuantMatrix::Legacy(_) => LegacyMatrix::concat_rows(&each(parts, |p| match p {
+                QuantMatrix::Legacy(l) => Some(l),
+                QuantMatrix::K(_) => None,
+            })?)
+            .map(QuantMatrix::Legacy),
+            QuantMatrix::K(_) => KMatrix::concat_rows(&each(parts, |p| match p {
+                QuantMatrix::K(k) => Some(k),
+                QuantMatrix::Legacy(_) => None,
+            })?)
+            .map(QuantMatrix::K),
         }
     }
+}
+
+/// What `pick` finds in every part, or `None` when a part is of the other family.
+fn each<'a, T>(
+    parts: &[&'a QuantMatrix],
+    pick: impl Fn(&'a QuantMatrix) -> Option<&'a T>,
+) -> Option<Vec<&'a T>> {
+    parts.iter().map(|p| pick(p)).collect()
 }
