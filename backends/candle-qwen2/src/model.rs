@@ -10,6 +10,11 @@ use crate::config::{Qwen2Config, RopeStyle};
 use crate::error::{Result, internal, invalid_input};
 use crate::linear::{Linear, Matrix, Projections};
 
+/// The most positions of one sequence that go through the layers in one pass; longer
+/// prompts are prefilled in chunks of this many (the weights are still read once per
+/// tile of rows, so throughput is that of one pass).
+pub const PREFILL_CHUNK: usize = 512;
+
 /// One decoder layer.
 #[derive(Debug)]
 pub struct Layer {
@@ -126,9 +131,11 @@ impl Qwen2Model {
         self.forward_segments(&mut [Segment { cache, tokens }])
     }
 
-    /// Appends each segment's tokens to its cache in one pass (the matmuls take every
-    /// segment's rows at once; attention runs per segment over its own cache) and
-    /// returns the final hidden states of all new positions, segment after segment.
+    /// Appends each segment's tokens to its cache and returns the final hidden states
+    /// of all new positions, segment after segment. The matmuls take every segment's
+    /// rows at once (attention runs per segment over its own cache), in rounds of at
+    /// most [`PREFILL_CHUNK`] positions per segment: a long prompt is prefilled chunk by
+    /// chunk, so activation memory stays bounded whatever its length.
     pub fn forward_segments(&self, segments: &mut [Segment<'_>]) -> Result<Tensor> {
         for s in segments.iter() {
             self.check_input(s.cache.len, s.tokens)?;
@@ -136,6 +143,38 @@ impl Qwen2Model {
                 return Err(internal("KV cache has the wrong number of layers"));
             }
         }
+        let longest = segments.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
+        if longest <= PREFILL_CHUNK {
+            return self.forward_round(segments);
+        }
+        // Per segment, the hidden states of each round it took part in.
+        let mut parts: Vec<Vec<Tensor>> = segments.iter().map(|_| Vec::new()).collect();
+        for start in (0..longest).step_by(PREFILL_CHUNK) {
+            let mut round = Vec::new();
+            let mut who = Vec::new();
+            for (i, s) in segments.iter_mut().enumerate() {
+                if start < s.tokens.len() {
+                    let end = (start + PREFILL_CHUNK).min(s.tokens.len());
+                    round.push(Segment {
+                        cache: &mut *s.cache,
+                        tokens: &s.tokens[start..end],
+                    });
+                    who.push((i, end - start));
+                }
+            }
+            let h = self.forward_round(&mut round)?;
+            let mut row = 0;
+            for (i, n) in who {
+                parts[i].push(h.narrow(0, row, n)?);
+                row += n;
+            }
+        }
+        let all: Vec<Tensor> = parts.into_iter().flatten().collect();
+        Ok(Tensor::cat(&all, 0)?)
+    }
+
+    /// One pass of [`Self::forward_segments`] over segments already checked.
+    fn forward_round(&self, segments: &mut [Segment<'_>]) -> Result<Tensor> {
         let all: Vec<u32> = segments
             .iter()
             .flat_map(|s| s.tokens.iter().copied())

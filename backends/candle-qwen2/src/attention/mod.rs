@@ -8,11 +8,16 @@
 //!
 //! Decode attends one query over the cache: this path does it with no transposes, no
 //! mask tensor and no per-call thread-pool queries, which is most of what a small
-//! model's decode step spends outside the matmuls. The arithmetic is transformers':
-//! scores `q·k / √d` in f32, softmax with the maximum subtracted, then the weighted
-//! sum of values.
+//! model's decode step spends outside the matmuls. The arithmetic is transformers'
+//! up to rounding: scores `q·k / √d` in f32 (the scale folded into the query), softmax
+//! with the running maximum subtracted (online, over tiles of 64 keys, as flash
+//! attention does), then the weighted sum of values. The exponential is a polynomial
+//! evaluated in SIMD lanes (about one ulp from `expf`).
 
 use rayon::prelude::*;
+
+mod exp;
+mod tile;
 
 use crate::config::RopeStyle;
 
@@ -93,10 +98,31 @@ pub fn store_keys(cache: &mut [f32], from: usize, k: &[f32], kv_heads: usize, d:
     }
 }
 
+/// Key positions per step of the online softmax: eight key blocks.
+const TILE: usize = 8 * KEY_BLOCK;
+
+/// Per-task buffers of [`attend`], reused across tasks.
+#[derive(Default)]
+struct Scratch {
+    /// The group's queries, scaled by `1 / √d`.
+    q: Vec<f32>,
+    /// Scores, then probabilities, of one tile: [group, TILE].
+    p: Vec<f32>,
+    /// Running maximum score per query head.
+    max: Vec<f32>,
+    /// Running sum of `exp(score - max)` per query head.
+    sum: Vec<f32>,
+}
+
 /// Causal attention of `n` new positions (`q`: [n, heads, d]) that sit at
 /// `offset..offset + n`, over a cache holding positions `0..offset + n` (`k`: the key
 /// cache, see [`key_index`]; `v`: [positions, kv_heads, d], position-major). Writes
 /// `out`: [n, heads · d].
+///
+/// Keys are visited in tiles of 64 positions with an online softmax (the running
+/// maximum and sum of each query head rescale its partial output when the maximum
+/// grows), so a task's memory does not grow with the context and every score is read
+/// from L1 right after it is computed.
 pub fn attend(
     q: &[f32],
     k: &[f32],
@@ -111,157 +137,91 @@ pub fn attend(
         head_dim: d,
     } = shape;
     let group = heads / kv_heads;
-    let kv_stride = kv_heads * d;
-    let scale = 1.0 / (d as f32).sqrt();
+    let n = q.len() / (heads * d).max(1);
     // One task per (position, KV head): the `group` query heads that share the KV
     // head are scored together, so each cached key and value is read once per group,
-    // not once per query head. Enough tasks per hand-off to pay for it.
-    let min_len = (8192 / ((offset + 1) * group).max(d)).max(1);
+    // not once per query head. Enough tasks per hand-off to pay for it, counted by the
+    // mean number of keys a task reads (causal: half the prompt on average).
+    let mean_keys = offset + n.div_ceil(2);
+    let min_len = (8192 / (mean_keys * group).max(d)).max(1);
     out.par_chunks_mut(group * d)
         .with_min_len(min_len)
         .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (task, o)| {
+        .for_each_init(Scratch::default, |s, (task, o)| {
             let (i, kh) = (task / kv_heads, task % kv_heads);
-            let t = offset + i + 1;
             let qs = &q[(i * heads + kh * group) * d..][..group * d];
-            scores.clear();
-            scores.resize(group * t, 0.0);
-            // Eight positions at a time: one key block against every query head.
-            for blk in 0..t.div_ceil(KEY_BLOCK) {
-                let kb = &k[(blk * kv_heads + kh) * d * KEY_BLOCK..][..d * KEY_BLOCK];
-                for (j0, heads8) in qs.chunks(8 * d).enumerate() {
-                    let mut block = [[0f32; KEY_BLOCK]; 8];
-                    block_scores(heads8, d, kb, &mut block);
-                    for (jj, b) in block.iter().enumerate().take(heads8.len() / d) {
-                        let row = (8 * j0 + jj) * t;
-                        for (l, v) in b.iter().enumerate() {
-                            let p = blk * KEY_BLOCK + l;
-                            if p < t {
-                                scores[row + p] = v * scale;
-                            }
-                        }
-                    }
-                }
-            }
-            // Per query head: softmax with the maximum subtracted, then the weighted
-            // sum of values, normalized.
-            for (oj, row) in o.chunks_exact_mut(d).zip(scores.chunks_exact_mut(t)) {
-                let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
-                let mut sum = 0f32;
-                for s in row.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                weighted_sum(row, v, kv_stride, kh * d, oj);
-                let inv = 1.0 / sum;
-                oj.iter_mut().for_each(|a| *a *= inv);
-            }
+            attend_group(qs, k, v, offset + i + 1, kh, shape, o, s);
         });
 }
 
-/// The dot products of up to eight queries `qs` ([heads, d]) with the eight keys of
-/// block `kb` ([d, 8]): `out[j][l]` for query `j`, key `l`. One load of each key row
-/// serves every query.
-#[inline]
-fn block_scores(qs: &[f32], d: usize, kb: &[f32], out: &mut [[f32; KEY_BLOCK]; 8]) {
-    let heads = qs.len() / d;
-    assert!(
-        heads <= 8 && kb.len() == d * KEY_BLOCK,
-        "block_scores: shapes"
-    );
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        use std::arch::x86_64::*;
-        // SAFETY: the build enables AVX2 and FMA; kb holds d rows of eight and qs
-        // `heads` rows of d (asserted).
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for c in 0..d {
-                let kc = _mm256_loadu_ps(kb.as_ptr().add(c * KEY_BLOCK));
-                for (j, a) in acc.iter_mut().enumerate().take(heads) {
-                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*qs.get_unchecked(j * d + c)), kc, *a);
-                }
-            }
-            for (o, a) in out.iter_mut().zip(acc) {
-                _mm256_storeu_ps(o.as_mut_ptr(), a);
-            }
-        }
-        return;
-    }
-    #[allow(unreachable_code)]
-    for (j, o) in out.iter_mut().enumerate().take(heads) {
-        *o = [0f32; KEY_BLOCK];
-        for (qv, kc) in qs[j * d..(j + 1) * d]
-            .iter()
-            .zip(kb.chunks_exact(KEY_BLOCK))
-        {
-            for (x, kv) in o.iter_mut().zip(kc) {
-                *x = qv.mul_add(*kv, *x);
-            }
-        }
-    }
-}
-
-/// `out = Σ_p w[p] · v[p · stride + off ..][..out.len()]`: the softmax-weighted sum of
-/// one head's cached values.
-#[inline]
-fn weighted_sum(w: &[f32], v: &[f32], stride: usize, off: usize, out: &mut [f32]) {
-    let d = out.len();
-    if let Some(last) = w.len().checked_sub(1) {
-        assert!(last * stride + off + d <= v.len(), "value cache too short");
-    }
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    if d.is_multiple_of(64) {
-        for (h, part) in out.chunks_exact_mut(64).enumerate() {
-            // SAFETY: the build enables AVX2 and FMA; every row read is in bounds (the
-            // assertion above covers the last one).
-            unsafe { weighted_sum_64(w, v.as_ptr().add(off + 64 * h), stride, part) };
-        }
-        return;
-    }
-    out.fill(0.0);
-    for (p, s) in w.iter().enumerate() {
-        let vp = &v[p * stride + off..][..d];
-        for (a, b) in out.iter_mut().zip(vp) {
-            *a = s.mul_add(*b, *a);
-        }
-    }
-}
-
-/// 64 columns of [`weighted_sum`] in eight AVX registers.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[inline]
-unsafe fn weighted_sum_64(w: &[f32], v: *const f32, stride: usize, out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    unsafe {
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (p, s) in w.iter().enumerate() {
-            let row = v.add(p * stride);
-            let s = _mm256_set1_ps(*s);
-            for (i, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(s, _mm256_loadu_ps(row.add(8 * i)), *a);
+/// Attention of the query heads `qs` ([group, d]) sharing KV head `kh` over cached
+/// positions `0..t`, written to `o` ([group, d]).
+#[allow(clippy::too_many_arguments)]
+fn attend_group(
+    qs: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    kh: usize,
+    shape: AttentionShape,
+    o: &mut [f32],
+    s: &mut Scratch,
+) {
+    let (kv_heads, d) = (shape.kv_heads, shape.head_dim);
+    let group = qs.len() / d;
+    let kv_stride = kv_heads * d;
+    let block_stride = kv_heads * d * KEY_BLOCK;
+    let scale = 1.0 / (d as f32).sqrt();
+    s.q.clear();
+    s.q.extend(qs.iter().map(|x| x * scale));
+    s.p.resize(group * TILE, 0.0);
+    s.max.clear();
+    s.max.resize(group, f32::NEG_INFINITY);
+    s.sum.clear();
+    s.sum.resize(group, 0.0);
+    o.fill(0.0);
+    for p0 in (0..t).step_by(TILE) {
+        let len = TILE.min(t - p0);
+        let kb = &k[(p0 / KEY_BLOCK * kv_heads + kh) * d * KEY_BLOCK..];
+        tile::scores(
+            &s.q,
+            d,
+            kb,
+            len.div_ceil(KEY_BLOCK),
+            block_stride,
+            &mut s.p,
+            TILE,
+        );
+        for (r, or) in o.chunks_exact_mut(d).enumerate() {
+            let row = &mut s.p[r * TILE..][..len];
+            let m = s.max[r].max(exp::row_max(row));
+            // exp(-inf) = 0 on the first tile, where the output is still zero.
+            let corr = exp::exp_poly(s.max[r] - m);
+            s.max[r] = m;
+            s.sum[r] = s.sum[r] * corr + exp::exp_sub_sum(row, m);
+            if corr != 1.0 {
+                or.iter_mut().for_each(|a| *a *= corr);
             }
         }
-        for (i, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *a);
-        }
+        tile::values(
+            &s.p,
+            TILE,
+            len,
+            &v[p0 * kv_stride + kh * d..],
+            kv_stride,
+            o,
+            d,
+        );
+    }
+    for (or, sum) in o.chunks_exact_mut(d).zip(&s.sum) {
+        let inv = 1.0 / sum;
+        or.iter_mut().for_each(|a| *a *= inv);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::exp::*;
     use super::*;
 
     /// Attention written out the slow way: every score, a full softmax, every sum.
@@ -301,7 +261,8 @@ mod tests {
             kv_heads: 2,
             head_dim: 12,
         };
-        for (offset, n) in [(0, 5), (7, 1), (3, 4)] {
+        // Past one tile of keys too (t = 64 + 1, 140), where the online softmax rescales.
+        for (offset, n) in [(0, 5), (7, 1), (3, 4), (64, 1), (100, 40)] {
             let t = offset + n;
             let val = |i: usize, m: usize| ((i * m % 97) as f32 - 48.0) / 31.0;
             let q: Vec<f32> = (0..n * s.heads * s.head_dim).map(|i| val(i, 13)).collect();
@@ -323,6 +284,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn exp_poly_is_expf_within_two_ulps_and_zero_below_the_normals() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            let want = (x as f64).exp();
+            let got = exp_poly(x) as f64;
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 2.0 * f32::EPSILON as f64, "relative error {worst}");
+        assert_eq!(exp_poly(0.0), 1.0);
+        assert_eq!(exp_poly(-100.0), 0.0);
+        assert_eq!(exp_poly(f32::NEG_INFINITY), 0.0);
+        assert!(exp_poly(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn exp_lanes_give_the_scalar_bits() {
+        // 8-lane chunks and the scalar tail must agree bit for bit.
+        let row: Vec<f32> = (0..23).map(|i| -(i as f32) * 3.7 - 0.01).collect();
+        let mut lanes = row.clone();
+        let sum = exp_sub_sum(&mut lanes, 0.5);
+        let scalar: Vec<f32> = row.iter().map(|x| exp_poly(x - 0.5)).collect();
+        assert_eq!(lanes, scalar);
+        assert!((sum - scalar.iter().sum::<f32>()).abs() <= 1e-6 * sum);
+        let mut special = [
+            f32::NEG_INFINITY,
+            -90.0,
+            f32::NAN,
+            0.0,
+            -1.0,
+            -2.0,
+            -3.0,
+            -4.0,
+        ];
+        exp_sub_sum(&mut special, 0.0);
+        assert_eq!(special[..2], [0.0, 0.0]);
+        assert!(special[2].is_nan());
+        assert_eq!(special[3], 1.0);
     }
 
     #[test]
