@@ -1,4 +1,4 @@
-//! Throughput of the CPU matmul kernels alone, every block type and bf16, on the
+//! Throughput of the CPU matmul kernels alone, every block type, bf16 and f16, on the
 //! Qwen2-0.5B matrix shapes, for one activation row (decode) or a prompt-sized batch.
 //!
 //! `cargo run --release -p gllm-kernels --example kernel_bench [-- M [TYPE,...]]`
@@ -47,15 +47,21 @@ fn main() -> anyhow::Result<()> {
             });
         }
     }
-    if only.is_none() {
+    for (kind, label) in [(HalfKind::Bf16, "bf16"), (HalfKind::F16, "f16")] {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|t| t.eq_ignore_ascii_case(label)))
+        {
+            continue;
+        }
         let mut rng = Rng::new(3);
         for (name, rows, cols) in shapes {
             let w: Vec<u16> = (0..rows * cols)
-                .map(|_| HalfKind::Bf16.from_f32(rng.uniform(-0.05, 0.05)))
+                .map(|_| kind.from_f32(rng.uniform(-0.05, 0.05)))
                 .collect();
-            let p = PackedHalf::new(HalfKind::Bf16, rows, cols, &w)
-                .ok_or_else(|| anyhow::anyhow!("sizes"))?;
-            measure("bf16", name, rows, cols, w.len() * 2, m, |x, out| {
+            let p =
+                PackedHalf::new(kind, rows, cols, &w).ok_or_else(|| anyhow::anyhow!("sizes"))?;
+            measure(label, name, rows, cols, w.len() * 2, m, |x, out| {
                 p.matmul(x, m, out)
             });
         }

@@ -14,9 +14,17 @@
 //! restarting on every row). bf16 pairs two positions in each 32-bit lane, so a shift
 //! and a mask widen sixteen weights; f16 uses `vcvtph2ps`.
 //!
-//! The AVX2 + FMA + F16C kernel is picked at run time; other CPUs use the scalar loop.
+//! Prefill reads each group's weights once per tile of activation rows (four with
+//! AVX2, eight with AVX-512, whose sixteen lanes hold two positions of the eight rows:
+//! bf16's pair layout, and f16 permuted into it after widening). Every kernel gives a
+//! row's sum one order whatever the number of rows, so decoding token by token gives
+//! the bits of one prefill.
+//!
+//! The kernels are picked at run time by [`Isa`] (AVX-512, AVX2 + FMA + F16C, or the
+//! scalar loop).
 
 use crate::grouped::{GROUP, GroupOut, concat, par_groups, stackable};
+use crate::isa::Isa;
 
 /// Which 16-bit float a half matrix holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,29 +137,38 @@ impl PackedHalf {
     }
 
     /// `out[i * rows + j] = Σ_k x[i, k] · W[j, k]` for `x` [m, cols] row-major. Each
-    /// weight is read once per call.
+    /// weight is read once per tile of activation rows.
+    ///
+    /// Every kernel sums row `i` of the output in the same order whatever `m` is, so a
+    /// prompt's rows computed together give the bits they give one at a time (decode
+    /// and prefill agree exactly).
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_with(Isa::detect(), x, m, out)
+    }
+
+    /// [`Self::matmul`] with the kernels of `isa` (which the CPU must support).
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) {
         debug_assert_eq!(x.len(), m * self.cols);
         debug_assert_eq!(out.len(), m * self.rows);
         if m == 0 || self.rows == 0 {
             return;
         }
-        let simd = simd_available();
         let min_groups = 8192 / (self.cols * m).max(1);
         par_groups(out, self.rows, m, min_groups, |g, o| {
-            self.group(simd, x, m, g, o)
+            self.group(isa, x, m, g, o)
         });
     }
 
-    fn group(&self, simd: bool, x: &[f32], m: usize, g: usize, out: &mut GroupOut) {
+    fn group(&self, isa: Isa, x: &[f32], m: usize, g: usize, out: &mut GroupOut) {
         #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: `simd_available` saw avx2, fma and f16c; the kernel reads group
-            // `g`'s values and `x`'s m rows of `cols` values only.
-            unsafe { x86::group(self, x, m, g, out) };
-            return;
+        match isa {
+            Isa::Scalar => {}
+            // SAFETY (both): `Isa` saw the features the kernel is compiled for; it reads
+            // group `g`'s values and `x`'s m rows of `cols` values only.
+            Isa::Avx2 => return unsafe { x86::group(self, x, m, g, out) },
+            Isa::Vnni => return unsafe { x86::group512(self, x, m, g, out) },
         }
-        let _ = simd;
+        let _ = isa;
         self.group_scalar(x, m, g, out);
     }
 
@@ -168,19 +185,6 @@ impl PackedHalf {
                 out.set(i, lane, sum);
             }
         }
-    }
-}
-
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -287,15 +291,143 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn group(w: &PackedHalf, x: &[f32], m: usize, g: usize, out: &mut GroupOut) {
         unsafe {
-            // Eight activation rows share each weight load (eight accumulators, four
-            // weight registers: within AVX2's sixteen); leftover rows go one by one.
+            // Four activation rows share each weight load (eight accumulators, four
+            // weight registers: within AVX2's sixteen); leftover rows go one by one
+            // with the same two chains per row (even and odd positions), so each
+            // row's sum has one order whatever `m` is.
+            let mut i0 = 0;
+            while i0 + 4 <= m {
+                tile::<4, 2>(w, x, g, i0, out);
+                i0 += 4;
+            }
+            while i0 < m {
+                tile::<1, 2>(w, x, g, i0, out);
+                i0 += 1;
+            }
+        }
+    }
+
+    /// Lane `l` of the widened f16 pair takes lane `(l % 2) · 8 + l / 2`: from
+    /// [position][row] to [row][position], the bf16 order.
+    const F16_TO_ROW_PAIRS: [i32; 16] = [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15];
+
+    /// Weights of the group's eight rows at positions `c`, `c + 1` (`c` even) in
+    /// sixteen lanes, [row][position]; `F16` says which half (`order`: the lanes of
+    /// [`F16_TO_ROW_PAIRS`]).
+    #[inline(always)]
+    unsafe fn load_pair512<const F16: bool>(p: *const u16, c: usize, order: __m512i) -> __m512 {
+        unsafe {
+            // Both layouts keep the pair's sixteen values together from `c · 8`.
+            let v = _mm256_loadu_si256(p.add(c * GROUP) as *const __m256i);
+            if F16 {
+                _mm512_permutexvar_ps(order, _mm512_cvtph_ps(v))
+            } else {
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
+            }
+        }
+    }
+
+    /// `x[c]`, `x[c + 1]` in every pair of lanes.
+    #[inline(always)]
+    unsafe fn pair512(x: *const f32) -> __m512 {
+        unsafe {
+            let bits = (x as *const u64).read_unaligned();
+            _mm512_castpd_ps(_mm512_set1_pd(f64::from_bits(bits)))
+        }
+    }
+
+    /// [`tile`] in sixteen-lane registers: lanes are (row, position parity), and each
+    /// row has two chains (alternate position pairs), so every `T` gives the same
+    /// bits for a row.
+    #[inline(always)]
+    unsafe fn tile512<const T: usize, const F16: bool>(
+        w: &PackedHalf,
+        x: &[f32],
+        g: usize,
+        i0: usize,
+        out: &mut GroupOut,
+    ) {
+        unsafe {
+            let cols = w.cols;
+            let p = w.data.as_ptr().add(g * w.group_len());
+            let xs: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((i0 + t) * cols));
+            let order = _mm512_loadu_si512(F16_TO_ROW_PAIRS.as_ptr() as *const _);
+            let mut acc = [[_mm512_setzero_ps(); 2]; T];
+            let c4 = cols - cols % 4;
+            let mut c = 0;
+            while c < c4 {
+                let w0 = load_pair512::<F16>(p, c, order);
+                let w1 = load_pair512::<F16>(p, c + 2, order);
+                for (t, a) in acc.iter_mut().enumerate() {
+                    a[0] = _mm512_fmadd_ps(w0, pair512(xs[t].add(c)), a[0]);
+                    a[1] = _mm512_fmadd_ps(w1, pair512(xs[t].add(c + 2)), a[1]);
+                }
+                c += 4;
+            }
+            if cols - c >= 2 {
+                let w0 = load_pair512::<F16>(p, c, order);
+                for (t, a) in acc.iter_mut().enumerate() {
+                    a[0] = _mm512_fmadd_ps(w0, pair512(xs[t].add(c)), a[0]);
+                }
+                c += 2;
+            }
+            for (t, a) in acc.iter().enumerate() {
+                let s = _mm512_add_ps(a[0], a[1]);
+                // Each row's two positions: swap neighbours and add.
+                let s = _mm512_add_ps(s, _mm512_permute_ps::<0b10_11_00_01>(s));
+                let mut lanes = [0f32; 16];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), s);
+                let mut v: [f32; GROUP] = std::array::from_fn(|r| lanes[2 * r]);
+                if c < cols {
+                    // An odd width's last position.
+                    let xc = *xs[t].add(c);
+                    for (r, o) in v.iter_mut().enumerate() {
+                        let wv = w
+                            .kind
+                            .to_f32(*w.data.get_unchecked(w.index(g * GROUP + r, c)));
+                        *o = wv.mul_add(xc, *o);
+                    }
+                }
+                out.store(i0 + t, &v);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn group512(
+        w: &PackedHalf,
+        x: &[f32],
+        m: usize,
+        g: usize,
+        out: &mut GroupOut,
+    ) {
+        unsafe {
+            // Eight activation rows share each weight load: sixteen accumulators and
+            // two weight registers of AVX-512's 32.
+            match w.kind {
+                HalfKind::F16 => rows512::<true>(w, x, m, g, out),
+                HalfKind::Bf16 => rows512::<false>(w, x, m, g, out),
+            }
+        }
+    }
+
+    /// [`group512`] for one kind of half.
+    #[inline(always)]
+    unsafe fn rows512<const F16: bool>(
+        w: &PackedHalf,
+        x: &[f32],
+        m: usize,
+        g: usize,
+        out: &mut GroupOut,
+    ) {
+        unsafe {
             let mut i0 = 0;
             while i0 + 8 <= m {
-                tile::<8, 1>(w, x, g, i0, out);
+                tile512::<8, F16>(w, x, g, i0, out);
                 i0 += 8;
             }
             while i0 < m {
-                tile::<1, 4>(w, x, g, i0, out);
+                tile512::<1, F16>(w, x, g, i0, out);
                 i0 += 1;
             }
         }
@@ -308,7 +440,15 @@ mod tests {
 
     #[test]
     fn packed_rows_read_back_and_multiply_like_the_plain_matrix() {
-        for (m, k, n) in [(3, 37, 70), (1, 64, 16), (5, 8, 9), (2, 1, 3), (19, 42, 17)] {
+        for (m, k, n) in [
+            (3, 37, 70),
+            (1, 64, 16),
+            (5, 8, 9),
+            (2, 1, 3),
+            (19, 42, 17),
+            (9, 3, 8),
+            (17, 6, 9),
+        ] {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
                 .collect();
@@ -326,24 +466,34 @@ mod tests {
                         .collect();
                     assert_eq!(row, want, "{kind:?} row {j}");
                 }
-                let mut out = vec![0f32; n * m];
-                p.matmul(&x, m, &mut out);
                 let mut scalar = vec![0f32; n * m];
                 par_groups(&mut scalar, n, m, 1, |g, o| p.group_scalar(&x, m, g, o));
-                for j in 0..n {
+                for isa in Isa::available() {
+                    let mut out = vec![0f32; n * m];
+                    p.matmul_with(isa, &x, m, &mut out);
                     for i in 0..m {
-                        let want: f32 = (0..k)
-                            .map(|c| x[i * k + c] * kind.to_f32(w[j * k + c]))
-                            .sum();
-                        let got = out[i * n + j];
-                        assert!(
-                            (got - want).abs() < 1e-4,
-                            "{kind:?} {m}x{k}x{n} [{i}, {j}]: {got} vs {want}"
+                        // The same row alone gives the same bits (decode == prefill).
+                        let mut alone = vec![0f32; n];
+                        p.matmul_with(isa, &x[i * k..(i + 1) * k], 1, &mut alone);
+                        assert_eq!(
+                            alone,
+                            out[i * n..(i + 1) * n],
+                            "{isa:?} {kind:?} {m}x{k}x{n}: row {i} alone"
                         );
-                        assert!(
-                            (scalar[i * n + j] - want).abs() < 1e-4,
-                            "scalar {kind:?} [{i}, {j}]"
-                        );
+                        for j in 0..n {
+                            let want: f32 = (0..k)
+                                .map(|c| x[i * k + c] * kind.to_f32(w[j * k + c]))
+                                .sum();
+                            let got = out[i * n + j];
+                            assert!(
+                                (got - want).abs() < 1e-4,
+                                "{isa:?} {kind:?} {m}x{k}x{n} [{i}, {j}]: {got} vs {want}"
+                            );
+                            assert!(
+                                (scalar[i * n + j] - want).abs() < 1e-4,
+                                "scalar {kind:?} [{i}, {j}]"
+                            );
+                        }
                     }
                 }
             }
