@@ -21,6 +21,7 @@ pub mod attention;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod exp;
 pub mod gguf;
 pub mod gguf_scan;
 pub mod hf;

@@ -237,6 +237,14 @@ impl Projections {
         }
     }
 
+    /// The fused projection and its parts' widths, when the parts were fused.
+    pub fn fused(&self) -> Option<(&Linear, &[usize])> {
+        match self {
+            Projections::Fused(l, widths) => Some((l, widths)),
+            Projections::Separate(_) => None,
+        }
+    }
+
     /// The outputs of every part for `x` [m, in].
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         match self {

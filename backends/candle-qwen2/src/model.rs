@@ -279,12 +279,20 @@ impl Qwen2Model {
         let x = (x + l.o.forward(&att)?)?;
 
         let h = candle_nn::ops::rms_norm(&x, &l.post_norm, eps)?;
-        let [gate, up]: [Tensor; 2] = l
-            .gate_up
-            .forward(&h)?
-            .try_into()
-            .map_err(|_| internal("gate/up projections did not give two outputs"))?;
-        let mlp = l.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
+        let act = match l.gate_up.fused() {
+            Some((fused, &[gw, uw])) if self.device.is_cpu() && gw == uw => {
+                swiglu_host(&fused.forward(&h)?, gw)?
+            }
+            _ => {
+                let [gate, up]: [Tensor; 2] = l
+                    .gate_up
+                    .forward(&h)?
+                    .try_into()
+                    .map_err(|_| internal("gate/up projections did not give two outputs"))?;
+                (candle_nn::ops::silu(&gate)? * up)?
+            }
+        };
+        let mlp = l.down.forward(&act)?;
         Ok((x + mlp)?)
     }
 
@@ -383,6 +391,31 @@ enum Rope {
         sin: Tensor,
         mask: Option<Tensor>,
     },
+}
+
+/// SwiGLU on the CPU from the fused gate/up product `y` ([m, 2 · w]: each row's gate,
+/// then its up): `silu(gate) · up`, [m, w], in one pass with the SIMD exponential.
+fn swiglu_host(y: &Tensor, w: usize) -> Result<Tensor> {
+    let (m, cols) = y.dims2()?;
+    if cols != 2 * w {
+        return Err(internal(format!(
+            "gate/up product is {cols} wide, not 2 x {w}"
+        )));
+    }
+    let y = y.contiguous()?;
+    let mut out = vec![0f32; m * w];
+    {
+        let (storage, layout) = y.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            return Err(internal("SwiGLU on the host needs a CPU tensor"));
+        };
+        let ys = &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * cols];
+        for (row, o) in ys.chunks_exact(cols).zip(out.chunks_exact_mut(w)) {
+            let (gate, up) = row.split_at(w);
+            crate::exp::silu_mul(gate, up, o);
+        }
+    }
+    Ok(Tensor::from_vec(out, (m, w), y.device())?)
 }
 
 /// [n, offset + n]: 0 where query `i` (at position `offset + i`) may attend, -inf after it.

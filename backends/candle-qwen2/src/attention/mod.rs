@@ -16,7 +16,8 @@
 
 use rayon::prelude::*;
 
-mod exp;
+use crate::exp;
+
 mod tile;
 
 use crate::config::RopeStyle;
@@ -221,7 +222,6 @@ fn attend_group(
 
 #[cfg(test)]
 mod tests {
-    use super::exp::*;
     use super::*;
 
     /// Attention written out the slow way: every score, a full softmax, every sum.
@@ -284,47 +284,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn exp_poly_is_expf_within_two_ulps_and_zero_below_the_normals() {
-        let mut worst = 0f64;
-        for i in 0..=200_000 {
-            let x = -87.0 * i as f32 / 200_000.0;
-            let want = (x as f64).exp();
-            let got = exp_poly(x) as f64;
-            worst = worst.max((got - want).abs() / want);
-        }
-        assert!(worst < 2.0 * f32::EPSILON as f64, "relative error {worst}");
-        assert_eq!(exp_poly(0.0), 1.0);
-        assert_eq!(exp_poly(-100.0), 0.0);
-        assert_eq!(exp_poly(f32::NEG_INFINITY), 0.0);
-        assert!(exp_poly(f32::NAN).is_nan());
-    }
-
-    #[test]
-    fn exp_lanes_give_the_scalar_bits() {
-        // 8-lane chunks and the scalar tail must agree bit for bit.
-        let row: Vec<f32> = (0..23).map(|i| -(i as f32) * 3.7 - 0.01).collect();
-        let mut lanes = row.clone();
-        let sum = exp_sub_sum(&mut lanes, 0.5);
-        let scalar: Vec<f32> = row.iter().map(|x| exp_poly(x - 0.5)).collect();
-        assert_eq!(lanes, scalar);
-        assert!((sum - scalar.iter().sum::<f32>()).abs() <= 1e-6 * sum);
-        let mut special = [
-            f32::NEG_INFINITY,
-            -90.0,
-            f32::NAN,
-            0.0,
-            -1.0,
-            -2.0,
-            -3.0,
-            -4.0,
-        ];
-        exp_sub_sum(&mut special, 0.0);
-        assert_eq!(special[..2], [0.0, 0.0]);
-        assert!(special[2].is_nan());
-        assert_eq!(special[3], 1.0);
     }
 
     #[test]
