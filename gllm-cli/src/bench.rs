@@ -1,5 +1,6 @@
-//! `gllm bench`: throughput figures printed beside the peers' baselines
-//! (measured on a 2-core AMD EPYC, 2 threads; see ../shared/bench/README.md).
+//! `gllm bench`: throughput figures of this machine, measured now. Only what was
+//! measured is printed; peers are compared by the scripts that run them in the same
+//! run (`../shared/bench/compare-llama-cpp.sh`, `scripts/bench.sh --peers`).
 
 use std::path::Path;
 use std::time::Instant;
@@ -67,9 +68,6 @@ pub fn embed(runtime: &Runtime, model: &str, corpus: &Path, repeat: usize) -> Re
         tokens as f64 / best,
         lat[lat.len() / 2]
     );
-    println!("| sentence-transformers 6.2 (PyTorch f32, 2 threads) | 105 | 3.8k | 10.4 ms |");
-    println!("| onnxruntime 1.32 f32 | 114 | | |");
-    println!("| onnxruntime 1.32 int8 | 268 | | |");
     Ok(())
 }
 
@@ -164,13 +162,6 @@ pub fn generate(
         "| gllm {} ({}{streams_note}) | {best_pp:.1} | {best_tg:.1} |",
         active.backend, active.device
     );
-    println!("| Qwen2-0.5B shape, peers on this machine kind (2 threads): | | |");
-    println!("| transformers bf16 / f32 | 268 / 83 | 14.0 / 5.2 |");
-    println!(
-        "| llama.cpp F16 / Q8_0 / Q4_0 / Q4_K_M | 187 / 204 / 312 / 235 | 32.9 / 46.6 / 70.6 / 51.6 |"
-    );
-    println!("| candle 0.11.1 quantized_qwen2 Q8_0 / Q4_0 (native) | 83 / 58 | 37.9 / 35.2 |");
-    println!("| SmolLM2-135M Q4_1: llama.cpp / candle quantized_llama | 323 / 90 | 110.6 / 54.1 |");
     Ok(())
 }
 
