@@ -193,6 +193,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{GROUP, GroupOut, HalfKind, PackedHalf};
+    use crate::legacy::x86::PREFETCH_AHEAD;
 
     /// Weights of the group's eight rows at positions `c..c + 4` (c even).
     #[inline(always)]
@@ -259,6 +260,9 @@ mod x86 {
             let c4 = cols - cols % 4;
             let mut c = 0;
             while c < c4 {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    (p.add(c * GROUP) as *const i8).wrapping_add(PREFETCH_AHEAD),
+                );
                 let wv = load4(p, w.kind, c);
                 for t in 0..T {
                     for (j, wj) in wv.iter().enumerate() {
@@ -356,6 +360,11 @@ mod x86 {
             let c4 = cols - cols % 4;
             let mut c = 0;
             while c < c4 {
+                // Four positions of eight rows are one cache line: fetch the line
+                // PREFETCH_AHEAD bytes on (decode streams the weights from memory).
+                _mm_prefetch::<_MM_HINT_T0>(
+                    (p.add(c * GROUP) as *const i8).wrapping_add(PREFETCH_AHEAD),
+                );
                 let w0 = load_pair512::<F16>(p, c, order);
                 let w1 = load_pair512::<F16>(p, c + 2, order);
                 for (t, a) in acc.iter_mut().enumerate() {
