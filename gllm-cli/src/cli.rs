@@ -9,14 +9,10 @@ use gllm_runtime::{SamplingOverrides, SamplingParams};
 #[derive(Parser, Debug)]
 #[command(name = "gllm", version, about)]
 pub struct Cli {
-    /// The model manifest.
-    #[arg(
-        long,
-        global = true,
-        env = "GLLM_MANIFEST",
-        default_value = "models.toml"
-    )]
-    pub manifest: PathBuf,
+    /// The model manifest [default: ./models.toml when it exists; without one, name
+    /// models by location: --model DIR|FILE.gguf|hf:org/name].
+    #[arg(long, global = true, env = "GLLM_MANIFEST")]
+    pub manifest: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -24,10 +20,19 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List the manifest's models, where each would load, and why other candidates are skipped.
-    Models,
+    Models {
+        /// Also show how this model location would load (a model directory, a .gguf
+        /// file or hf:org/name[:file]; repeatable).
+        #[arg(long)]
+        model: Vec<String>,
+        /// The task of the --model locations (read from their files when left out).
+        #[arg(long)]
+        task: Option<TaskArg>,
+    },
     /// Embed texts.
     Embed {
-        /// Model id from the manifest.
+        /// Model id from the manifest, or a model directory, .gguf file or
+        /// hf:org/name[:file].
         #[arg(long)]
         model: String,
         /// Print JSON: {"model", "data": [{"index", "embedding"}], "usage": {"prompt_tokens"}}.
@@ -38,7 +43,8 @@ pub enum Command {
     },
     /// Score documents against a query with a cross-encoder, best first.
     Rerank {
-        /// Model id from the manifest.
+        /// Model id from the manifest, or a model directory, .gguf file or
+        /// hf:org/name[:file].
         #[arg(long)]
         model: String,
         /// The query.
@@ -58,7 +64,8 @@ pub enum Command {
     },
     /// Generate a continuation of PROMPT (streamed).
     Generate {
-        /// Model id from the manifest.
+        /// Model id from the manifest, or a model directory, .gguf file or
+        /// hf:org/name[:file].
         #[arg(long)]
         model: String,
         #[command(flatten)]
@@ -71,7 +78,8 @@ pub enum Command {
     },
     /// Chat with a model through its chat template (interactive without MESSAGE).
     Chat {
-        /// Model id from the manifest.
+        /// Model id from the manifest, or a model directory, .gguf file or
+        /// hf:org/name[:file].
         #[arg(long)]
         model: String,
         #[command(flatten)]
@@ -85,10 +93,11 @@ pub enum Command {
         /// One message to answer; without it, read messages from standard input.
         message: Option<String>,
     },
-    /// Measure throughput and print it beside the peers' figures.
+    /// Measure throughput on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Serve the manifest's models over HTTP (OpenAI- and TEI-compatible).
+    /// Serve the manifest's models, and any given with --model, over HTTP (OpenAI- and
+    /// TEI-compatible).
     #[cfg(feature = "serve")]
     Serve(ServeArgs),
     /// Write a random-weight Qwen2 model of a config's shape (for benchmarks).
@@ -109,10 +118,38 @@ pub enum Command {
     },
 }
 
+/// A task, as `--task` names it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum TaskArg {
+    /// Text embeddings.
+    Embed,
+    /// Cross-encoder scores.
+    Rerank,
+    /// Text generation.
+    Generate,
+}
+
+impl From<TaskArg> for gllm_runtime::api::Task {
+    fn from(t: TaskArg) -> Self {
+        match t {
+            TaskArg::Embed => Self::Embed,
+            TaskArg::Rerank => Self::Rerank,
+            TaskArg::Generate => Self::Generate,
+        }
+    }
+}
+
 /// `gllm serve` flags.
 #[cfg(feature = "serve")]
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// A model to serve besides the manifest's: an id, or a model directory, .gguf file
+    /// or hf:org/name[:file], served under the file or directory name (repeatable).
+    #[arg(long)]
+    pub model: Vec<String>,
+    /// The task of the --model locations (read from their files when left out).
+    #[arg(long)]
+    pub task: Option<TaskArg>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
@@ -143,7 +180,8 @@ pub struct ServeArgs {
 pub enum BenchCommand {
     /// Embed a corpus (one sentence per line): sentences/s, tokens/s, query latency.
     Embed {
-        /// Model id from the manifest.
+        /// Model id from the manifest, or a model directory, .gguf file or
+        /// hf:org/name[:file].
         #[arg(long)]
         model: String,
         /// The corpus.
@@ -155,7 +193,8 @@ pub enum BenchCommand {
     },
     /// Prefill and decode tokens/s.
     Generate {
-        /// Model id from the manifest.
+        /// Model id from the manifest, or a model directory, .gguf file or
+        /// hf:org/name[:file].
         #[arg(long)]
         model: String,
         /// Prompt length.

@@ -11,7 +11,10 @@ use std::io::Write;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures::StreamExt;
-use gllm_runtime::{GenerateRequest, Runtime, StreamEvent};
+use std::path::Path;
+
+use gllm_runtime::api::Task;
+use gllm_runtime::{GenerateRequest, Runtime, StreamEvent, model_location};
 
 use cli::{BenchCommand, Cli, Command};
 
@@ -36,18 +39,25 @@ fn main() {
 async fn run(cli: Cli) -> Result<()> {
     #[cfg(feature = "download")]
     progress::show_downloads();
-    let manifest_path = cli.manifest.clone();
-    let open = || {
-        Runtime::from_manifest_file(&manifest_path)
-            .with_context(|| format!("manifest {}", manifest_path.display()))
+    let manifest = cli.manifest.clone();
+    // The runtime and the id of the one model a command names (for `task`).
+    let open_one = |model: &str, task: Task| -> Result<(Runtime, String)> {
+        let (runtime, mut ids) = open(manifest.as_deref(), &[(model, Some(task))])?;
+        Ok((runtime, ids.pop().unwrap_or_default()))
     };
     match cli.command {
-        Command::Models => output::print_models(&open()?),
+        Command::Models { model, task } => {
+            let models: Vec<(&str, Option<Task>)> = model
+                .iter()
+                .map(|m| (m.as_str(), task.map(Task::from)))
+                .collect();
+            output::print_models(&open(manifest.as_deref(), &models)?.0)
+        }
         Command::Embed { model, json, texts } => {
             if texts.is_empty() {
                 bail!("give at least one TEXT to embed");
             }
-            let runtime = open()?;
+            let (runtime, model) = open_one(&model, Task::Embed)?;
             let handle = progress::loading(&model, runtime.embedder(&model)).await?;
             let rows = handle.embed(texts).await?;
             output::print_embeddings(&model, &rows, json)
@@ -60,7 +70,7 @@ async fn run(cli: Cli) -> Result<()> {
             json,
             documents,
         } => {
-            let runtime = open()?;
+            let (runtime, model) = open_one(&model, Task::Rerank)?;
             let handle = progress::loading(&model, runtime.reranker(&model)).await?;
             let results = handle
                 .rerank(query, documents, top_n, return_documents)
@@ -73,7 +83,7 @@ async fn run(cli: Cli) -> Result<()> {
             json,
             prompt,
         } => {
-            let runtime = open()?;
+            let (runtime, model) = open_one(&model, Task::Generate)?;
             let handle = progress::loading(&model, runtime.generator(&model)).await?;
             let params = sampling.apply(handle.default_params());
             let mut stream = Box::pin(handle.generate_stream(GenerateRequest { prompt, params }));
@@ -104,7 +114,7 @@ async fn run(cli: Cli) -> Result<()> {
             json,
             message,
         } => {
-            let runtime = open()?;
+            let (runtime, model) = open_one(&model, Task::Generate)?;
             let handle = progress::loading(&model, runtime.generator(&model)).await?;
             let params = sampling.apply(handle.default_params());
             let session = handle.chat_session(system);
@@ -123,7 +133,18 @@ async fn run(cli: Cli) -> Result<()> {
                 max_batch_tokens: args.max_batch_tokens,
                 max_concurrent_generations: args.max_concurrent_generations,
             };
-            gllm_server::serve(open()?, options, gllm_server::shutdown_signal()).await?;
+            let models: Vec<(&str, Option<Task>)> = args
+                .model
+                .iter()
+                .map(|m| (m.as_str(), args.task.map(Task::from)))
+                .collect();
+            let (runtime, ids) = open(manifest.as_deref(), &models)?;
+            for (spec, id) in args.model.iter().zip(&ids) {
+                if spec != id {
+                    eprintln!("serving {spec} as `{id}`");
+                }
+            }
+            gllm_server::serve(runtime, options, gllm_server::shutdown_signal()).await?;
             Ok(())
         }
         #[cfg(feature = "synth")]
@@ -134,20 +155,22 @@ async fn run(cli: Cli) -> Result<()> {
             tokenizer,
         } => synth(&config, &out, &formats, tokenizer.as_deref()),
         Command::Bench(bench) => {
-            let runtime = open()?;
+            let (model, task) = match &bench {
+                BenchCommand::Embed { model, .. } => (model.clone(), Task::Embed),
+                BenchCommand::Generate { model, .. } => (model.clone(), Task::Generate),
+            };
+            let (runtime, model) = open_one(&model, task)?;
             tokio::task::spawn_blocking(move || match bench {
-                BenchCommand::Embed {
-                    model,
-                    corpus,
-                    repeat,
-                } => bench::embed(&runtime, &model, &corpus, repeat),
+                BenchCommand::Embed { corpus, repeat, .. } => {
+                    bench::embed(&runtime, &model, &corpus, repeat)
+                }
                 BenchCommand::Generate {
-                    model,
                     prompt_tokens,
                     decode_tokens,
                     repeat,
                     streams,
                     json,
+                    ..
                 } => bench::generate(
                     &runtime,
                     &model,
@@ -164,6 +187,26 @@ async fn run(cli: Cli) -> Result<()> {
             .context("benchmark worker failed")?
         }
     }
+}
+
+/// The runtime a command works with: the manifest (`--manifest`, `GLLM_MANIFEST`, else
+/// `./models.toml` when it exists), with `models` added by location where they are not
+/// its ids; and each of `models`' ids.
+fn open(
+    manifest: Option<&Path>,
+    models: &[(&str, Option<Task>)],
+) -> Result<(Runtime, Vec<String>)> {
+    let default = Path::new("models.toml");
+    let path = manifest.or(default.exists().then_some(default));
+    if path.is_none()
+        && let Some((id, _)) = models.iter().find(|(m, _)| !model_location::is_location(m))
+    {
+        bail!(
+            "no manifest (./models.toml does not exist) to look up `{id}` in: give --manifest FILE, \
+             or name the model by its location (--model DIR, FILE.gguf or hf:org/name)"
+        );
+    }
+    Ok(Runtime::open(path, models)?)
 }
 
 #[cfg(feature = "synth")]

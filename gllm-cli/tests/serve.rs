@@ -32,26 +32,9 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u1
     Ok((status, body))
 }
 
-#[test]
-fn serve_answers_with_the_fixture_numbers_and_stops_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("gllm-serve-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let manifest = dir.join("models.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[[models]]\nid = \"tiny-bert\"\ntask = \"embed\"\npath = \"{}\"\ndevices = [\"cpu\"]\n",
-            fixture("tiny-bert").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gllm"))
-        .arg("--manifest")
-        .arg(&manifest)
-        .args(["serve", "--port", "0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Starts `gllm serve` and waits until it is healthy; returns the child and its address.
+fn start(mut cmd: Command) -> (std::process::Child, String) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     // "gllm serve: listening on http://127.0.0.1:PORT (...)"
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
@@ -75,6 +58,27 @@ fn serve_answers_with_the_fixture_numbers_and_stops_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    (child, addr)
+}
+
+#[test]
+fn serve_answers_with_the_fixture_numbers_and_stops_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("gllm-serve-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("models.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[models]]\nid = \"tiny-bert\"\ntask = \"embed\"\npath = \"{}\"\ndevices = [\"cpu\"]\n",
+            fixture("tiny-bert").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gllm"));
+    cmd.arg("--manifest")
+        .arg(&manifest)
+        .args(["serve", "--port", "0"]);
+    let (mut child, addr) = start(cmd);
     let reference = read_json(&fixture("tiny-bert").join("reference.json")).unwrap();
     let sentence = reference["sentences"][0].as_str().unwrap();
     let body = serde_json::json!({"model": "tiny-bert", "input": sentence}).to_string();
@@ -98,4 +102,68 @@ fn serve_answers_with_the_fixture_numbers_and_stops_on_sigterm() {
     );
     let status = child.wait().unwrap();
     assert!(status.success(), "gllm serve exited with {status}");
+}
+
+#[test]
+fn serve_without_a_manifest_serves_each_model_under_its_directory_name() {
+    // No manifest: a bare working directory and two models by location.
+    let dir = std::env::temp_dir().join(format!("gllm-serve-loc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gllm"));
+    cmd.current_dir(&dir)
+        .env_remove("GLLM_MANIFEST")
+        .args(["serve", "--port", "0", "--model"])
+        .arg(fixture("tiny-bert"))
+        .arg("--model")
+        .arg(fixture("tiny-cross-encoder"));
+    let (mut child, addr) = start(cmd);
+    let (status, text) = http(&addr, "GET", "/v1/models", "").unwrap();
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["tiny-bert", "tiny-cross-encoder"]);
+
+    // Built-in device order (GPU first, CPU after): 1e-4 covers either.
+    let reference = read_json(&fixture("tiny-bert").join("reference.json")).unwrap();
+    let body = serde_json::json!({"model": "tiny-bert", "input": reference["sentences"][0]});
+    let (status, text) = http(&addr, "POST", "/v1/embeddings", &body.to_string()).unwrap();
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_close(
+        "embedding",
+        &json_f32s(&v["data"][0]["embedding"]),
+        &json_f32s(&reference["embeddings"][0]),
+        1e-4,
+    );
+
+    let reference = read_json(&fixture("tiny-cross-encoder").join("reference.json")).unwrap();
+    let q = &reference["queries"][0];
+    let body = serde_json::json!({
+        "model": "tiny-cross-encoder",
+        "query": q["query"],
+        "documents": q["documents"],
+    });
+    let (status, text) = http(&addr, "POST", "/v1/rerank", &body.to_string()).unwrap();
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let want = json_f32s(&q["scores_sigmoid"]);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), want.len());
+    for r in results {
+        let i = r["index"].as_u64().unwrap() as usize;
+        let got = r["relevance_score"].as_f64().unwrap() as f32;
+        assert!(
+            (got - want[i]).abs() <= 1e-4,
+            "score {i}: {got} vs {}",
+            want[i]
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

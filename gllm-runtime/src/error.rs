@@ -72,6 +72,14 @@ pub enum RuntimeError {
         /// What is wrong with it.
         message: String,
     },
+    /// A model named by location (a path or `hf:` id) that is not one gllm can open.
+    #[error("{location}: {message}")]
+    ModelLocation {
+        /// The location as given.
+        location: String,
+        /// What is wrong, and what was expected.
+        message: String,
+    },
     /// An internal failure (a worker thread died, a channel closed).
     #[error("internal error: {0}")]
     Internal(String),

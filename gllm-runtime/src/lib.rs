@@ -18,6 +18,7 @@ mod handles;
 pub mod hub;
 pub mod manifest;
 pub mod model_files;
+pub mod model_location;
 pub mod plugin_host;
 pub mod registry;
 mod runtime;

@@ -37,6 +37,32 @@ pub struct Manifest {
     pub models: Vec<ModelEntry>,
     /// Backend plugin libraries to load (`[plugins] libraries = [...]`), resolved paths.
     pub plugin_libraries: Vec<PathBuf>,
+    /// What `[defaults]` gives entries that do not say (also models added by location).
+    pub defaults: Defaults,
+}
+
+/// The manifest's `[defaults]`, with the built-in ones where it is silent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defaults {
+    /// Backends in preference order; empty means every registered backend that fits.
+    pub backends: Vec<String>,
+    /// Devices in preference order ([`DEFAULT_DEVICES`] unless given).
+    pub devices: Vec<Device>,
+    /// Requested compute dtype.
+    pub dtype: Option<DType>,
+    /// Cap on input tokens.
+    pub max_length: Option<usize>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            backends: Vec::new(),
+            devices: DEFAULT_DEVICES.to_vec(),
+            dtype: None,
+            max_length: None,
+        }
+    }
 }
 
 /// Where a model's files are.
@@ -387,7 +413,86 @@ impl Manifest {
             origin: origin.to_string(),
             models,
             plugin_libraries,
+            defaults: Defaults {
+                backends: defaults.backends.clone().unwrap_or_default(),
+                devices: default_devices,
+                dtype: default_dtype,
+                max_length: defaults.max_length,
+            },
         })
+    }
+
+    /// A manifest with no models, the built-in defaults and no plugins (for models
+    /// named by location alone).
+    pub fn empty() -> Self {
+        Self {
+            origin: "(no manifest)".into(),
+            models: Vec::new(),
+            plugin_libraries: Vec::new(),
+            defaults: Defaults::default(),
+        }
+    }
+
+    /// The id of the model `spec` names: an id of this manifest as it is, or a model
+    /// location ([`crate::model_location`]: a directory, a `.gguf` file,
+    /// `hf:org/name[:file.gguf]`), added as an entry with [`Self::defaults`] under an id
+    /// derived from its name (`-2`, `-3`… when taken). `task` is the task asked for;
+    /// without it the task is read from the model's files.
+    pub fn add_location(&mut self, spec: &str, task: Option<Task>) -> Result<String> {
+        if self.models.iter().any(|m| m.id == spec) {
+            return Ok(spec.to_string());
+        }
+        if !crate::model_location::is_location(spec) {
+            // Not a location either: the unknown-id error, listing the ids.
+            return self.model(spec).map(|m| m.id.clone());
+        }
+        let base = std::env::current_dir().unwrap_or_default();
+        let source = crate::model_location::parse(spec, &base)?;
+        // The same location twice (e.g. `serve --model A --model A`) is one model.
+        if let Some(m) = self
+            .models
+            .iter()
+            .find(|m| m.source == source && task.is_none_or(|t| t == m.task))
+        {
+            return Ok(m.id.clone());
+        }
+        let task = match task {
+            Some(t) => {
+                // Refuse early what the files say the model cannot do; when they cannot
+                // tell (an hf: model not fetched yet), loading will.
+                if let Ok(tasks) = crate::model_location::tasks_of(spec, &source)
+                    && !tasks.contains(&t)
+                {
+                    let can: Vec<String> = tasks.iter().map(|t| t.to_string()).collect();
+                    return Err(RuntimeError::ModelLocation {
+                        location: spec.to_string(),
+                        message: format!("this model serves {}, not {t}", can.join(" or ")),
+                    });
+                }
+                t
+            }
+            None => crate::model_location::infer_task(spec, &source)?,
+        };
+        let stem = crate::model_location::id_for(&source);
+        let mut id = stem.clone();
+        let mut n = 1;
+        while self.models.iter().any(|m| m.id == id) {
+            n += 1;
+            id = format!("{stem}-{n}");
+        }
+        self.models.push(ModelEntry {
+            id: id.clone(),
+            task,
+            source,
+            tokenizer: None,
+            backends: self.defaults.backends.clone(),
+            devices: self.defaults.devices.clone(),
+            dtype: self.defaults.dtype,
+            max_length: self.defaults.max_length,
+            options: BTreeMap::new(),
+            line: 0,
+        });
+        Ok(id)
     }
 
     /// The entry with this id.
@@ -462,7 +567,7 @@ fn check_backends(list: &[String], known: &[String]) -> std::result::Result<(), 
 }
 
 /// A path inside a repository: plain `/`-separated components, no `..`.
-fn is_repo_path(p: &str) -> bool {
+pub(crate) fn is_repo_path(p: &str) -> bool {
     !p.is_empty()
         && !p.contains('\\')
         && !p.starts_with('/')
@@ -470,7 +575,7 @@ fn is_repo_path(p: &str) -> bool {
 }
 
 /// Expands `${VAR}`, `${VAR:-default}` and a leading `~/`, and anchors relative paths at `base`.
-fn resolve_path(base: &Path, raw: &str) -> PathBuf {
+pub(crate) fn resolve_path(base: &Path, raw: &str) -> PathBuf {
     let mut s = String::new();
     let mut rest = raw;
     while let Some(start) = rest.find("${") {

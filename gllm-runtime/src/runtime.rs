@@ -67,17 +67,46 @@ impl Runtime {
     /// Reads a manifest file, with every built-in backend and the plugins named by
     /// the manifest's `[plugins]` table and by `GLLM_PLUGIN_PATH`.
     pub fn from_manifest_file(path: &Path) -> Result<Self> {
-        let text = Manifest::read(path)?;
-        let origin = path.display().to_string();
-        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(Self::open(Some(path), &[])?.0)
+    }
+
+    /// A runtime over the manifest file `manifest` (or none: no entries, the built-in
+    /// defaults), with every built-in backend and the plugins of the manifest and of
+    /// `GLLM_PLUGIN_PATH`, and the models `models` names added by location where they
+    /// are not ids of the manifest ([`Manifest::add_location`]: a directory, a `.gguf`
+    /// file or `hf:org/name[:file]`, with the task given or read from its files).
+    /// Returns the runtime and each of `models`' ids, in order.
+    pub fn open(
+        manifest: Option<&Path>,
+        models: &[(&str, Option<gllm_api::Task>)],
+    ) -> Result<(Self, Vec<String>)> {
         let mut registry = Registry::builtin();
-        let mut libraries = Manifest::plugin_libraries(&text, &origin, base)?;
+        let mut libraries = Vec::new();
+        let text = match manifest {
+            Some(path) => {
+                let text = Manifest::read(path)?;
+                let origin = path.display().to_string();
+                let base = path.parent().unwrap_or(Path::new("."));
+                libraries.extend(Manifest::plugin_libraries(&text, &origin, base)?);
+                Some((text, origin, base.to_path_buf()))
+            }
+            None => None,
+        };
         libraries.extend(crate::plugin_host::plugin_path_libraries());
         for lib in libraries {
             registry.add(crate::plugin_host::load_plugin(&lib)?)?;
         }
-        let manifest = Manifest::parse(&text, &origin, base, &registry.names())?;
-        Ok(Self::new(manifest, registry))
+        let mut manifest = match text {
+            Some((text, origin, base)) => {
+                Manifest::parse(&text, &origin, &base, &registry.names())?
+            }
+            None => Manifest::empty(),
+        };
+        let ids = models
+            .iter()
+            .map(|(spec, task)| manifest.add_location(spec, *task))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((Self::new(manifest, registry), ids))
     }
 
     /// A runtime over a parsed manifest and a registry.

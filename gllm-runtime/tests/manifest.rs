@@ -280,3 +280,66 @@ fn a_missing_manifest_file_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn a_location_becomes_an_entry_with_the_defaults() {
+    let bert = format!("{}/tiny-bert", fixtures());
+    let mut m = parse(&format!(
+        r#"
+[defaults]
+devices = ["cpu"]
+backends = ["burn-bert"]
+max_length = 64
+
+[[models]]
+id = "tiny-bert"
+task = "rerank"
+path = "{}/tiny-cross-encoder"
+"#,
+        fixtures()
+    ))
+    .unwrap();
+    // An id of the manifest is itself.
+    assert_eq!(m.add_location("tiny-bert", None).unwrap(), "tiny-bert");
+    // A directory: the task from its files, the id from its name (taken, so -2), the
+    // manifest's defaults.
+    let id = m.add_location(&bert, None).unwrap();
+    assert_eq!(id, "tiny-bert-2");
+    let e = m.model(&id).unwrap();
+    assert_eq!(e.task, Task::Embed);
+    assert_eq!(e.source, ModelSource::Path(bert.clone().into()));
+    assert_eq!(e.devices, [Device::CPU]);
+    assert_eq!(e.backends, ["burn-bert"]);
+    assert_eq!(e.max_length, Some(64));
+    // The same location again is the same model.
+    assert_eq!(m.add_location(&bert, Some(Task::Embed)).unwrap(), id);
+    assert_eq!(m.models.len(), 2);
+    // What its files say it cannot do is refused.
+    let err = m.add_location(&bert, Some(Task::Generate)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("this model serves embed, not generate"),
+        "{err}"
+    );
+    // hf: ids need their task (nothing to read before the download).
+    let err = m.add_location("hf:org/name", None).unwrap_err().to_string();
+    assert!(
+        err.contains("give it (--task embed|rerank|generate)"),
+        "{err}"
+    );
+    let id = m
+        .add_location("hf:org/name:q4.gguf", Some(Task::Generate))
+        .unwrap();
+    assert_eq!(id, "q4");
+    // Neither an id nor a location: the unknown-model error.
+    let err = m.add_location("nope", None).unwrap_err().to_string();
+    assert!(err.contains("unknown model `nope`"), "{err}");
+    // Without a manifest: the built-in defaults.
+    let mut empty = Manifest::empty();
+    let id = empty.add_location(&bert, None).unwrap();
+    assert_eq!(
+        empty.model(&id).unwrap().devices.len(),
+        2,
+        "GPU first, then CPU"
+    );
+}
