@@ -1,6 +1,6 @@
 //! The caller-owned KV cache of one sequence: per layer, keys and values that grow as
 //! positions are appended. On the CPU they are plain buffers that [`crate::attention`]
-//! reads in place (keys in blocks of eight positions, values position-major); on other
+//! reads in place (keys in blocks of sixteen positions, values position-major); on other
 //! devices, tensors [kv_heads, capacity, head_dim] that grow in chunks.
 
 use candle_core::{DType, Tensor};

@@ -1,7 +1,7 @@
 //! Attention on the CPU without tensor plumbing: RoPE applied in place to the
 //! projection outputs ([positions, heads, head_dim], as the fused q/k/v matmul leaves
-//! them), keys appended to a cache of eight-position blocks ([`key_index`]: the scores of
-//! eight positions are eight-lane FMAs) and values to a position-major one, and causal
+//! them), keys appended to a cache of sixteen-position blocks ([`key_index`]: the scores of
+//! sixteen positions are lane-wise FMAs) and values to a position-major one, and causal
 //! grouped-query attention computed per (position, KV head) in parallel (the query heads
 //! sharing a KV head read each cached row once), written straight into the
 //! [positions, heads · head_dim] layout the output projection takes.
@@ -15,6 +15,8 @@
 //! evaluated in SIMD lanes (about one ulp from `expf`).
 
 use rayon::prelude::*;
+
+use gllm_kernels::Isa;
 
 use crate::exp;
 
@@ -71,12 +73,12 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
-/// Positions per block of the key cache.
-pub const KEY_BLOCK: usize = 8;
+/// Positions per block of the key cache (one sixteen-lane register, or two of eight).
+pub const KEY_BLOCK: usize = 16;
 
 /// Where key element `c` of KV head `kh` at position `p` sits in the key cache: blocks
-/// of [`KEY_BLOCK`] positions, [blocks, kv_heads, d, 8], so the scores of eight
-/// positions against one query are eight-lane FMAs with no horizontal sums.
+/// of [`KEY_BLOCK`] positions, [blocks, kv_heads, d, 16], so the scores of sixteen
+/// positions against one query are lane-wise FMAs with no horizontal sums.
 #[inline]
 pub fn key_index(p: usize, kh: usize, c: usize, kv_heads: usize, d: usize) -> usize {
     ((p / KEY_BLOCK * kv_heads + kh) * d + c) * KEY_BLOCK + p % KEY_BLOCK
@@ -99,8 +101,8 @@ pub fn store_keys(cache: &mut [f32], from: usize, k: &[f32], kv_heads: usize, d:
     }
 }
 
-/// Key positions per step of the online softmax: eight key blocks.
-const TILE: usize = 8 * KEY_BLOCK;
+/// Key positions per step of the online softmax: four key blocks.
+const TILE: usize = 4 * KEY_BLOCK;
 
 /// Per-task buffers of [`attend`], reused across tasks.
 #[derive(Default)]
@@ -132,6 +134,19 @@ pub fn attend(
     shape: AttentionShape,
     out: &mut [f32],
 ) {
+    attend_with(Isa::detect(), q, k, v, offset, shape, out)
+}
+
+/// [`attend`] with the kernels of `isa` (which the CPU must support).
+pub fn attend_with(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    offset: usize,
+    shape: AttentionShape,
+    out: &mut [f32],
+) {
     let AttentionShape {
         heads,
         kv_heads,
@@ -151,7 +166,7 @@ pub fn attend(
         .for_each_init(Scratch::default, |s, (task, o)| {
             let (i, kh) = (task / kv_heads, task % kv_heads);
             let qs = &q[(i * heads + kh * group) * d..][..group * d];
-            attend_group(qs, k, v, offset + i + 1, kh, shape, o, s);
+            attend_group(isa, qs, k, v, offset + i + 1, kh, shape, o, s);
         });
 }
 
@@ -159,6 +174,7 @@ pub fn attend(
 /// positions `0..t`, written to `o` ([group, d]).
 #[allow(clippy::too_many_arguments)]
 fn attend_group(
+    isa: Isa,
     qs: &[f32],
     k: &[f32],
     v: &[f32],
@@ -185,13 +201,13 @@ fn attend_group(
         let len = TILE.min(t - p0);
         let kb = &k[(p0 / KEY_BLOCK * kv_heads + kh) * d * KEY_BLOCK..];
         tile::scores(
+            isa,
             &s.q,
             d,
             kb,
             len.div_ceil(KEY_BLOCK),
             block_stride,
             &mut s.p,
-            TILE,
         );
         for (r, or) in o.chunks_exact_mut(d).enumerate() {
             let row = &mut s.p[r * TILE..][..len];
@@ -204,15 +220,8 @@ fn attend_group(
                 or.iter_mut().for_each(|a| *a *= corr);
             }
         }
-        tile::values(
-            &s.p,
-            TILE,
-            len,
-            &v[p0 * kv_stride + kh * d..],
-            kv_stride,
-            o,
-            d,
-        );
+        let vt = &v[p0 * kv_stride + kh * d..];
+        tile::values(isa, &s.p, TILE, len, vt, kv_stride, o, d);
     }
     for (or, sum) in o.chunks_exact_mut(d).zip(&s.sum) {
         let inv = 1.0 / sum;
@@ -256,13 +265,21 @@ mod tests {
 
     #[test]
     fn matches_the_written_out_attention() {
-        let s = AttentionShape {
-            heads: 6,
-            kv_heads: 2,
-            head_dim: 12,
-        };
-        // Past one tile of keys too (t = 64 + 1, 140), where the online softmax rescales.
-        for (offset, n) in [(0, 5), (7, 1), (3, 4), (64, 1), (100, 40)] {
+        // An odd head width (scalar value sums), Qwen2-0.5B's groups of seven heads of
+        // 64 (score passes of 4 + 3 heads, value pairs + one), and heads of 128.
+        let shapes = [(6, 2, 12), (14, 2, 64), (8, 2, 128)].map(|(heads, kv_heads, head_dim)| {
+            AttentionShape {
+                heads,
+                kv_heads,
+                head_dim,
+            }
+        });
+        // Past one tile of keys too (t = 64 + 1, 140), where the online softmax rescales;
+        // t = 17: one whole key block and one position of the next.
+        for (s, (offset, n)) in shapes
+            .into_iter()
+            .flat_map(|s| [(0, 5), (7, 1), (3, 4), (16, 1), (64, 1), (100, 40)].map(|c| (s, c)))
+        {
             let t = offset + n;
             let val = |i: usize, m: usize| ((i * m % 97) as f32 - 48.0) / 31.0;
             let q: Vec<f32> = (0..n * s.heads * s.head_dim).map(|i| val(i, 13)).collect();
@@ -275,13 +292,16 @@ mod tests {
             let mut cache = vec![0f32; key_cache_len(t, s.kv_heads, s.head_dim)];
             store_keys(&mut cache, 0, &k, s.kv_heads, s.head_dim);
             let mut out = vec![0f32; q.len()];
-            attend(&q, &cache, &v, offset, s, &mut out);
             let want = naive(&q, &k, &v, offset, s);
-            for (j, (a, b)) in out.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() < 1e-5,
-                    "offset {offset} n {n} [{j}]: {a} vs {b}"
-                );
+            // Every kernel level this CPU has, the scalar loops included.
+            for isa in Isa::available() {
+                attend_with(isa, &q, &cache, &v, offset, s, &mut out);
+                for (j, (a, b)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "{isa:?} {s:?} offset {offset} n {n} [{j}]: {a} vs {b}"
+                    );
+                }
             }
         }
     }

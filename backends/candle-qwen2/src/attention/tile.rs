@@ -2,29 +2,34 @@
 //! query heads against up to [`super::TILE`] cached keys, and the probability-weighted
 //! sum of the tile's values added to the heads' outputs.
 //!
-//! Scores take four query heads against two key blocks (sixteen keys) per pass, so
-//! each broadcast query value feeds two FMAs and each key row four; value sums take
-//! two heads against 32 columns, so each value row loaded feeds two heads. Both fit the
-//! sixteen AVX registers with no spills. Builds without AVX2 and FMA run the same
-//! sums in scalar code.
+//! Keys come in blocks of sixteen positions ([d, 16] each). Scores take four query
+//! heads against one block per pass (AVX2: two eight-lane halves; AVX-512: one
+//! register) or two blocks (AVX-512), so each broadcast query value feeds several
+//! FMAs and each key row four heads. Value sums take two heads against 32 (AVX2) or
+//! 64 (AVX-512) columns, so each value row loaded feeds two heads. Everything fits the
+//! registers with no spills. The kernels are chosen at run time by [`Isa`]; the scalar
+//! loops are the reference and the path elsewhere.
 
-use super::KEY_BLOCK;
+use gllm_kernels::Isa;
+
+use super::{KEY_BLOCK, TILE};
 
 /// Query heads per pass of [`scores`].
 const SCORE_HEADS: usize = 4;
 
-/// `out[j * stride + 8 b + l] = q_j · key l of block b` for the `q.len() / d` query
+/// `out[j * TILE + 16 b + l] = q_j · key l of block b` for the `q.len() / d` query
 /// heads `q` ([heads, d]) and the `blocks` key blocks starting at `kb` (block `b` at
-/// `kb[b * block_stride..][..d * 8]`, [d, 8] each).
+/// `kb[b * block_stride..][..d * 16]`, [d, 16] each).
 pub(super) fn scores(
+    isa: Isa,
     q: &[f32],
     d: usize,
     kb: &[f32],
     blocks: usize,
     block_stride: usize,
     out: &mut [f32],
-    stride: usize,
 ) {
+    let stride = TILE;
     let heads = q.len() / d;
     if heads == 0 || blocks == 0 {
         return;
@@ -35,42 +40,27 @@ pub(super) fn scores(
             && (heads - 1) * stride + blocks * KEY_BLOCK <= out.len(),
         "attention tile scores: shapes"
     );
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
         let mut j0 = 0;
         while j0 < heads {
             let h = SCORE_HEADS.min(heads - j0);
-            let mut b = 0;
-            while b < blocks {
-                let two = blocks - b >= 2;
-                // SAFETY: the build enables AVX2 and FMA; rows j0..j0 + h of q, blocks
-                // b..b + (1 or 2) of kb and their output columns are in bounds
-                // (asserted above).
-                unsafe {
-                    let (qp, kp) = (q.as_ptr().add(j0 * d), kb.as_ptr().add(b * block_stride));
-                    let op = out.as_mut_ptr().add(j0 * stride + b * KEY_BLOCK);
-                    match (h, two) {
-                        (4, true) => scores_avx2::<4, 2>(qp, d, kp, block_stride, op, stride),
-                        (3, true) => scores_avx2::<3, 2>(qp, d, kp, block_stride, op, stride),
-                        (2, true) => scores_avx2::<2, 2>(qp, d, kp, block_stride, op, stride),
-                        (1, true) => scores_avx2::<1, 2>(qp, d, kp, block_stride, op, stride),
-                        (4, false) => scores_avx2::<4, 1>(qp, d, kp, block_stride, op, stride),
-                        (3, false) => scores_avx2::<3, 1>(qp, d, kp, block_stride, op, stride),
-                        (2, false) => scores_avx2::<2, 1>(qp, d, kp, block_stride, op, stride),
-                        _ => scores_avx2::<1, 1>(qp, d, kp, block_stride, op, stride),
-                    }
+            // SAFETY: `isa` saw the features of the kernel called; rows j0..j0 + h of
+            // q, the blocks read and their output columns are in bounds (asserted).
+            unsafe {
+                let qp = q.as_ptr().add(j0 * d);
+                let op = out.as_mut_ptr().add(j0 * stride);
+                if isa == Isa::Vnni {
+                    x86::scores512(h, qp, d, kb.as_ptr(), blocks, block_stride, op);
+                } else {
+                    x86::scores256(h, qp, d, kb.as_ptr(), blocks, block_stride, op);
                 }
-                b += if two { 2 } else { 1 };
             }
             j0 += h;
         }
         return;
     }
-    #[allow(unreachable_code)]
+    let _ = isa;
     for j in 0..heads {
         let qj = &q[j * d..][..d];
         for b in 0..blocks {
@@ -86,51 +76,11 @@ pub(super) fn scores(
     }
 }
 
-/// [`scores`] for `H` heads against `B` key blocks, the accumulators in registers.
-///
-/// # Safety
-/// The build must enable AVX2 and FMA; `q` holds `H` rows of `d`, `k` `B` blocks of
-/// `d * 8` at `block_stride`, and `out` `H` rows of `8 B` at `stride`.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[inline(always)]
-unsafe fn scores_avx2<const H: usize, const B: usize>(
-    q: *const f32,
-    d: usize,
-    k: *const f32,
-    block_stride: usize,
-    out: *mut f32,
-    stride: usize,
-) {
-    use std::arch::x86_64::*;
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); B]; H];
-        for c in 0..d {
-            let mut kc = [_mm256_setzero_ps(); B];
-            for (b, r) in kc.iter_mut().enumerate() {
-                *r = _mm256_loadu_ps(k.add(b * block_stride + c * KEY_BLOCK));
-            }
-            for (j, row) in acc.iter_mut().enumerate() {
-                let qv = _mm256_set1_ps(*q.add(j * d + c));
-                for (a, kr) in row.iter_mut().zip(&kc) {
-                    *a = _mm256_fmadd_ps(qv, *kr, *a);
-                }
-            }
-        }
-        for (j, row) in acc.iter().enumerate() {
-            for (b, a) in row.iter().enumerate() {
-                _mm256_storeu_ps(out.add(j * stride + b * KEY_BLOCK), *a);
-            }
-        }
-    }
-}
-
 /// `o_j += Σ_p w[j * w_stride + p] · v[p * v_stride..][..d]` for each head `j` of `o`
 /// ([heads, d]) over the tile's first `len` positions.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn values(
+    isa: Isa,
     w: &[f32],
     w_stride: usize,
     len: usize,
@@ -149,33 +99,32 @@ pub(super) fn values(
             && (len - 1) * v_stride + d <= v.len(),
         "attention tile values: shapes"
     );
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    if d.is_multiple_of(32) {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar && d.is_multiple_of(32) {
+        let wide = isa == Isa::Vnni && d.is_multiple_of(64);
+        let cols = if wide { 64 } else { 32 };
         let mut j0 = 0;
         while j0 < heads {
-            let pair = heads - j0 >= 2;
-            for c0 in (0..d).step_by(32) {
-                // SAFETY: the build enables AVX2 and FMA; heads j0..j0 + (1 or 2),
-                // positions 0..len and columns c0..c0 + 32 are in bounds (asserted).
+            let h = 2.min(heads - j0);
+            for c0 in (0..d).step_by(cols) {
+                // SAFETY: `isa` saw the kernel's features; heads j0..j0 + h, positions
+                // 0..len and columns c0..c0 + cols are in bounds (asserted).
                 unsafe {
                     let wp = w.as_ptr().add(j0 * w_stride);
                     let vp = v.as_ptr().add(c0);
                     let op = o.as_mut_ptr().add(j0 * d + c0);
-                    if pair {
-                        values_avx2::<2>(wp, w_stride, len, vp, v_stride, op, d);
+                    if wide {
+                        x86::values512(h, wp, w_stride, len, vp, v_stride, op, d);
                     } else {
-                        values_avx2::<1>(wp, w_stride, len, vp, v_stride, op, d);
+                        x86::values256(h, wp, w_stride, len, vp, v_stride, op, d);
                     }
                 }
             }
-            j0 += if pair { 2 } else { 1 };
+            j0 += h;
         }
         return;
     }
+    let _ = isa;
     for (j, oj) in o.chunks_exact_mut(d).enumerate() {
         for (p, s) in w[j * w_stride..][..len].iter().enumerate() {
             for (a, b) in oj.iter_mut().zip(&v[p * v_stride..][..d]) {
@@ -185,52 +134,232 @@ pub(super) fn values(
     }
 }
 
-/// 32 columns of [`values`] for `H` heads, the accumulators in registers.
-///
-/// # Safety
-/// The build must enable AVX2 and FMA; `w` holds `H` rows of `len` at `w_stride`, `v`
-/// `len` rows of 32 at `v_stride`, and `o` `H` rows of 32 at `o_stride`.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[inline(always)]
-unsafe fn values_avx2<const H: usize>(
-    w: *const f32,
-    w_stride: usize,
-    len: usize,
-    v: *const f32,
-    v_stride: usize,
-    o: *mut f32,
-    o_stride: usize,
-) {
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+mod x86 {
     use std::arch::x86_64::*;
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 4]; H];
-        for (j, row) in acc.iter_mut().enumerate() {
-            for (i, a) in row.iter_mut().enumerate() {
-                *a = _mm256_loadu_ps(o.add(j * o_stride + 8 * i));
-            }
-        }
-        for p in 0..len {
-            let row = v.add(p * v_stride);
-            let vv = [
-                _mm256_loadu_ps(row),
-                _mm256_loadu_ps(row.add(8)),
-                _mm256_loadu_ps(row.add(16)),
-                _mm256_loadu_ps(row.add(24)),
-            ];
-            for (j, accj) in acc.iter_mut().enumerate() {
-                let s = _mm256_set1_ps(*w.add(j * w_stride + p));
-                for (a, x) in accj.iter_mut().zip(&vv) {
-                    *a = _mm256_fmadd_ps(s, *x, *a);
+
+    use super::super::{KEY_BLOCK, TILE};
+
+    /// Scores of `h` (1..=4) heads against `blocks` key blocks, output rows [`TILE`]
+    /// apart, in eight-lane registers: one block (two halves) per pass.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores256(
+        h: usize,
+        q: *const f32,
+        d: usize,
+        k: *const f32,
+        blocks: usize,
+        block_stride: usize,
+        out: *mut f32,
+    ) {
+        unsafe {
+            for b in 0..blocks {
+                let (kb, ob) = (k.add(b * block_stride), out.add(b * KEY_BLOCK));
+                match h {
+                    4 => block256::<4>(q, d, kb, ob),
+                    3 => block256::<3>(q, d, kb, ob),
+                    2 => block256::<2>(q, d, kb, ob),
+                    _ => block256::<1>(q, d, kb, ob),
                 }
             }
         }
-        for (j, row) in acc.iter().enumerate() {
-            for (i, a) in row.iter().enumerate() {
-                _mm256_storeu_ps(o.add(j * o_stride + 8 * i), *a);
+    }
+
+    #[inline(always)]
+    unsafe fn block256<const H: usize>(q: *const f32, d: usize, k: *const f32, out: *mut f32) {
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; H];
+            for c in 0..d {
+                let row = k.add(c * KEY_BLOCK);
+                let kc = [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))];
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let qv = _mm256_set1_ps(*q.add(j * d + c));
+                    a[0] = _mm256_fmadd_ps(qv, kc[0], a[0]);
+                    a[1] = _mm256_fmadd_ps(qv, kc[1], a[1]);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(j * TILE), a[0]);
+                _mm256_storeu_ps(out.add(j * TILE + 8), a[1]);
+            }
+        }
+    }
+
+    /// [`scores256`] in sixteen-lane registers: two blocks per pass.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub(super) unsafe fn scores512(
+        h: usize,
+        q: *const f32,
+        d: usize,
+        k: *const f32,
+        blocks: usize,
+        block_stride: usize,
+        out: *mut f32,
+    ) {
+        unsafe {
+            let mut b = 0;
+            while b < blocks {
+                let (kb, ob) = (k.add(b * block_stride), out.add(b * KEY_BLOCK));
+                if blocks - b >= 2 {
+                    match h {
+                        4 => blocks512::<4, 2>(q, d, kb, block_stride, ob),
+                        3 => blocks512::<3, 2>(q, d, kb, block_stride, ob),
+                        2 => blocks512::<2, 2>(q, d, kb, block_stride, ob),
+                        _ => blocks512::<1, 2>(q, d, kb, block_stride, ob),
+                    }
+                    b += 2;
+                } else {
+                    match h {
+                        4 => blocks512::<4, 1>(q, d, kb, block_stride, ob),
+                        3 => blocks512::<3, 1>(q, d, kb, block_stride, ob),
+                        2 => blocks512::<2, 1>(q, d, kb, block_stride, ob),
+                        _ => blocks512::<1, 1>(q, d, kb, block_stride, ob),
+                    }
+                    b += 1;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn blocks512<const H: usize, const B: usize>(
+        q: *const f32,
+        d: usize,
+        k: *const f32,
+        block_stride: usize,
+        out: *mut f32,
+    ) {
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); B]; H];
+            for c in 0..d {
+                let mut kc = [_mm512_setzero_ps(); B];
+                for (b, r) in kc.iter_mut().enumerate() {
+                    *r = _mm512_loadu_ps(k.add(b * block_stride + c * KEY_BLOCK));
+                }
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let qv = _mm512_set1_ps(*q.add(j * d + c));
+                    for (x, kr) in a.iter_mut().zip(&kc) {
+                        *x = _mm512_fmadd_ps(qv, *kr, *x);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                for (b, x) in a.iter().enumerate() {
+                    _mm512_storeu_ps(out.add(j * TILE + b * KEY_BLOCK), *x);
+                }
+            }
+        }
+    }
+
+    /// 32 columns of `values` for `h` (1 or 2) heads, in eight-lane registers.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn values256(
+        h: usize,
+        w: *const f32,
+        w_stride: usize,
+        len: usize,
+        v: *const f32,
+        v_stride: usize,
+        o: *mut f32,
+        o_stride: usize,
+    ) {
+        unsafe {
+            if h == 2 {
+                sums256::<2>(w, w_stride, len, v, v_stride, o, o_stride)
+            } else {
+                sums256::<1>(w, w_stride, len, v, v_stride, o, o_stride)
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn sums256<const H: usize>(
+        w: *const f32,
+        w_stride: usize,
+        len: usize,
+        v: *const f32,
+        v_stride: usize,
+        o: *mut f32,
+        o_stride: usize,
+    ) {
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 4]; H];
+            for (j, row) in acc.iter_mut().enumerate() {
+                for (i, a) in row.iter_mut().enumerate() {
+                    *a = _mm256_loadu_ps(o.add(j * o_stride + 8 * i));
+                }
+            }
+            for p in 0..len {
+                let row = v.add(p * v_stride);
+                let vv: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(row.add(8 * i)));
+                for (j, accj) in acc.iter_mut().enumerate() {
+                    let s = _mm256_set1_ps(*w.add(j * w_stride + p));
+                    for (a, x) in accj.iter_mut().zip(&vv) {
+                        *a = _mm256_fmadd_ps(s, *x, *a);
+                    }
+                }
+            }
+            for (j, row) in acc.iter().enumerate() {
+                for (i, a) in row.iter().enumerate() {
+                    _mm256_storeu_ps(o.add(j * o_stride + 8 * i), *a);
+                }
+            }
+        }
+    }
+
+    /// 64 columns of `values` for `h` (1 or 2) heads, in sixteen-lane registers.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub(super) unsafe fn values512(
+        h: usize,
+        w: *const f32,
+        w_stride: usize,
+        len: usize,
+        v: *const f32,
+        v_stride: usize,
+        o: *mut f32,
+        o_stride: usize,
+    ) {
+        unsafe {
+            if h == 2 {
+                sums512::<2>(w, w_stride, len, v, v_stride, o, o_stride)
+            } else {
+                sums512::<1>(w, w_stride, len, v, v_stride, o, o_stride)
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn sums512<const H: usize>(
+        w: *const f32,
+        w_stride: usize,
+        len: usize,
+        v: *const f32,
+        v_stride: usize,
+        o: *mut f32,
+        o_stride: usize,
+    ) {
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 4]; H];
+            for (j, row) in acc.iter_mut().enumerate() {
+                for (i, a) in row.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(o.add(j * o_stride + 16 * i));
+                }
+            }
+            for p in 0..len {
+                let row = v.add(p * v_stride);
+                let vv: [__m512; 4] = std::array::from_fn(|i| _mm512_loadu_ps(row.add(16 * i)));
+                for (j, accj) in acc.iter_mut().enumerate() {
+                    let s = _mm512_set1_ps(*w.add(j * w_stride + p));
+                    for (a, x) in accj.iter_mut().zip(&vv) {
+                        *a = _mm512_fmadd_ps(s, *x, *a);
+                    }
+                }
+            }
+            for (j, row) in acc.iter().enumerate() {
+                for (i, a) in row.iter().enumerate() {
+                    _mm512_storeu_ps(o.add(j * o_stride + 16 * i), *a);
+                }
             }
         }
     }
