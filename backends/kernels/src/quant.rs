@@ -66,6 +66,10 @@ macro_rules! with_format {
     }};
 }
 
+/// The most quantized activation bytes one pass over the weights takes (half of a
+/// 2 MiB L2, leaving room for the weights).
+pub const ACT_BLOCK_BYTES: usize = 512 * 1024;
+
 impl QuantMatrix {
     /// Repacks the GGUF data of a [rows, cols] tensor of type `ty` (rows = output
     /// features; GGUF lists the shape as [cols, rows]).
@@ -120,10 +124,26 @@ impl QuantMatrix {
 
     /// [`Self::matmul`] with the kernels of `isa` (which the CPU must support, see
     /// [`Isa::available`]).
+    ///
+    /// Long inputs go through in blocks of rows whose quantized activations stay within
+    /// [`ACT_BLOCK_BYTES`], so that every weight group reads them from L2 rather than
+    /// from L3 (each block reads the weights once more; for a 4864-wide matrix that is
+    /// one pass per 96 rows).
     pub fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) {
-        match self {
-            QuantMatrix::Legacy(p) => p.matmul_with(isa, x, m, out),
-            QuantMatrix::K(p) => p.matmul_with(isa, x, m, out),
+        let (rows, cols) = self.dims();
+        // Quantized bytes per activation row: a byte per value and a few per block.
+        let per_row = cols + cols / 8;
+        let block = (ACT_BLOCK_BYTES / per_row.max(1)).max(8) / 8 * 8;
+        let mut i0 = 0;
+        while i0 < m {
+            let n = block.min(m - i0);
+            let xs = &x[i0 * cols..(i0 + n) * cols];
+            let os = &mut out[i0 * rows..(i0 + n) * rows];
+            match self {
+                QuantMatrix::Legacy(p) => p.matmul_with(isa, xs, n, os),
+                QuantMatrix::K(p) => p.matmul_with(isa, xs, n, os),
+            }
+            i0 += n;
         }
     }
 

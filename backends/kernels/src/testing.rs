@@ -51,11 +51,10 @@ pub fn check_format<F: BlockFormat>() {
         check_shape::<F>(rows, cols, &[1, 3, 4, 5, 9], rows);
     }
     // Qwen2-0.5B's widths: 896 (legacy only) and 4864 = 19 · 256.
+    // 100 rows of 4864 cross a block of activation rows (crate::quant::ACT_BLOCK_BYTES).
     let wide = if ty.is_k() { 4864 } else { 896 };
     check_shape::<F>(29, wide, &[1, 7], 29);
-    if !ty.is_k() {
-        check_shape::<F>(19, 4864, &[2], 19);
-    }
+    check_shape::<F>(19, 4864, &[2, 100], 19);
     // The vocabulary's row count (151936), every row through the SIMD kernels and a
     // sample of rows against the references.
     check_shape::<F>(151_936, block, &[1], 40);
