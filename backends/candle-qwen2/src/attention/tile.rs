@@ -137,12 +137,75 @@ pub(super) fn values(
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 mod x86 {
+    //! One kernel per product, generic over the register width; the entry points
+    //! instantiate it with the target features of their width.
+
     use std::arch::x86_64::*;
 
     use super::super::{KEY_BLOCK, TILE};
 
+    /// A register of `N` f32 lanes: what the kernels need of it.
+    pub(super) trait Lanes: Copy {
+        /// Lanes per register.
+        const N: usize;
+        unsafe fn zero() -> Self;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(self, p: *mut f32);
+        unsafe fn splat(x: f32) -> Self;
+        /// `a · b + c`.
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+    }
+
+    impl Lanes for __m256 {
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm256_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+    }
+
+    impl Lanes for __m512 {
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm512_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+    }
+
     /// Scores of `h` (1..=4) heads against `blocks` key blocks, output rows [`TILE`]
-    /// apart, in eight-lane registers: one block (two halves) per pass.
+    /// apart, in eight-lane registers.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn scores256(
         h: usize,
@@ -153,40 +216,10 @@ mod x86 {
         block_stride: usize,
         out: *mut f32,
     ) {
-        unsafe {
-            for b in 0..blocks {
-                let (kb, ob) = (k.add(b * block_stride), out.add(b * KEY_BLOCK));
-                match h {
-                    4 => block256::<4>(q, d, kb, ob),
-                    3 => block256::<3>(q, d, kb, ob),
-                    2 => block256::<2>(q, d, kb, ob),
-                    _ => block256::<1>(q, d, kb, ob),
-                }
-            }
-        }
+        unsafe { scores_with::<__m256>(h, q, d, k, blocks, block_stride, out) }
     }
 
-    #[inline(always)]
-    unsafe fn block256<const H: usize>(q: *const f32, d: usize, k: *const f32, out: *mut f32) {
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; H];
-            for c in 0..d {
-                let row = k.add(c * KEY_BLOCK);
-                let kc = [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))];
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let qv = _mm256_set1_ps(*q.add(j * d + c));
-                    a[0] = _mm256_fmadd_ps(qv, kc[0], a[0]);
-                    a[1] = _mm256_fmadd_ps(qv, kc[1], a[1]);
-                }
-            }
-            for (j, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(out.add(j * TILE), a[0]);
-                _mm256_storeu_ps(out.add(j * TILE + 8), a[1]);
-            }
-        }
-    }
-
-    /// [`scores256`] in sixteen-lane registers: two blocks per pass.
+    /// [`scores256`] in sixteen-lane registers.
     #[target_feature(enable = "avx2,fma,avx512f")]
     pub(super) unsafe fn scores512(
         h: usize,
@@ -197,33 +230,55 @@ mod x86 {
         block_stride: usize,
         out: *mut f32,
     ) {
-        unsafe {
-            let mut b = 0;
-            while b < blocks {
+        unsafe { scores_with::<__m512>(h, q, d, k, blocks, block_stride, out) }
+    }
+
+    /// Calls `$f::<V, H, $r>` for the `$h` (1..=4) heads of a pass.
+    macro_rules! for_heads {
+        ($h:expr, $f:ident::<$v:ty, $r:literal>($($a:expr),*)) => {
+            match $h {
+                4 => $f::<$v, 4, $r>($($a),*),
+                3 => $f::<$v, 3, $r>($($a),*),
+                2 => $f::<$v, 2, $r>($($a),*),
+                _ => $f::<$v, 1, $r>($($a),*),
+            }
+        };
+    }
+
+    /// The scores in passes of two registers (one block of two eight-lane halves, or
+    /// two blocks of sixteen lanes), and a last block alone when a register holds one.
+    #[inline(always)]
+    unsafe fn scores_with<V: Lanes>(
+        h: usize,
+        q: *const f32,
+        d: usize,
+        k: *const f32,
+        blocks: usize,
+        block_stride: usize,
+        out: *mut f32,
+    ) {
+        let per_pass = 2 * V::N / KEY_BLOCK;
+        let mut b = 0;
+        while b < blocks {
+            // SAFETY (both passes): the caller's bounds cover blocks b.. of k and
+            // their output columns.
+            unsafe {
                 let (kb, ob) = (k.add(b * block_stride), out.add(b * KEY_BLOCK));
-                if blocks - b >= 2 {
-                    match h {
-                        4 => blocks512::<4, 2>(q, d, kb, block_stride, ob),
-                        3 => blocks512::<3, 2>(q, d, kb, block_stride, ob),
-                        2 => blocks512::<2, 2>(q, d, kb, block_stride, ob),
-                        _ => blocks512::<1, 2>(q, d, kb, block_stride, ob),
-                    }
-                    b += 2;
+                if blocks - b >= per_pass {
+                    for_heads!(h, pass::<V, 2>(q, d, kb, block_stride, ob));
+                    b += per_pass;
                 } else {
-                    match h {
-                        4 => blocks512::<4, 1>(q, d, kb, block_stride, ob),
-                        3 => blocks512::<3, 1>(q, d, kb, block_stride, ob),
-                        2 => blocks512::<2, 1>(q, d, kb, block_stride, ob),
-                        _ => blocks512::<1, 1>(q, d, kb, block_stride, ob),
-                    }
+                    for_heads!(h, pass::<V, 1>(q, d, kb, block_stride, ob));
                     b += 1;
                 }
             }
         }
     }
 
+    /// Scores of `H` heads against the `R · N` keys from `k`: register `r` holds keys
+    /// `r · N..`, which sit in block `r · N / 16` at column `r · N % 16`.
     #[inline(always)]
-    unsafe fn blocks512<const H: usize, const B: usize>(
+    unsafe fn pass<V: Lanes, const H: usize, const R: usize>(
         q: *const f32,
         d: usize,
         k: *const f32,
@@ -231,22 +286,20 @@ mod x86 {
         out: *mut f32,
     ) {
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); B]; H];
+            let at = |r: usize| r * V::N / KEY_BLOCK * block_stride + r * V::N % KEY_BLOCK;
+            let mut acc = [[V::zero(); R]; H];
             for c in 0..d {
-                let mut kc = [_mm512_setzero_ps(); B];
-                for (b, r) in kc.iter_mut().enumerate() {
-                    *r = _mm512_loadu_ps(k.add(b * block_stride + c * KEY_BLOCK));
-                }
+                let kc: [V; R] = std::array::from_fn(|r| V::load(k.add(at(r) + c * KEY_BLOCK)));
                 for (j, a) in acc.iter_mut().enumerate() {
-                    let qv = _mm512_set1_ps(*q.add(j * d + c));
+                    let qv = V::splat(*q.add(j * d + c));
                     for (x, kr) in a.iter_mut().zip(&kc) {
-                        *x = _mm512_fmadd_ps(qv, *kr, *x);
+                        *x = V::fmadd(qv, *kr, *x);
                     }
                 }
             }
             for (j, a) in acc.iter().enumerate() {
-                for (b, x) in a.iter().enumerate() {
-                    _mm512_storeu_ps(out.add(j * TILE + b * KEY_BLOCK), *x);
+                for (r, x) in a.iter().enumerate() {
+                    x.store(out.add(j * TILE + r * V::N));
                 }
             }
         }
@@ -264,48 +317,7 @@ mod x86 {
         o: *mut f32,
         o_stride: usize,
     ) {
-        unsafe {
-            if h == 2 {
-                sums256::<2>(w, w_stride, len, v, v_stride, o, o_stride)
-            } else {
-                sums256::<1>(w, w_stride, len, v, v_stride, o, o_stride)
-            }
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn sums256<const H: usize>(
-        w: *const f32,
-        w_stride: usize,
-        len: usize,
-        v: *const f32,
-        v_stride: usize,
-        o: *mut f32,
-        o_stride: usize,
-    ) {
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 4]; H];
-            for (j, row) in acc.iter_mut().enumerate() {
-                for (i, a) in row.iter_mut().enumerate() {
-                    *a = _mm256_loadu_ps(o.add(j * o_stride + 8 * i));
-                }
-            }
-            for p in 0..len {
-                let row = v.add(p * v_stride);
-                let vv: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(row.add(8 * i)));
-                for (j, accj) in acc.iter_mut().enumerate() {
-                    let s = _mm256_set1_ps(*w.add(j * w_stride + p));
-                    for (a, x) in accj.iter_mut().zip(&vv) {
-                        *a = _mm256_fmadd_ps(s, *x, *a);
-                    }
-                }
-            }
-            for (j, row) in acc.iter().enumerate() {
-                for (i, a) in row.iter().enumerate() {
-                    _mm256_storeu_ps(o.add(j * o_stride + 8 * i), *a);
-                }
-            }
-        }
+        unsafe { values_with::<__m256>(h, w, w_stride, len, v, v_stride, o, o_stride) }
     }
 
     /// 64 columns of `values` for `h` (1 or 2) heads, in sixteen-lane registers.
@@ -320,17 +332,12 @@ mod x86 {
         o: *mut f32,
         o_stride: usize,
     ) {
-        unsafe {
-            if h == 2 {
-                sums512::<2>(w, w_stride, len, v, v_stride, o, o_stride)
-            } else {
-                sums512::<1>(w, w_stride, len, v, v_stride, o, o_stride)
-            }
-        }
+        unsafe { values_with::<__m512>(h, w, w_stride, len, v, v_stride, o, o_stride) }
     }
 
     #[inline(always)]
-    unsafe fn sums512<const H: usize>(
+    unsafe fn values_with<V: Lanes>(
+        h: usize,
         w: *const f32,
         w_stride: usize,
         len: usize,
@@ -340,25 +347,45 @@ mod x86 {
         o_stride: usize,
     ) {
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 4]; H];
+            if h == 2 {
+                sums::<V, 2>(w, w_stride, len, v, v_stride, o, o_stride)
+            } else {
+                sums::<V, 1>(w, w_stride, len, v, v_stride, o, o_stride)
+            }
+        }
+    }
+
+    /// `4 · N` columns of `H` heads' value sums, the accumulators in registers.
+    #[inline(always)]
+    unsafe fn sums<V: Lanes, const H: usize>(
+        w: *const f32,
+        w_stride: usize,
+        len: usize,
+        v: *const f32,
+        v_stride: usize,
+        o: *mut f32,
+        o_stride: usize,
+    ) {
+        unsafe {
+            let mut acc = [[V::zero(); 4]; H];
             for (j, row) in acc.iter_mut().enumerate() {
                 for (i, a) in row.iter_mut().enumerate() {
-                    *a = _mm512_loadu_ps(o.add(j * o_stride + 16 * i));
+                    *a = V::load(o.add(j * o_stride + V::N * i));
                 }
             }
             for p in 0..len {
                 let row = v.add(p * v_stride);
-                let vv: [__m512; 4] = std::array::from_fn(|i| _mm512_loadu_ps(row.add(16 * i)));
+                let vv: [V; 4] = std::array::from_fn(|i| V::load(row.add(V::N * i)));
                 for (j, accj) in acc.iter_mut().enumerate() {
-                    let s = _mm512_set1_ps(*w.add(j * w_stride + p));
+                    let s = V::splat(*w.add(j * w_stride + p));
                     for (a, x) in accj.iter_mut().zip(&vv) {
-                        *a = _mm512_fmadd_ps(s, *x, *a);
+                        *a = V::fmadd(s, *x, *a);
                     }
                 }
             }
             for (j, row) in acc.iter().enumerate() {
                 for (i, a) in row.iter().enumerate() {
-                    _mm512_storeu_ps(o.add(j * o_stride + 16 * i), *a);
+                    a.store(o.add(j * o_stride + V::N * i));
                 }
             }
         }
