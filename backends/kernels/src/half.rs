@@ -241,11 +241,10 @@ mod x86 {
         }
     }
 
-    /// Rows `i0..i0 + T` of `x` times the group's eight rows, with `A` accumulators
-    /// per activation row (enough independent FMA chains to hide their latency: four
-    /// for one row, one each from four rows on).
+    /// Rows `i0..i0 + T` of `x` times the group's eight rows, with two accumulators
+    /// per activation row (even and odd positions), the same for every `T`.
     #[inline(always)]
-    unsafe fn tile<const T: usize, const A: usize>(
+    unsafe fn tile<const T: usize>(
         w: &PackedHalf,
         x: &[f32],
         g: usize,
@@ -256,7 +255,7 @@ mod x86 {
             let cols = w.cols;
             let p = w.data.as_ptr().add(g * w.group_len());
             let xs: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((i0 + t) * cols));
-            let mut acc = [[_mm256_setzero_ps(); A]; T];
+            let mut acc = [[_mm256_setzero_ps(); 2]; T];
             let c4 = cols - cols % 4;
             let mut c = 0;
             while c < c4 {
@@ -267,7 +266,7 @@ mod x86 {
                 for t in 0..T {
                     for (j, wj) in wv.iter().enumerate() {
                         let xv = _mm256_broadcast_ss(&*xs[t].add(c + j));
-                        acc[t][j % A] = _mm256_fmadd_ps(*wj, xv, acc[t][j % A]);
+                        acc[t][j % 2] = _mm256_fmadd_ps(*wj, xv, acc[t][j % 2]);
                     }
                 }
                 c += 4;
@@ -281,12 +280,8 @@ mod x86 {
                 c += 1;
             }
             for (t, a) in acc.iter().enumerate() {
-                let mut sum = a[0];
-                for v in &a[1..] {
-                    sum = _mm256_add_ps(sum, *v);
-                }
                 let mut v = [0f32; GROUP];
-                _mm256_storeu_ps(v.as_mut_ptr(), sum);
+                _mm256_storeu_ps(v.as_mut_ptr(), _mm256_add_ps(a[0], a[1]));
                 out.store(i0 + t, &v);
             }
         }
@@ -301,11 +296,11 @@ mod x86 {
             // row's sum has one order whatever `m` is.
             let mut i0 = 0;
             while i0 + 4 <= m {
-                tile::<4, 2>(w, x, g, i0, out);
+                tile::<4>(w, x, g, i0, out);
                 i0 += 4;
             }
             while i0 < m {
-                tile::<1, 2>(w, x, g, i0, out);
+                tile::<1>(w, x, g, i0, out);
                 i0 += 1;
             }
         }
