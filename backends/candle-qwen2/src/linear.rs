@@ -145,24 +145,27 @@ fn host_matmul(
             "matmul: input width {k} != weight width {cols}"
         )));
     }
-    let x = x.contiguous()?;
     let mut out = vec![0f32; m * rows];
-    {
-        let (storage, layout) = x.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(cpu) => {
-                let xs = cpu.as_slice::<f32>()?;
-                let start = layout.start_offset();
-                f(&xs[start..start + m * k], m, &mut out);
-            }
-            _ => {
-                drop(storage);
-                let xs = x.flatten_all()?.to_vec1::<f32>()?;
-                f(&xs, m, &mut out);
-            }
+    on_host(x, |xs| f(xs, m, &mut out))?;
+    Ok(Tensor::from_vec(out, (m, rows), x.device())?)
+}
+
+/// Runs `f` on the f32 values of `x` in row-major order: in place for a CPU tensor,
+/// copied to the host from other devices.
+pub(crate) fn on_host<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let xs = cpu.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            Ok(f(&xs[start..start + x.elem_count()]))
+        }
+        _ => {
+            drop(storage);
+            Ok(f(&x.flatten_all()?.to_vec1::<f32>()?))
         }
     }
-    Ok(Tensor::from_vec(out, (m, rows), x.device())?)
 }
 
 impl Matrix {

@@ -402,19 +402,13 @@ fn swiglu_host(y: &Tensor, w: usize) -> Result<Tensor> {
             "gate/up product is {cols} wide, not 2 x {w}"
         )));
     }
-    let y = y.contiguous()?;
     let mut out = vec![0f32; m * w];
-    {
-        let (storage, layout) = y.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else {
-            return Err(internal("SwiGLU on the host needs a CPU tensor"));
-        };
-        let ys = &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * cols];
+    crate::linear::on_host(y, |ys| {
         for (row, o) in ys.chunks_exact(cols).zip(out.chunks_exact_mut(w)) {
             let (gate, up) = row.split_at(w);
             crate::exp::silu_mul(gate, up, o);
         }
-    }
+    })?;
     Ok(Tensor::from_vec(out, (m, w), y.device())?)
 }
 
