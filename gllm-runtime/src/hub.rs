@@ -336,11 +336,7 @@ pub fn needed_files(repo: &str, siblings: &[String]) -> Result<Vec<String>, HubE
 fn gguf_files(siblings: &[String]) -> Vec<String> {
     siblings
         .iter()
-        .filter(|s| {
-            Path::new(s)
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        })
+        .filter(|s| crate::model_files::is_gguf_name(Path::new(s)))
         .cloned()
         .collect()
 }

@@ -313,7 +313,7 @@ impl Manifest {
                     ModelSource::Path(resolved)
                 }
                 (None, Some(repo)) => {
-                    if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
+                    if !is_hf_repo(repo) {
                         return Err(at(format!("`hf`: `{repo}` is not of the form org/name")));
                     }
                     if let Some(rev) = &raw.revision
@@ -329,7 +329,7 @@ impl Manifest {
                                 "`file`: `{f}` is not a relative path inside the repo"
                             )));
                         }
-                        if !f.to_ascii_lowercase().ends_with(".gguf") {
+                        if !crate::model_files::is_gguf_name(Path::new(f)) {
                             return Err(at(format!(
                                 "`file`: `{f}` is not a .gguf file (without `file`, gllm loads the repo's transformers files)"
                             )));
@@ -463,7 +463,7 @@ impl Manifest {
                 if let Ok(tasks) = crate::model_location::tasks_of(spec, &source)
                     && !tasks.contains(&t)
                 {
-                    let can: Vec<String> = tasks.iter().map(|t| t.to_string()).collect();
+                    let can: Vec<&str> = tasks.iter().map(|t| t.as_str()).collect();
                     return Err(RuntimeError::ModelLocation {
                         location: spec.to_string(),
                         message: format!("this model serves {}, not {t}", can.join(" or ")),
@@ -550,7 +550,9 @@ fn parse_devices(list: &[String]) -> std::result::Result<Vec<Device>, String> {
     Ok(out)
 }
 
-fn check_backends(list: &[String], known: &[String]) -> std::result::Result<(), String> {
+/// `Err` naming the first of `list` that is not among the `known` backends, with the
+/// ones this build has.
+pub fn check_backends(list: &[String], known: &[String]) -> std::result::Result<(), String> {
     for b in list {
         if !known.iter().any(|k| k == b) {
             return Err(format!(
@@ -564,6 +566,11 @@ fn check_backends(list: &[String], known: &[String]) -> std::result::Result<(), 
         }
     }
     Ok(())
+}
+
+/// A Hugging Face repository id: `org/name`.
+pub(crate) fn is_hf_repo(repo: &str) -> bool {
+    repo.split('/').count() == 2 && !repo.split('/').any(str::is_empty)
 }
 
 /// A path inside a repository: plain `/`-separated components, no `..`.

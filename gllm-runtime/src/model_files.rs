@@ -81,6 +81,12 @@ fn read_json_opt(id: &str, path: &Path) -> Result<Option<Value>> {
         .map_err(|e| files_err(id, format!("{} is not valid JSON: {e}", path.display())))
 }
 
+/// Whether `path` names a GGUF file (extension `.gguf`, any case).
+pub(crate) fn is_gguf_name(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
 /// Resolves where the model is and what it is.
 pub(crate) fn resolve(entry: &ModelEntry) -> Result<ModelFiles> {
     let id = entry.id.as_str();
@@ -93,10 +99,7 @@ pub(crate) fn resolve(entry: &ModelEntry) -> Result<ModelFiles> {
         } => crate::hub::resolve(repo, revision, file.as_deref())
             .map_err(|e| files_err(id, e.to_string()))?,
     };
-    let is_gguf = path.is_file()
-        && path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let is_gguf = path.is_file() && is_gguf_name(&path);
     let (format, architecture, dir, config, gguf) = if is_gguf {
         let meta = GgufMetadata::read(&path).map_err(|e| files_err(id, e.to_string()))?;
         let arch = meta

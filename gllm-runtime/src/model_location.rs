@@ -10,7 +10,8 @@ use gllm_api::Task;
 
 use crate::error::{Result, RuntimeError};
 use crate::gguf_meta::GgufMetadata;
-use crate::manifest::{ModelSource, is_repo_path, resolve_path};
+use crate::manifest::{ModelSource, is_hf_repo, is_repo_path, resolve_path};
+use crate::model_files::is_gguf_name;
 
 /// Whether `spec` names a model location rather than a manifest id: it starts with
 /// `hf:`, holds a path separator, ends with `.gguf`, or exists on disk.
@@ -18,7 +19,7 @@ pub fn is_location(spec: &str) -> bool {
     spec.starts_with("hf:")
         || spec.contains('/')
         || spec.contains(std::path::MAIN_SEPARATOR)
-        || spec.to_ascii_lowercase().ends_with(".gguf")
+        || is_gguf_name(Path::new(spec))
         || Path::new(spec).exists()
 }
 
@@ -36,11 +37,11 @@ pub fn parse(spec: &str, base: &Path) -> Result<ModelSource> {
             Some((r, f)) => (r, Some(f)),
             None => (rest, None),
         };
-        if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
+        if !is_hf_repo(repo) {
             return Err(bad(spec, "expected hf:org/name or hf:org/name:file.gguf"));
         }
         if let Some(f) = file
-            && (!is_repo_path(f) || !f.to_ascii_lowercase().ends_with(".gguf"))
+            && (!is_repo_path(f) || !is_gguf_name(Path::new(f)))
         {
             return Err(bad(
                 spec,
@@ -63,7 +64,7 @@ pub fn parse(spec: &str, base: &Path) -> Result<ModelSource> {
             ),
         ));
     }
-    if path.is_file() && !is_gguf(&path) {
+    if path.is_file() && !is_gguf_name(&path) {
         return Err(bad(
             spec,
             "neither a .gguf file nor a model directory (a directory with config.json)",
@@ -80,12 +81,6 @@ pub fn parse(spec: &str, base: &Path) -> Result<ModelSource> {
         ));
     }
     Ok(ModelSource::Path(path))
-}
-
-fn is_gguf(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// The manifest id a location gets: the file's stem, the directory's name, or the
@@ -182,21 +177,16 @@ pub fn tasks_of(spec: &str, source: &ModelSource) -> Result<Vec<Task>> {
 /// that lists them.
 pub fn infer_task(spec: &str, source: &ModelSource) -> Result<Task> {
     let tasks = tasks_of(spec, source)?;
-    match tasks.as_slice() {
-        [one] => Ok(*one),
-        many => Err(bad(
-            spec,
-            format!(
-                "this model could serve {}; say which (--task {})",
-                many.iter()
-                    .map(|t| t.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" or "),
-                many.iter()
-                    .map(|t| t.to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            ),
-        )),
+    if let [one] = tasks.as_slice() {
+        return Ok(*one);
     }
+    let names: Vec<&str> = tasks.iter().map(|t| t.as_str()).collect();
+    Err(bad(
+        spec,
+        format!(
+            "this model could serve {}; say which (--task {})",
+            names.join(" or "),
+            names.join("|")
+        ),
+    ))
 }

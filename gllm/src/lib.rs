@@ -117,13 +117,8 @@ impl Options {
             message: "the path is not valid UTF-8".into(),
         })?;
         let registry = Registry::builtin();
-        let known = registry.names();
-        if let Some(unknown) = self.backends.iter().find(|b| !known.contains(b)) {
-            return Err(Error::Manifest(format!(
-                "unknown backend `{unknown}` (available in this build: {})",
-                known.join(", ")
-            )));
-        }
+        gllm_runtime::manifest::check_backends(&self.backends, &registry.names())
+            .map_err(Error::Manifest)?;
         let mut manifest = Manifest::empty();
         let id = manifest.add_location(spec, Some(task))?;
         if let Some(entry) = manifest.models.iter_mut().find(|m| m.id == id) {
