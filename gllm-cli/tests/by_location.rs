@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use gllm_testkit::process::{assert_no_panic, failure, json_of};
 use gllm_testkit::{
-    assert_close, fixture, fixtures_dir, json_f32s, json_u32s, read_json, real_model,
+    assert_close, assert_ranked, fixture, fixtures_dir, json_f32s, json_strings, json_u32s,
+    read_json, real_model,
 };
 
 /// An empty working directory (no ./models.toml) for this test binary.
@@ -24,28 +26,23 @@ fn gllm_in(cwd: &Path, manifest: Option<&Path>, args: &[&str]) -> Output {
         cmd.arg("--manifest").arg(m);
     }
     let out = cmd.args(args).output().expect("run gllm");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "gllm panicked: {stderr}");
+    assert_no_panic(&out);
     out
 }
 
-fn json_of(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "gllm failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-fn failure(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// A manifest in `dir` with one entry, `id` for the model at `path`, and nothing
+/// else: the built-in defaults, as a model named by location gets them.
+fn one_model_manifest(dir: &Path, id: &str, task: &str, path: &Path) -> PathBuf {
+    let manifest = dir.join("manifest.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[models]]\nid = \"{id}\"\ntask = \"{task}\"\npath = \"{}\"\n",
+            path.display()
+        ),
+    )
+    .unwrap();
+    manifest
 }
 
 fn s(p: &Path) -> String {
@@ -57,34 +54,23 @@ fn a_gguf_file_generates_like_its_manifest_entry() {
     let cwd = bare_dir("gen");
     let smol = real_model("SmolLM2-135M-Instruct.Q4_1.gguf");
     // The manifest route with the same (built-in) defaults as a bare path gets.
-    let manifest = cwd.join("manifest.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[[models]]\nid = \"smollm2\"\ntask = \"generate\"\npath = \"{}\"\n",
-            smol.display()
-        ),
-    )
-    .unwrap();
-    let args = |model: &str| {
-        vec![
-            "generate".to_string(),
-            "--model".into(),
-            model.into(),
-            "--temperature".into(),
-            "0".into(),
-            "--max-tokens".into(),
-            "12".into(),
-            "--json".into(),
-            "The capital of France is".into(),
-        ]
+    let manifest = one_model_manifest(&cwd, "smollm2", "generate", &smol);
+    let generate = |model: &str, manifest: Option<&Path>| {
+        let args = [
+            "generate",
+            "--model",
+            model,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "12",
+            "--json",
+            "The capital of France is",
+        ];
+        json_of(&gllm_in(&cwd, manifest, &args))
     };
-    let by_path = args(&s(&smol));
-    let by_path: Vec<&str> = by_path.iter().map(String::as_str).collect();
-    let by_id = args("smollm2");
-    let by_id: Vec<&str> = by_id.iter().map(String::as_str).collect();
-    let a = json_of(&gllm_in(&cwd, None, &by_path));
-    let b = json_of(&gllm_in(&cwd, Some(&manifest), &by_id));
+    let a = generate(&s(&smol), None);
+    let b = generate("smollm2", Some(&manifest));
     let ids = json_u32s(&a["token_ids"]);
     assert_eq!(ids.len(), 12, "{a}");
     assert_eq!(ids, json_u32s(&b["token_ids"]));
@@ -96,15 +82,10 @@ fn a_model_directory_embeds_and_reranks_like_the_references() {
     let cwd = bare_dir("enc");
     let minilm = real_model("all-MiniLM-L6-v2");
     let reference = read_json(&fixtures_dir().join("all-MiniLM-L6-v2.reference.json")).unwrap();
-    let sentences: Vec<&str> = reference["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect();
+    let sentences = json_strings(&reference["sentences"]);
     let model = s(&minilm);
     let mut args = vec!["embed", "--model", &model, "--json"];
-    args.extend(&sentences);
+    args.extend(sentences.iter().map(String::as_str));
     let v = json_of(&gllm_in(&cwd, None, &args));
     assert_eq!(
         v["model"], "all-MiniLM-L6-v2",
@@ -121,29 +102,16 @@ fn a_model_directory_embeds_and_reranks_like_the_references() {
         );
     }
     // And the manifest route with the same (built-in) defaults gives the same numbers.
-    let manifest = cwd.join("manifest.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[[models]]\nid = \"minilm\"\ntask = \"embed\"\npath = \"{}\"\n",
-            minilm.display()
-        ),
-    )
-    .unwrap();
+    let manifest = one_model_manifest(&cwd, "minilm", "embed", &minilm);
     let mut args = vec!["embed", "--model", "minilm", "--json"];
-    args.extend(&sentences);
+    args.extend(sentences.iter().map(String::as_str));
     let by_id = json_of(&gllm_in(&cwd, Some(&manifest), &args));
     assert_eq!(by_id["data"], v["data"]);
 
     let ce = fixture("tiny-cross-encoder");
     let reference = read_json(&ce.join("reference.json")).unwrap();
     let q = &reference["queries"][0];
-    let docs: Vec<&str> = q["documents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap())
-        .collect();
+    let docs = json_strings(&q["documents"]);
     let model = s(&ce);
     let mut args = vec![
         "rerank",
@@ -153,20 +121,15 @@ fn a_model_directory_embeds_and_reranks_like_the_references() {
         "--query",
         q["query"].as_str().unwrap(),
     ];
-    args.extend(&docs);
+    args.extend(docs.iter().map(String::as_str));
     let v = json_of(&gllm_in(&cwd, None, &args));
-    let logits = json_f32s(&q["logits"]);
-    let results = v["results"].as_array().unwrap();
-    assert_eq!(results.len(), docs.len());
-    for r in results {
-        let i = r["index"].as_u64().unwrap() as usize;
-        let logit = r["logit"].as_f64().unwrap() as f32;
-        assert!(
-            (logit - logits[i]).abs() <= 1e-5,
-            "logit {i}: {logit} vs {}",
-            logits[i]
-        );
-    }
+    assert_ranked(
+        "by directory",
+        &v["results"],
+        "logit",
+        &json_f32s(&q["logits"]),
+        1e-5,
+    );
 }
 
 #[test]
@@ -258,6 +221,7 @@ fn locations_gllm_cannot_open_are_clear_errors() {
         .args(["generate", "--model", "hf:nobody/nothing:model.gguf", "hi"])
         .output()
         .unwrap();
+    assert_no_panic(&out);
     let err = failure(&out);
     assert!(err.contains("nobody/nothing"), "{err}");
     #[cfg(not(feature = "download"))]

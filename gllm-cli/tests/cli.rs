@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use gllm_testkit::process::{assert_no_panic, failure, json_of};
 use gllm_testkit::{
-    assert_close, fixture, fixtures_dir, json_f32s, json_u32s, read_json, real_model,
+    assert_close, assert_ranked, fixture, fixtures_dir, json_f32s, json_strings, json_u32s,
+    read_json, real_model,
 };
 
 /// The manifest, written once per test binary (tests run concurrently).
@@ -83,28 +85,8 @@ fn gllm(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run gllm");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "gllm panicked: {stderr}");
+    assert_no_panic(&out);
     out
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "gllm failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-fn failure(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -117,14 +99,9 @@ fn embed_json_matches_sentence_transformers() {
         ),
     ] {
         let reference = read_json(&reference).unwrap();
-        let sentences: Vec<&str> = reference["sentences"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s.as_str().unwrap())
-            .collect();
+        let sentences = json_strings(&reference["sentences"]);
         let mut args = vec!["embed", "--model", model, "--json"];
-        args.extend(&sentences);
+        args.extend(sentences.iter().map(String::as_str));
         let v = json_of(&gllm(&args));
         assert_eq!(v["model"], model);
         let data = v["data"].as_array().unwrap();
@@ -148,12 +125,7 @@ fn embed_json_matches_sentence_transformers() {
 fn rerank_json_matches_the_cross_encoder() {
     let reference = read_json(&fixture("tiny-cross-encoder").join("reference.json")).unwrap();
     for q in reference["queries"].as_array().unwrap() {
-        let docs: Vec<&str> = q["documents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_str().unwrap())
-            .collect();
+        let docs = json_strings(&q["documents"]);
         let mut args = vec![
             "rerank",
             "--model",
@@ -162,26 +134,29 @@ fn rerank_json_matches_the_cross_encoder() {
             "--query",
             q["query"].as_str().unwrap(),
         ];
-        args.extend(&docs);
+        args.extend(docs.iter().map(String::as_str));
         let v = json_of(&gllm(&args));
+        let what = q["query"].to_string();
+        assert_ranked(
+            &what,
+            &v["results"],
+            "logit",
+            &json_f32s(&q["logits"]),
+            1e-5,
+        );
+        assert_ranked(
+            &what,
+            &v["results"],
+            "score",
+            &json_f32s(&q["scores_sigmoid"]),
+            1e-6,
+        );
         let results = v["results"].as_array().unwrap();
-        assert_eq!(results.len(), docs.len());
-        let logits = json_f32s(&q["logits"]);
-        let scores = json_f32s(&q["scores_sigmoid"]);
         let mut last = f64::INFINITY;
         for r in results {
-            let i = r["index"].as_u64().unwrap() as usize;
             let score = r["score"].as_f64().unwrap();
             assert!(score <= last, "results are not sorted by score");
             last = score;
-            let logit = r["logit"].as_f64().unwrap() as f32;
-            assert!(
-                (logit - logits[i]).abs() <= 1e-5,
-                "{}: logit {i}: {logit} vs {}",
-                q["query"],
-                logits[i]
-            );
-            assert!((score as f32 - scores[i]).abs() <= 1e-6, "score {i}");
         }
         // top_n keeps the best ones
         let mut args = vec![
@@ -194,7 +169,7 @@ fn rerank_json_matches_the_cross_encoder() {
             "--query",
             q["query"].as_str().unwrap(),
         ];
-        args.extend(&docs);
+        args.extend(docs.iter().map(String::as_str));
         let top = json_of(&gllm(&args));
         assert_eq!(
             top["results"].as_array().unwrap().as_slice(),

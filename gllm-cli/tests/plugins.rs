@@ -7,7 +7,8 @@ mod plugin_support;
 use std::process::Command;
 
 use gllm_runtime::Runtime;
-use gllm_testkit::{assert_close, fixture, json_f32s, json_u32s, read_json};
+use gllm_testkit::process::json_of;
+use gllm_testkit::{assert_close, fixture, json_f32s, json_strings, json_u32s, read_json};
 use plugin_support::{bert_manifest, faulty_manifest, lib};
 
 #[tokio::test]
@@ -23,12 +24,7 @@ async fn example_plugin_matches_the_fixture_through_the_runtime() {
         entry.origin
     );
     let reference = read_json(&fixture("tiny-bert").join("reference.json")).unwrap();
-    let sentences: Vec<String> = reference["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
+    let sentences = json_strings(&reference["sentences"]);
     let h = runtime.embedder("tiny-bert").await.unwrap();
     // the plugin runs on the CPU only: the GPU candidate failed over
     assert_eq!(h.active().device, gllm_api::Device::CPU);
@@ -45,12 +41,7 @@ async fn example_plugin_matches_the_fixture_through_the_runtime() {
     }
     let ce = read_json(&fixture("tiny-cross-encoder").join("reference.json")).unwrap();
     let q = &ce["queries"][0];
-    let docs: Vec<String> = q["documents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap().to_string())
-        .collect();
+    let docs = json_strings(&q["documents"]);
     let r = runtime.reranker("tiny-ce").await.unwrap();
     let results = r
         .rerank(q["query"].as_str().unwrap().into(), docs, None, false)
@@ -69,12 +60,7 @@ async fn example_plugin_matches_the_fixture_through_the_runtime() {
 #[test]
 fn example_plugin_matches_the_fixture_through_the_binary() {
     let reference = read_json(&fixture("tiny-bert").join("reference.json")).unwrap();
-    let sentences: Vec<&str> = reference["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect();
+    let sentences = json_strings(&reference["sentences"]);
     let out = Command::new(env!("CARGO_BIN_EXE_gllm"))
         .arg("--manifest")
         .arg(bert_manifest())
@@ -82,12 +68,7 @@ fn example_plugin_matches_the_fixture_through_the_binary() {
         .args(&sentences)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&out);
     for (i, row) in v["data"].as_array().unwrap().iter().enumerate() {
         assert_close(
             &format!("sentence {i}"),

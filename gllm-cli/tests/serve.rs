@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gllm_testkit::{assert_close, fixture, json_f32s, read_json};
+use gllm_testkit::{assert_close, assert_ranked, fixture, json_f32s, read_json};
 
 /// One HTTP/1.1 request over a fresh connection; returns (status, body).
 fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
@@ -30,6 +30,27 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u1
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// POSTs the JSON `body` to `path`; the response's JSON, which must come with 200.
+fn post(addr: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let (status, text) = http(addr, "POST", path, &body.to_string()).unwrap();
+    assert_eq!(status, 200, "{path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `/v1/embeddings` for tiny-bert's first reference sentence, within `tol` of the
+/// reference.
+fn check_tiny_bert_embedding(addr: &str, tol: f32) {
+    let reference = read_json(&fixture("tiny-bert").join("reference.json")).unwrap();
+    let body = serde_json::json!({"model": "tiny-bert", "input": reference["sentences"][0]});
+    let v = post(addr, "/v1/embeddings", body);
+    assert_close(
+        "embedding",
+        &json_f32s(&v["data"][0]["embedding"]),
+        &json_f32s(&reference["embeddings"][0]),
+        tol,
+    );
 }
 
 /// Starts `gllm serve` and waits until it is healthy; returns the child and its address.
@@ -79,18 +100,7 @@ fn serve_answers_with_the_fixture_numbers_and_stops_on_sigterm() {
         .arg(&manifest)
         .args(["serve", "--port", "0"]);
     let (mut child, addr) = start(cmd);
-    let reference = read_json(&fixture("tiny-bert").join("reference.json")).unwrap();
-    let sentence = reference["sentences"][0].as_str().unwrap();
-    let body = serde_json::json!({"model": "tiny-bert", "input": sentence}).to_string();
-    let (status, text) = http(&addr, "POST", "/v1/embeddings", &body).unwrap();
-    assert_eq!(status, 200, "{text}");
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_close(
-        "embedding",
-        &json_f32s(&v["data"][0]["embedding"]),
-        &json_f32s(&reference["embeddings"][0]),
-        1e-5,
-    );
+    check_tiny_bert_embedding(&addr, 1e-5);
     // SIGTERM: a graceful stop with exit status 0
     let pid = child.id().to_string();
     assert!(
@@ -130,17 +140,7 @@ fn serve_without_a_manifest_serves_each_model_under_its_directory_name() {
     assert_eq!(ids, ["tiny-bert", "tiny-cross-encoder"]);
 
     // Built-in device order (GPU first, CPU after): 1e-4 covers either.
-    let reference = read_json(&fixture("tiny-bert").join("reference.json")).unwrap();
-    let body = serde_json::json!({"model": "tiny-bert", "input": reference["sentences"][0]});
-    let (status, text) = http(&addr, "POST", "/v1/embeddings", &body.to_string()).unwrap();
-    assert_eq!(status, 200, "{text}");
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_close(
-        "embedding",
-        &json_f32s(&v["data"][0]["embedding"]),
-        &json_f32s(&reference["embeddings"][0]),
-        1e-4,
-    );
+    check_tiny_bert_embedding(&addr, 1e-4);
 
     let reference = read_json(&fixture("tiny-cross-encoder").join("reference.json")).unwrap();
     let q = &reference["queries"][0];
@@ -149,21 +149,9 @@ fn serve_without_a_manifest_serves_each_model_under_its_directory_name() {
         "query": q["query"],
         "documents": q["documents"],
     });
-    let (status, text) = http(&addr, "POST", "/v1/rerank", &body.to_string()).unwrap();
-    assert_eq!(status, 200, "{text}");
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let v = post(&addr, "/v1/rerank", body);
     let want = json_f32s(&q["scores_sigmoid"]);
-    let results = v["results"].as_array().unwrap();
-    assert_eq!(results.len(), want.len());
-    for r in results {
-        let i = r["index"].as_u64().unwrap() as usize;
-        let got = r["relevance_score"].as_f64().unwrap() as f32;
-        assert!(
-            (got - want[i]).abs() <= 1e-4,
-            "score {i}: {got} vs {}",
-            want[i]
-        );
-    }
+    assert_ranked("/v1/rerank", &v["results"], "relevance_score", &want, 1e-4);
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -2,18 +2,13 @@
 //! references': tiny-bert's sentence-transformers embeddings, the tiny cross-encoder's
 //! logits, tiny-qwen2's greedy tokens.
 
-use gllm_testkit::{assert_close, fixture, json_f32s, json_u32s, read_json};
+use gllm_testkit::{assert_close, fixture, json_f32s, json_strings, json_u32s, read_json};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_embedder_opens_by_path_and_matches_sentence_transformers() -> anyhow::Result<()> {
     let dir = fixture("tiny-bert");
     let reference = read_json(&dir.join("reference.json"))?;
-    let sentences: Vec<String> = reference["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
+    let sentences = json_strings(&reference["sentences"]);
     // On the CPU, within 1e-5.
     let cpu = gllm::Options::new().cpu().embedder(&dir).await?;
     let rows = cpu.embed(sentences.clone()).await?;
@@ -44,12 +39,7 @@ async fn a_reranker_opens_by_path_and_matches_the_cross_encoder() -> anyhow::Res
     let reference = read_json(&dir.join("reference.json"))?;
     let reranker = gllm::Options::new().cpu().reranker(&dir).await?;
     for q in reference["queries"].as_array().unwrap() {
-        let docs: Vec<String> = q["documents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_str().unwrap().to_string())
-            .collect();
+        let docs = json_strings(&q["documents"]);
         let results = reranker
             .rerank(
                 q["query"].as_str().unwrap().to_string(),

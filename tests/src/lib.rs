@@ -1,13 +1,15 @@
 //! Shared test logic for gllm: where the fixtures are, how to read their references,
 //! how to compare numbers with stated tolerances, the conformance suites that
 //! every backend of a task runs (one copy of each check, not one per backend), and
-//! the edited model copies of the strict-loading tests ([`strict`]).
+//! the edited model copies of the strict-loading tests ([`strict`]), and checks on a
+//! finished `gllm` process ([`process`]).
 //!
 //! Missing fixtures or models are a loud failure, never a skip.
 
 pub mod coder;
 pub mod embed;
 pub mod generate;
+pub mod process;
 pub mod strict;
 
 use std::path::{Path, PathBuf};
@@ -160,4 +162,36 @@ pub fn json_f32s(v: &serde_json::Value) -> Vec<f32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A JSON array of strings (a reference's sentences or documents); panics, naming
+/// the value, when it is anything else.
+pub fn json_strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .and_then(|a| {
+            a.iter()
+                .map(|s| s.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+        })
+        .unwrap_or_else(|| panic!("not an array of strings: {v}"))
+}
+
+/// Checks rerank results in JSON (`[{"index", FIELD}]`): one per reference value, each
+/// `field` within `tol` of `want[index]`.
+pub fn assert_ranked(what: &str, results: &serde_json::Value, field: &str, want: &[f32], tol: f32) {
+    let results = results
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: results are not an array: {results}"));
+    assert_eq!(results.len(), want.len(), "{what}: result count");
+    for r in results {
+        let i = r["index"].as_u64().expect("index") as usize;
+        let got = r[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{what}: no `{field}` in {r}")) as f32;
+        assert!(
+            (got - want[i]).abs() <= tol,
+            "{what}: {field} {i}: {got} vs {}",
+            want[i]
+        );
+    }
 }
