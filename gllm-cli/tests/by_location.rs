@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use gllm_testkit::process::{assert_no_panic, failure, json_of};
+use gllm_testkit::process::{assert_no_panic, failure, json_of, stdout_of};
 use gllm_testkit::{
     assert_close, assert_ranked, fixture, fixtures_dir, json_f32s, json_strings, json_u32s,
     read_json, real_model,
@@ -138,12 +138,7 @@ fn models_shows_what_a_location_loads_as() {
     let ce = s(&fixture("tiny-cross-encoder"));
     let smol = s(&real_model("SmolLM2-135M-Instruct.Q4_1.gguf"));
     let out = gllm_in(&cwd, None, &["models", "--model", &ce, "--model", &smol]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout_of(&out);
     assert!(text.contains("tiny-cross-encoder\trerank"), "{text}");
     assert!(
         text.contains("SmolLM2-135M-Instruct.Q4_1\tgenerate\tgguf"),
@@ -174,7 +169,7 @@ fn locations_gllm_cannot_open_are_clear_errors() {
         None,
         &["models", "--model", &s(&both), "--task", "embed"],
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("decoder-with-st-files\tembed"));
+    assert!(stdout_of(&out).contains("decoder-with-st-files\tembed"));
 
     let err = failure(&gllm_in(
         &cwd,

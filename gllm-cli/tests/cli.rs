@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use gllm_testkit::process::{assert_no_panic, failure, json_of};
+use gllm_testkit::process::{assert_no_panic, failure, json_of, stdout_of};
 use gllm_testkit::{
     assert_close, assert_ranked, fixture, fixtures_dir, json_f32s, json_strings, json_u32s,
     read_json, real_model,
@@ -226,12 +226,7 @@ fn chat_with_smollm2_names_fruits() {
         "48",
         "What are three common fruits?",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let text = stdout_of(&out).to_lowercase();
     let fruits = [
         "apple",
         "banana",
@@ -279,12 +274,7 @@ fn qwen_coder_raw_prompts_continue_like_the_references() {
 #[test]
 fn models_lists_where_each_model_loads() {
     let out = gllm(&["models"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout_of(&out);
     assert!(text.contains("burn-bert (built-in)"), "{text}");
     assert!(text.contains("candle-qwen2 (built-in)"), "{text}");
     let line = |id: &str| {

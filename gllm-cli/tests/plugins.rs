@@ -7,7 +7,7 @@ mod plugin_support;
 use std::process::Command;
 
 use gllm_runtime::Runtime;
-use gllm_testkit::process::json_of;
+use gllm_testkit::process::{json_of, stdout_of};
 use gllm_testkit::{assert_close, fixture, json_f32s, json_strings, json_u32s, read_json};
 use plugin_support::{bert_manifest, faulty_manifest, lib};
 
@@ -83,7 +83,7 @@ fn example_plugin_matches_the_fixture_through_the_binary() {
         .arg("models")
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout_of(&out);
     assert!(
         text.contains(&format!(
             "plugin-bert (plugin {})",

@@ -19,6 +19,16 @@ pub fn json_of(out: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// What the process printed; fails when it failed.
+pub fn stdout_of(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "gllm failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The error the process printed; fails when it succeeded.
 pub fn failure(out: &Output) -> String {
     assert!(
