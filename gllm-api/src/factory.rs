@@ -1,6 +1,8 @@
 //! Backend factories and their link-time registry.
 
-use crate::{BackendError, Device, DeviceKind, InferenceBackend, ModelSpec, Task, WeightFormat};
+use crate::{
+    BackendError, Device, DeviceKind, InferenceBackend, LoadProgress, ModelSpec, Task, WeightFormat,
+};
 
 /// What a backend can load: a model is a candidate for a backend only when its
 /// task, architecture, weight format and device are all listed here.
@@ -67,6 +69,20 @@ pub trait BackendFactory: Send + Sync {
         spec: &ModelSpec,
         device: Device,
     ) -> Result<Box<dyn InferenceBackend>, BackendError>;
+
+    /// [`BackendFactory::load`], reporting the bytes of weights read to `progress`
+    /// (for a progress bar). The default reports nothing and calls `load`; backends
+    /// whose loads take long override it (and make `load` call it with
+    /// [`LoadProgress::none`]).
+    fn load_with_progress(
+        &self,
+        spec: &ModelSpec,
+        device: Device,
+        progress: LoadProgress,
+    ) -> Result<Box<dyn InferenceBackend>, BackendError> {
+        let _ = progress;
+        self.load(spec, device)
+    }
 }
 
 /// The link-time registration of a built-in backend:

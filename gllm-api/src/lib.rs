@@ -23,11 +23,13 @@ mod backend;
 mod error;
 mod factory;
 pub mod plugin;
+mod progress;
 mod spec;
 
 pub use backend::{EncodedInput, InferenceBackend, KvCache, ModelInfo, downcast_cache};
 pub use error::{BackendError, ErrorKind};
 pub use factory::{BackendFactory, Capabilities, Registration, registered_factories};
+pub use progress::LoadProgress;
 pub use spec::{DType, Device, DeviceKind, ModelSpec, Task, WeightFormat};
 
 /// Re-exported so that backend crates register with the same `inventory` version.

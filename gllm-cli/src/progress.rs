@@ -1,32 +1,76 @@
-//! Progress on standard error: a spinner while a model loads and, in builds with
-//! the `download` feature, a bar per file downloaded from the Hugging Face Hub
-//! (hidden when stderr is not a terminal; then one line per large file says
-//! what is being downloaded).
+//! Progress on standard error: a bar while a model loads (bytes of weights read
+//! and repacked, as the backend reports them; a spinner until it has said how
+//! many) and, in builds with the `download` feature, a bar per file downloaded
+//! from the Hugging Face Hub. Bars are drawn on a terminal only; without one, one
+//! line per large download says what is being downloaded.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Duration;
 
+use gllm_runtime::load_progress::{LoadEvent, set_load_progress_handler};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-/// Every bar of the process, so that the spinner and download bars share the screen.
+/// Every bar of the process, so that the load and download bars share the screen.
 fn bars() -> &'static MultiProgress {
     static BARS: OnceLock<MultiProgress> = OnceLock::new();
     BARS.get_or_init(MultiProgress::new)
 }
 
-/// Awaits `load` with a spinner naming the model.
+/// The bars of models being loaded, by model id.
+fn loads() -> &'static Mutex<HashMap<String, ProgressBar>> {
+    static LOADS: OnceLock<Mutex<HashMap<String, ProgressBar>>> = OnceLock::new();
+    LOADS.get_or_init(Default::default)
+}
+
+fn style(bar: &ProgressBar, template: &str) {
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+}
+
+/// Moves a model's bar to the event's position, turning the spinner into a bar
+/// once the backend has said how many bytes it reads.
+fn show_load(e: &LoadEvent<'_>) {
+    let Ok(loads) = loads().lock() else {
+        return;
+    };
+    let Some(bar) = loads.get(e.model) else {
+        return;
+    };
+    if e.finished || e.total == 0 {
+        return;
+    }
+    if bar.length() != Some(e.total) {
+        bar.set_length(e.total);
+        style(
+            bar,
+            "loading {msg} [{bar:30}] {bytes}/{total_bytes} ({elapsed}, eta {eta})",
+        );
+        bar.set_message(format!("{} on {} ({})", e.model, e.device, e.backend));
+    }
+    bar.set_position(e.done);
+}
+
+/// Awaits `load` with a progress bar naming the model.
 pub async fn loading<T>(
     model: &str,
     load: impl Future<Output = gllm_runtime::Result<T>>,
 ) -> gllm_runtime::Result<T> {
+    static HANDLER: Once = Once::new();
+    HANDLER.call_once(|| set_load_progress_handler(Some(Arc::new(show_load))));
     let bar = bars().add(ProgressBar::new_spinner());
-    if let Ok(style) = ProgressStyle::with_template("{spinner} loading {msg} ({elapsed})") {
-        bar.set_style(style);
-    }
+    style(&bar, "{spinner} loading {msg} ({elapsed})");
     bar.set_message(model.to_string());
     bar.enable_steady_tick(Duration::from_millis(100));
+    if let Ok(mut loads) = loads().lock() {
+        loads.insert(model.to_string(), bar.clone());
+    }
     let result = load.await;
+    if let Ok(mut loads) = loads().lock() {
+        loads.remove(model);
+    }
     bar.finish_and_clear();
     #[cfg(feature = "download")]
     downloads::clear();

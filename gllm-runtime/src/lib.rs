@@ -16,6 +16,7 @@ mod generate;
 pub mod gguf_meta;
 mod handles;
 pub mod hub;
+pub mod load_progress;
 pub mod manifest;
 pub mod model_files;
 pub mod model_location;

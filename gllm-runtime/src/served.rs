@@ -112,7 +112,14 @@ fn load_first(
         if Some(c.device) == skip_device {
             continue;
         }
-        match contain(c.device, || c.backend.factory.load(&files.spec, c.device)) {
+        let load = |progress| {
+            contain(c.device, || {
+                c.backend
+                    .factory
+                    .load_with_progress(&files.spec, c.device, progress)
+            })
+        };
+        match crate::load_progress::reporting(&files.spec.id, c.backend.name(), c.device, load) {
             Ok(b) => {
                 attempts.push(Attempt {
                     backend: c.backend.name().to_string(),

@@ -32,6 +32,8 @@ use std::ops::Deref;
 use std::path::Path;
 
 pub use gllm_api::{DType, Device, Task};
+/// Progress of model loads (bytes of weights read), for a progress bar.
+pub use gllm_runtime::load_progress;
 pub use gllm_runtime::{
     ChatMessage, EmbedderHandle, Embedding, FinishReason, GenerateRequest, Generation,
     GeneratorHandle, RerankResult, RerankerHandle, Runtime, RuntimeError as Error, SamplingParams,

@@ -28,7 +28,7 @@ use std::path::Path;
 
 use gllm_api::{
     BackendError, BackendFactory, Capabilities, DType, Device, DeviceKind, EncodedInput,
-    InferenceBackend, ModelInfo, ModelSpec, Task, WeightFormat,
+    InferenceBackend, LoadProgress, ModelInfo, ModelSpec, Task, WeightFormat,
 };
 
 use crate::config::BertConfig;
@@ -64,6 +64,17 @@ impl BackendFactory for BurnBertFactory {
         device: Device,
     ) -> Result<Box<dyn InferenceBackend>, BackendError> {
         Ok(Box::new(BurnBert::load(spec, device)?))
+    }
+
+    fn load_with_progress(
+        &self,
+        spec: &ModelSpec,
+        device: Device,
+        progress: LoadProgress,
+    ) -> Result<Box<dyn InferenceBackend>, BackendError> {
+        Ok(Box::new(BurnBert::load_with_progress(
+            spec, device, progress,
+        )?))
     }
 }
 
@@ -128,6 +139,15 @@ pub struct BurnBert {
 impl BurnBert {
     /// Loads the model of `spec` (a model directory) on `device`.
     pub fn load(spec: &ModelSpec, device: Device) -> Result<Self, BackendError> {
+        Self::load_with_progress(spec, device, LoadProgress::none())
+    }
+
+    /// [`Self::load`], reporting the bytes of weights read to `progress`.
+    pub fn load_with_progress(
+        spec: &ModelSpec,
+        device: Device,
+        progress: LoadProgress,
+    ) -> Result<Self, BackendError> {
         let head = match spec.task {
             Task::Embed => Head::None,
             Task::Rerank => Head::Classifier,
@@ -161,7 +181,8 @@ impl BurnBert {
             .as_ref()
             .map_or(spec.path.as_path(), |c| c.transformer_dir.as_path());
         let config = BertConfig::load(dir)?;
-        let store = WeightStore::open(dir)?;
+        let mut store = WeightStore::open(dir)?;
+        store.report_to(progress);
         let burn_device = device::burn_device(device)?;
         let encoder = device::contain_load(device, || {
             BertEncoder::load(&config, store, head, &burn_device, dir, options.fused)

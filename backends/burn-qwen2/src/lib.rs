@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use burn::tensor::DType as BurnDType;
 use gllm_api::{
     BackendError, BackendFactory, Capabilities, DType, Device, DeviceKind, InferenceBackend,
-    KvCache, ModelInfo, ModelSpec, Task, WeightFormat,
+    KvCache, LoadProgress, ModelInfo, ModelSpec, Task, WeightFormat,
 };
 
 pub use crate::cache::Qwen2Cache;
@@ -70,6 +70,17 @@ impl BackendFactory for BurnQwen2Factory {
     ) -> Result<Box<dyn InferenceBackend>, BackendError> {
         Ok(Box::new(BurnQwen2::load(spec, device)?))
     }
+
+    fn load_with_progress(
+        &self,
+        spec: &ModelSpec,
+        device: Device,
+        progress: LoadProgress,
+    ) -> Result<Box<dyn InferenceBackend>, BackendError> {
+        Ok(Box::new(BurnQwen2::load_with_progress(
+            spec, device, progress,
+        )?))
+    }
 }
 
 /// Gives every loaded model its own id, so a cache of one model is refused by another.
@@ -86,6 +97,15 @@ pub struct BurnQwen2 {
 impl BurnQwen2 {
     /// Loads the model of `spec` (a model directory) on `device`.
     pub fn load(spec: &ModelSpec, device: Device) -> Result<Self, BackendError> {
+        Self::load_with_progress(spec, device, LoadProgress::none())
+    }
+
+    /// [`Self::load`], reporting the bytes of weights read to `progress`.
+    pub fn load_with_progress(
+        spec: &ModelSpec,
+        device: Device,
+        progress: LoadProgress,
+    ) -> Result<Self, BackendError> {
         if spec.task != Task::Generate {
             return Err(BackendError::unsupported(format!(
                 "burn-qwen2 does not serve task `{}`",
@@ -120,7 +140,8 @@ impl BurnQwen2 {
         };
         let dir = spec.path.as_path();
         let config = Qwen2Config::load(dir)?;
-        let store = WeightStore::open(dir)?;
+        let mut store = WeightStore::open(dir)?;
+        store.report_to(progress);
         let burn_device = device::burn_device(device)?;
         // Matrix-vector products are split over the CPU's threads; a GPU runs each as one.
         let splits = match device.kind {

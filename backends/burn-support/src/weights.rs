@@ -10,7 +10,7 @@ use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
-use gllm_api::BackendError;
+use gllm_api::{BackendError, LoadProgress};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors, tensor::TensorInfo};
 
@@ -42,6 +42,14 @@ struct Entry {
     info: TensorInfo,
 }
 
+impl Entry {
+    /// The bytes of the tensor's data.
+    fn bytes(&self) -> u64 {
+        let (start, end) = self.info.data_offsets;
+        end.saturating_sub(start) as u64
+    }
+}
+
 /// The tensors of a checkpoint, with a record of what was taken.
 #[derive(Default)]
 pub struct WeightStore {
@@ -49,6 +57,7 @@ pub struct WeightStore {
     entries: BTreeMap<String, Entry>,
     taken: BTreeSet<String>,
     problems: Vec<String>,
+    progress: LoadProgress,
 }
 
 fn bad(message: String) -> BackendError {
@@ -124,6 +133,27 @@ impl WeightStore {
         Ok(())
     }
 
+    /// Reports every tensor taken or ignored from now on to `progress`, whose total
+    /// becomes the bytes of every tensor in the files.
+    pub fn report_to(&mut self, progress: LoadProgress) {
+        let total = self
+            .entries
+            .values()
+            .map(Entry::bytes)
+            .fold(0u64, u64::saturating_add);
+        progress.set_total(total);
+        self.progress = progress;
+    }
+
+    /// Marks `name` taken (once), reporting its bytes.
+    fn mark_taken(&mut self, name: &str) {
+        if let Some(entry) = self.entries.get(name)
+            && self.taken.insert(name.to_string())
+        {
+            self.progress.advance(entry.bytes());
+        }
+    }
+
     /// True when the checkpoint holds a tensor of that name.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
@@ -155,11 +185,12 @@ impl WeightStore {
             ));
             return None;
         };
-        self.taken.insert(name.to_string());
-        if entry.info.shape != shape {
+        let stored_shape = entry.info.shape.clone();
+        self.mark_taken(name);
+        let entry = self.entries.get(name)?;
+        if stored_shape != shape {
             self.problems.push(format!(
-                "tensor `{name}` has shape {:?}, expected {shape:?}",
-                entry.info.shape
+                "tensor `{name}` has shape {stored_shape:?}, expected {shape:?}"
             ));
             return None;
         }
@@ -194,20 +225,17 @@ impl WeightStore {
     /// Marks a tensor as known and unused (a buffer, an unused head), whatever
     /// its shape, if present.
     pub fn ignore(&mut self, name: &str) {
-        if self.entries.contains_key(name) {
-            self.taken.insert(name.to_string());
-        }
+        self.mark_taken(name);
     }
 
     /// Marks a tensor as known and unused, if present, after checking that it
     /// has `shape` (a mis-shaped one is recorded as a problem).
     pub fn ignore_shaped(&mut self, name: &str, shape: &[usize]) {
-        if let Some(entry) = self.entries.get(name) {
-            self.taken.insert(name.to_string());
-            if entry.info.shape != shape {
+        if let Some(stored) = self.entries.get(name).map(|e| e.info.shape.clone()) {
+            self.mark_taken(name);
+            if stored != shape {
                 self.problems.push(format!(
-                    "tensor `{name}` has shape {:?}, expected {shape:?}",
-                    entry.info.shape
+                    "tensor `{name}` has shape {stored:?}, expected {shape:?}"
                 ));
             }
         }

@@ -17,6 +17,7 @@ use crate::error::{Result, invalid_model, model_err};
 use crate::linear::Matrix;
 use crate::loader::{LayerPart, Part, TensorSource};
 use crate::model::Qwen2Model;
+use gllm_api::LoadProgress;
 use gllm_kernels::{BlockType, HalfKind, QuantMatrix};
 
 /// The GGUF name of a decoder tensor.
@@ -266,6 +267,13 @@ impl TensorSource for GgufSource {
             .and_then(|t| t.to_dtype(candle_core::DType::F32))
             .map_err(model_err(name))
     }
+
+    fn byte_len(&self, name: &str) -> u64 {
+        self.content.tensor_infos.get(name).map_or(0, |t| {
+            let blocks = t.shape.elem_count() / t.ggml_dtype.block_size().max(1);
+            (blocks as u64).saturating_mul(t.ggml_dtype.type_size() as u64)
+        })
+    }
 }
 
 /// The gllm-kernels block type of a candle dtype, if it has CPU kernels.
@@ -294,9 +302,10 @@ pub fn load_gguf(
     device: Device,
     dequantize: bool,
     candle_qmatmul: bool,
+    progress: &LoadProgress,
 ) -> Result<Qwen2Model> {
     let src = GgufSource::open(path, device.clone(), dequantize, candle_qmatmul)?;
     let cfg = config_from_gguf(src.content())?;
     crate::loader::check_strict(&cfg, &src, &gguf_name, &[])?;
-    crate::loader::build(cfg, &src, &gguf_name, device)
+    crate::loader::build(cfg, &src, &gguf_name, device, progress)
 }

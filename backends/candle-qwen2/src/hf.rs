@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use gllm_api::DType;
+use gllm_api::{DType, LoadProgress};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::config::Qwen2Config;
@@ -78,8 +78,8 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Memory-mapped safetensors files.
 pub struct SafetensorsSource {
     maps: Vec<(PathBuf, memmap2::Mmap)>,
-    /// Tensor name -> index into `maps`.
-    routing: BTreeMap<String, usize>,
+    /// Tensor name -> index into `maps` and the bytes of its data.
+    routing: BTreeMap<String, (usize, u64)>,
     /// Store 16-bit weights in this format instead of the file's (requested dtype).
     half_override: Option<HalfKind>,
     /// Convert 16-bit weights to f32 (requested f32 on a GPU, where there is no half kernel).
@@ -101,8 +101,9 @@ impl SafetensorsSource {
                 .map_err(|e| invalid_model(format!("cannot map {}: {e}", f.display())))?;
             let st = SafeTensors::deserialize(&map)
                 .map_err(|e| invalid_model(format!("bad safetensors {}: {e}", f.display())))?;
-            for name in st.names() {
-                if routing.insert(name.to_string(), i).is_some() {
+            for (name, view) in st.tensors() {
+                let bytes = view.data().len() as u64;
+                if routing.insert(name.clone(), (i, bytes)).is_some() {
                     return Err(invalid_model(format!(
                         "tensor `{name}` appears in more than one file"
                     )));
@@ -129,7 +130,7 @@ impl SafetensorsSource {
         name: &str,
         f: impl FnOnce(Dtype, &[usize], &[u8]) -> Result<T>,
     ) -> Result<T> {
-        let i = *self
+        let (i, _) = *self
             .routing
             .get(name)
             .ok_or_else(|| invalid_model(format!("missing tensor `{name}`")))?;
@@ -235,10 +236,19 @@ impl TensorSource for SafetensorsSource {
             )?)
         })
     }
+
+    fn byte_len(&self, name: &str) -> u64 {
+        self.routing.get(name).map_or(0, |&(_, bytes)| bytes)
+    }
 }
 
 /// Loads a model directory.
-pub fn load_dir(dir: &Path, dtype: Option<DType>, device: Device) -> Result<Qwen2Model> {
+pub fn load_dir(
+    dir: &Path,
+    dtype: Option<DType>,
+    device: Device,
+    progress: &LoadProgress,
+) -> Result<Qwen2Model> {
     if !dir.is_dir() {
         return Err(invalid_model(format!(
             "{} is not a model directory",
@@ -256,7 +266,7 @@ pub fn load_dir(dir: &Path, dtype: Option<DType>, device: Device) -> Result<Qwen
         Vec::new()
     };
     crate::loader::check_strict(&cfg, &src, &hf_name, &tolerated)?;
-    let model = crate::loader::build(cfg, &src, &hf_name, device)?;
+    let model = crate::loader::build(cfg, &src, &hf_name, device, progress)?;
     if model.layers.is_empty() {
         return Err(internal("model has no layers"));
     }

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gllm_api::{
     BackendError, BackendFactory, Capabilities, DType, Device, DeviceKind, InferenceBackend,
-    KvCache, ModelInfo, ModelSpec, Task, WeightFormat, downcast_cache,
+    KvCache, LoadProgress, ModelInfo, ModelSpec, Task, WeightFormat, downcast_cache,
 };
 
 pub use cache::Qwen2Cache;
@@ -81,6 +81,15 @@ impl BackendFactory for Qwen2Factory {
     ) -> Result<Box<dyn InferenceBackend>, BackendError> {
         Ok(Box::new(load(spec, device)?))
     }
+
+    fn load_with_progress(
+        &self,
+        spec: &ModelSpec,
+        device: Device,
+        progress: LoadProgress,
+    ) -> Result<Box<dyn InferenceBackend>, BackendError> {
+        Ok(Box::new(load_with_progress(spec, device, progress)?))
+    }
 }
 
 fn candle_device(device: Device) -> Result<candle_core::Device, BackendError> {
@@ -116,6 +125,15 @@ fn option_flag(spec: &ModelSpec, key: &str) -> Result<bool, BackendError> {
 
 /// Loads the model of `spec` on `device` as the concrete backend type.
 pub fn load(spec: &ModelSpec, device: Device) -> Result<Qwen2Backend, BackendError> {
+    load_with_progress(spec, device, LoadProgress::none())
+}
+
+/// [`load`], reporting the bytes of weights read to `progress`.
+pub fn load_with_progress(
+    spec: &ModelSpec,
+    device: Device,
+    progress: LoadProgress,
+) -> Result<Qwen2Backend, BackendError> {
     if spec.task != Task::Generate {
         return Err(BackendError::unsupported(format!(
             "{NAME} serves `generate`, not `{}`",
@@ -126,8 +144,10 @@ pub fn load(spec: &ModelSpec, device: Device) -> Result<Qwen2Backend, BackendErr
     let dequantize = option_flag(spec, "dequantize")?;
     let candle_qmatmul = option_flag(spec, "candle_qmatmul")?;
     let model = match spec.format {
-        WeightFormat::Safetensors => hf::load_dir(&spec.path, spec.dtype, dev)?,
-        WeightFormat::Gguf => gguf::load_gguf(&spec.path, dev, dequantize, candle_qmatmul)?,
+        WeightFormat::Safetensors => hf::load_dir(&spec.path, spec.dtype, dev, &progress)?,
+        WeightFormat::Gguf => {
+            gguf::load_gguf(&spec.path, dev, dequantize, candle_qmatmul, &progress)?
+        }
     };
     let dtype = match spec.format {
         WeightFormat::Safetensors => spec.dtype.unwrap_or(DType::F32),

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
+use gllm_api::LoadProgress;
 
 use crate::config::Qwen2Config;
 use crate::error::{Result, invalid_model};
@@ -60,6 +61,36 @@ pub trait TensorSource {
     fn matrix(&self, name: &str) -> Result<Matrix>;
     /// A 1-D tensor as f32.
     fn vector(&self, name: &str) -> Result<Tensor>;
+    /// The bytes a tensor occupies in the file (0 for a name it lacks), for progress.
+    fn byte_len(&self, name: &str) -> u64;
+}
+
+/// A source that reports each tensor read to a [`LoadProgress`].
+struct Counted<'a> {
+    src: &'a dyn TensorSource,
+    progress: &'a LoadProgress,
+}
+
+impl TensorSource for Counted<'_> {
+    fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.src.shapes()
+    }
+
+    fn matrix(&self, name: &str) -> Result<Matrix> {
+        let m = self.src.matrix(name)?;
+        self.progress.advance(self.src.byte_len(name));
+        Ok(m)
+    }
+
+    fn vector(&self, name: &str) -> Result<Tensor> {
+        let v = self.src.vector(name)?;
+        self.progress.advance(self.src.byte_len(name));
+        Ok(v)
+    }
+
+    fn byte_len(&self, name: &str) -> u64 {
+        self.src.byte_len(name)
+    }
 }
 
 /// The tensors a config requires, with their shapes.
@@ -138,14 +169,22 @@ pub fn check_strict(
     Ok(())
 }
 
-/// Builds the model from a checked source.
+/// Builds the model from a checked source, reporting the bytes read to `progress`.
 pub fn build(
     cfg: Qwen2Config,
     src: &dyn TensorSource,
     name: &dyn Fn(Part) -> String,
     device: Device,
+    progress: &LoadProgress,
 ) -> Result<Qwen2Model> {
     use LayerPart::*;
+    let total = expected(&cfg)
+        .into_iter()
+        .map(|(part, _)| src.byte_len(&name(part)))
+        .fold(0u64, u64::saturating_add);
+    progress.set_total(total);
+    let counted = Counted { src, progress };
+    let src: &dyn TensorSource = &counted;
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for l in 0..cfg.num_hidden_layers {
         let n = |p: LayerPart| name(Part::Layer(l, p));
