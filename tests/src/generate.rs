@@ -1,8 +1,9 @@
 //! The generation conformance suite: every `generate` backend runs these same checks on
-//! `tiny-qwen2` (reference numbers from transformers, float32 on the bf16 weights).
+//! each decoder fixture it serves ([`TINY_QWEN2`], [`TINY_QWEN3`]: reference numbers
+//! from transformers, float32 on the bf16 weights).
 //!
 //! Call [`run_all`] with a loaded backend, or [`run_all_for`] with a factory and device
-//! (it loads `tiny-qwen2` itself). Each check is public too, for finer-grained tests.
+//! (it loads the fixture itself). Each check is public too, for finer-grained tests.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,10 +19,12 @@ use crate::{assert_close, fixture, json_u32s, read_json, read_tensor_f32};
 pub const GREEDY_TOKENS: usize = 24;
 /// Tolerance on last-position logits against the float32 reference.
 pub const LOGITS_TOL: f32 = 1e-3;
+/// Tolerance on final hidden states against the float32 reference.
+pub const HIDDEN_TOL: f32 = 1e-4;
 /// Tolerance between two ways of computing the same logits in one backend.
 pub const SELF_TOL: f32 = 1e-4;
 
-/// One case of `tiny-qwen2/reference.json`.
+/// One case of a decoder fixture's `reference.json`.
 #[derive(Debug, Clone)]
 pub struct Case {
     /// The prompt text.
@@ -32,47 +35,82 @@ pub struct Case {
     pub greedy_new_ids: Vec<u32>,
 }
 
-/// `tiny-qwen2/`.
-pub fn tiny_qwen2_dir() -> PathBuf {
-    fixture("tiny-qwen2")
+/// A decoder fixture whose references are in tiny-qwen2's format (`reference.json`
+/// cases of 24 greedy tokens, `batched_greedy_8`; `reference.safetensors` with
+/// `logits_last.<i>` and `final_hidden.<i>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderFixture {
+    /// The fixture directory's name.
+    pub name: &'static str,
+    /// Its `model_type`.
+    pub architecture: &'static str,
 }
 
-/// A spec loading `tiny-qwen2` (safetensors, f32 compute).
-pub fn tiny_qwen2_spec() -> ModelSpec {
-    ModelSpec {
-        id: "tiny-qwen2".into(),
-        task: Task::Generate,
-        path: tiny_qwen2_dir(),
-        format: WeightFormat::Safetensors,
-        architecture: "qwen2".into(),
-        dtype: None,
-        options: BTreeMap::new(),
+/// `tiny-qwen2`: Qwen2 with qkv biases.
+pub const TINY_QWEN2: DecoderFixture = DecoderFixture {
+    name: "tiny-qwen2",
+    architecture: "qwen2",
+};
+
+/// `tiny-qwen3`: Qwen3, head width 16 (not hidden / heads), RMSNorm per head on q and k.
+pub const TINY_QWEN3: DecoderFixture = DecoderFixture {
+    name: "tiny-qwen3",
+    architecture: "qwen3",
+};
+
+impl DecoderFixture {
+    /// The model directory.
+    pub fn dir(&self) -> PathBuf {
+        fixture(self.name)
     }
-}
 
-/// The reference cases.
-pub fn cases() -> Result<Vec<Case>> {
-    let r = read_json(&tiny_qwen2_dir().join("reference.json"))?;
-    let cases = r["cases"]
-        .as_array()
-        .context("reference.json has no cases")?;
-    let out: Vec<Case> = cases
-        .iter()
-        .map(|c| Case {
-            prompt: c["prompt"].as_str().unwrap_or_default().to_string(),
-            input_ids: json_u32s(&c["input_ids"]),
-            greedy_new_ids: json_u32s(&c["greedy_new_ids"]),
-        })
-        .collect();
-    ensure!(!out.is_empty(), "reference.json has no cases");
-    for c in &out {
+    /// A spec loading it (safetensors, f32 compute).
+    pub fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            id: self.name.into(),
+            task: Task::Generate,
+            path: self.dir(),
+            format: WeightFormat::Safetensors,
+            architecture: self.architecture.into(),
+            dtype: None,
+            options: BTreeMap::new(),
+        }
+    }
+
+    /// `reference.safetensors`.
+    pub fn tensors(&self) -> PathBuf {
+        self.dir().join("reference.safetensors")
+    }
+
+    /// The reference cases.
+    pub fn cases(&self) -> Result<Vec<Case>> {
+        let r = read_json(&self.dir().join("reference.json"))?;
+        let cases = r["cases"]
+            .as_array()
+            .context("reference.json has no cases")?;
+        let out: Vec<Case> = cases
+            .iter()
+            .map(|c| Case {
+                prompt: c["prompt"].as_str().unwrap_or_default().to_string(),
+                input_ids: json_u32s(&c["input_ids"]),
+                greedy_new_ids: json_u32s(&c["greedy_new_ids"]),
+            })
+            .collect();
         ensure!(
-            !c.input_ids.is_empty() && c.greedy_new_ids.len() == GREEDY_TOKENS,
-            "malformed case {:?}",
-            c.prompt
+            !out.is_empty(),
+            "{}: reference.json has no cases",
+            self.name
         );
+        for c in &out {
+            ensure!(
+                !c.input_ids.is_empty() && c.greedy_new_ids.len() == GREEDY_TOKENS,
+                "{}: malformed case {:?}",
+                self.name,
+                c.prompt
+            );
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// Index of the largest value (the first one on ties).
@@ -132,8 +170,8 @@ pub fn greedy(backend: &dyn InferenceBackend, prompt: &[u32], n: usize) -> Resul
 }
 
 /// The 24 greedy tokens of every case equal the reference.
-pub fn check_greedy(backend: &dyn InferenceBackend) -> Result<()> {
-    for (i, c) in cases()?.iter().enumerate() {
+pub fn check_greedy(backend: &dyn InferenceBackend, fx: DecoderFixture) -> Result<()> {
+    for (i, c) in fx.cases()?.iter().enumerate() {
         let got = greedy(backend, &c.input_ids, GREEDY_TOKENS)?;
         ensure!(
             got == c.greedy_new_ids,
@@ -146,9 +184,9 @@ pub fn check_greedy(backend: &dyn InferenceBackend) -> Result<()> {
 }
 
 /// Last-position logits of every case within [`LOGITS_TOL`] of `logits_last.<i>`.
-pub fn check_logits_last(backend: &dyn InferenceBackend) -> Result<()> {
-    let refs = tiny_qwen2_dir().join("reference.safetensors");
-    for (i, c) in cases()?.iter().enumerate() {
+pub fn check_logits_last(backend: &dyn InferenceBackend, fx: DecoderFixture) -> Result<()> {
+    let refs = fx.tensors();
+    for (i, c) in fx.cases()?.iter().enumerate() {
         let (_, want) = read_tensor_f32(&refs, &format!("logits_last.{i}"))?;
         let mut cache = backend.new_cache()?;
         let got = backend.forward(cache.as_mut(), &c.input_ids)?;
@@ -165,8 +203,11 @@ pub fn check_logits_last(backend: &dyn InferenceBackend) -> Result<()> {
 
 /// Decoding token by token gives the same logits (within [`SELF_TOL`]) as one prefill of
 /// the whole sequence, at every step of case 0 and at the end of every case.
-pub fn check_incremental_equals_prefill(backend: &dyn InferenceBackend) -> Result<()> {
-    for (i, c) in cases()?.iter().enumerate() {
+pub fn check_incremental_equals_prefill(
+    backend: &dyn InferenceBackend,
+    fx: DecoderFixture,
+) -> Result<()> {
+    for (i, c) in fx.cases()?.iter().enumerate() {
         let mut seq = c.input_ids.clone();
         seq.extend_from_slice(&c.greedy_new_ids[..GREEDY_TOKENS - 1]);
         let mut cache = backend.new_cache()?;
@@ -199,8 +240,8 @@ pub fn check_incremental_equals_prefill(backend: &dyn InferenceBackend) -> Resul
 }
 
 /// Prefill in uneven chunks at non-zero cache offsets equals one prefill.
-pub fn check_chunked_prefill(backend: &dyn InferenceBackend) -> Result<()> {
-    for (i, c) in cases()?.iter().enumerate() {
+pub fn check_chunked_prefill(backend: &dyn InferenceBackend, fx: DecoderFixture) -> Result<()> {
+    for (i, c) in fx.cases()?.iter().enumerate() {
         let mut seq = c.input_ids.clone();
         seq.extend_from_slice(&c.greedy_new_ids[..12]);
         let mut fresh = backend.new_cache()?;
@@ -221,8 +262,8 @@ pub fn check_chunked_prefill(backend: &dyn InferenceBackend) -> Result<()> {
 }
 
 /// Two (and more) sequences decoded interleaved on one model equal each alone.
-pub fn check_interleaved(backend: &dyn InferenceBackend) -> Result<()> {
-    let cases = cases()?;
+pub fn check_interleaved(backend: &dyn InferenceBackend, fx: DecoderFixture) -> Result<()> {
+    let cases = fx.cases()?;
     let mut caches: Vec<Box<dyn KvCache>> = Vec::new();
     let mut next: Vec<u32> = Vec::new();
     let mut got: Vec<Vec<u32>> = vec![Vec::new(); cases.len()];
@@ -252,8 +293,8 @@ pub fn check_interleaved(backend: &dyn InferenceBackend) -> Result<()> {
 
 /// `batched_greedy_8`: the prompts decoded together through `forward_batch` give the
 /// reference's 8 tokens each (the same as each prompt alone).
-pub fn check_batched_greedy_8(backend: &dyn InferenceBackend) -> Result<()> {
-    let r = read_json(&tiny_qwen2_dir().join("reference.json"))?;
+pub fn check_batched_greedy_8(backend: &dyn InferenceBackend, fx: DecoderFixture) -> Result<()> {
+    let r = read_json(&fx.dir().join("reference.json"))?;
     let b = &r["batched_greedy_8"];
     let prompts = b["prompts"]
         .as_array()
@@ -264,7 +305,7 @@ pub fn check_batched_greedy_8(backend: &dyn InferenceBackend) -> Result<()> {
         .iter()
         .map(json_u32s)
         .collect();
-    let cases = cases()?;
+    let cases = fx.cases()?;
     let mut inputs = Vec::new();
     for p in prompts {
         let p = p.as_str().context("prompt is not a string")?;
@@ -311,8 +352,8 @@ pub fn check_batched_greedy_8(backend: &dyn InferenceBackend) -> Result<()> {
 /// One `forward_batch` over sequences in different states (a fresh prompt, a decode
 /// step after a prompt, a chunk appended mid-sequence) gives each sequence the logits
 /// (within [`SELF_TOL`]) that `forward` gives it alone, and leaves each cache as long.
-pub fn check_batch_equals_alone(backend: &dyn InferenceBackend) -> Result<()> {
-    let cases = cases()?;
+pub fn check_batch_equals_alone(backend: &dyn InferenceBackend, fx: DecoderFixture) -> Result<()> {
+    let cases = fx.cases()?;
     ensure!(cases.len() >= 3, "need three reference cases");
     // (tokens already in the cache, tokens this step appends)
     let plans: Vec<(Vec<u32>, Vec<u32>)> = vec![
@@ -363,8 +404,8 @@ pub fn check_batch_equals_alone(backend: &dyn InferenceBackend) -> Result<()> {
 
 /// Truncating a cache and re-feeding gives the same logits and tokens; truncating
 /// beyond the length is invalid input.
-pub fn check_truncate_refeed(backend: &dyn InferenceBackend) -> Result<()> {
-    for (i, c) in cases()?.iter().enumerate() {
+pub fn check_truncate_refeed(backend: &dyn InferenceBackend, fx: DecoderFixture) -> Result<()> {
+    for (i, c) in fx.cases()?.iter().enumerate() {
         let mut seq = c.input_ids.clone();
         seq.extend_from_slice(&c.greedy_new_ids[..8]);
         let mut cache = backend.new_cache()?;
@@ -432,7 +473,7 @@ pub fn check_truncate_refeed(backend: &dyn InferenceBackend) -> Result<()> {
 }
 
 /// Out-of-vocabulary ids and empty input are invalid input, and leave the cache usable.
-pub fn check_invalid_input(backend: &dyn InferenceBackend) -> Result<()> {
+pub fn check_invalid_input(backend: &dyn InferenceBackend, fx: DecoderFixture) -> Result<()> {
     let vocab = backend.info().vocab_size as u32;
     let mut cache = backend.new_cache()?;
     match backend.forward(cache.as_mut(), &[1, vocab]) {
@@ -447,7 +488,7 @@ pub fn check_invalid_input(backend: &dyn InferenceBackend) -> Result<()> {
         other => bail!("empty input gave {:?}", other.map(|l| l.len())),
     }
     ensure!(cache.is_empty(), "a refused forward changed the cache");
-    let c = &cases()?[0];
+    let c = &fx.cases()?[0];
     let got = greedy(backend, &c.input_ids, 4)?;
     ensure!(
         got == c.greedy_new_ids[..4],
@@ -456,34 +497,60 @@ pub fn check_invalid_input(backend: &dyn InferenceBackend) -> Result<()> {
     Ok(())
 }
 
-/// Every check of the suite, on a loaded `tiny-qwen2`.
-pub fn run_all(backend: &dyn InferenceBackend) -> Result<()> {
-    let info = backend.info();
-    ensure!(info.task == Task::Generate, "task is {:?}", info.task);
-    ensure!(info.vocab_size == 151936, "vocab_size {}", info.vocab_size);
-    check_greedy(backend).context("greedy")?;
-    check_logits_last(backend).context("logits_last")?;
-    check_incremental_equals_prefill(backend).context("incremental decode")?;
-    check_chunked_prefill(backend).context("chunked prefill")?;
-    check_interleaved(backend).context("interleaved sequences")?;
-    check_batched_greedy_8(backend).context("batched_greedy_8")?;
-    check_batch_equals_alone(backend).context("forward_batch equals each alone")?;
-    check_truncate_refeed(backend).context("truncate + re-feed")?;
-    check_invalid_input(backend).context("invalid input")?;
+/// The final hidden states (after the final RMSNorm) of every case's prompt, as
+/// `hidden(prompt)` computes them (row-major `[tokens, hidden]`, on a fresh cache),
+/// within [`HIDDEN_TOL`] of `final_hidden.<i>`.
+pub fn check_final_hidden(
+    fx: DecoderFixture,
+    hidden: &dyn Fn(&[u32]) -> Result<Vec<f32>>,
+) -> Result<()> {
+    let refs = fx.tensors();
+    for (i, c) in fx.cases()?.iter().enumerate() {
+        let (shape, want) = read_tensor_f32(&refs, &format!("final_hidden.{i}"))?;
+        ensure!(
+            shape.first() == Some(&c.input_ids.len()),
+            "final_hidden.{i} has shape {shape:?}"
+        );
+        let got = hidden(&c.input_ids)?;
+        assert_close(
+            &format!("{} final_hidden.{i}", fx.name),
+            &got,
+            &want,
+            HIDDEN_TOL,
+        );
+    }
     Ok(())
 }
 
-/// Loads `tiny-qwen2` with `factory` on `device` and runs [`run_all`].
-pub fn run_all_for(factory: &dyn BackendFactory, device: Device) -> Result<()> {
-    let spec = tiny_qwen2_spec();
+/// Every check of the suite, on a loaded decoder fixture.
+pub fn run_all(backend: &dyn InferenceBackend, fx: DecoderFixture) -> Result<()> {
+    let info = backend.info();
+    ensure!(info.task == Task::Generate, "task is {:?}", info.task);
+    ensure!(info.vocab_size == 151936, "vocab_size {}", info.vocab_size);
+    check_greedy(backend, fx).context("greedy")?;
+    check_logits_last(backend, fx).context("logits_last")?;
+    check_incremental_equals_prefill(backend, fx).context("incremental decode")?;
+    check_chunked_prefill(backend, fx).context("chunked prefill")?;
+    check_interleaved(backend, fx).context("interleaved sequences")?;
+    check_batched_greedy_8(backend, fx).context("batched_greedy_8")?;
+    check_batch_equals_alone(backend, fx).context("forward_batch equals each alone")?;
+    check_truncate_refeed(backend, fx).context("truncate + re-feed")?;
+    check_invalid_input(backend, fx).context("invalid input")?;
+    Ok(())
+}
+
+/// Loads the fixture `fx` with `factory` on `device` and runs [`run_all`].
+pub fn run_all_for(factory: &dyn BackendFactory, device: Device, fx: DecoderFixture) -> Result<()> {
+    let spec = fx.spec();
     if let Some(why) = factory.capabilities().mismatch(&spec, device) {
         bail!(
-            "{} cannot load tiny-qwen2 on {device}: {why}",
-            factory.name()
+            "{} cannot load {} on {device}: {why}",
+            factory.name(),
+            fx.name
         );
     }
     let backend = factory
         .load(&spec, device)
-        .with_context(|| format!("{} loading tiny-qwen2", factory.name()))?;
-    run_all(backend.as_ref())
+        .with_context(|| format!("{} loading {}", factory.name(), fx.name))?;
+    run_all(backend.as_ref(), fx).with_context(|| format!("{} on {device}", fx.name))
 }

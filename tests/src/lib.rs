@@ -1,12 +1,14 @@
 //! Shared test logic for gllm: where the fixtures are, how to read their references,
 //! how to compare numbers with stated tolerances, the conformance suites that
 //! every backend of a task runs (one copy of each check, not one per backend), and
-//! the edited model copies of the strict-loading tests ([`strict`]), and checks on a
+//! the edited model copies of the strict-loading tests ([`strict`]) with the decoders'
+//! schema-driven suite ([`decoder_schema`]), and checks on a
 //! finished `gllm` process ([`process`]).
 //!
 //! Missing fixtures or models are a loud failure, never a skip.
 
 pub mod coder;
+pub mod decoder_schema;
 pub mod embed;
 pub mod generate;
 pub mod process;

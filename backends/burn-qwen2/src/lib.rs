@@ -1,6 +1,6 @@
-//! # burn-qwen2: Qwen2 text generation on Burn
+//! # burn-qwen2: Qwen2 and Qwen3 text generation on Burn
 //!
-//! A gllm backend (`burn-qwen2`) for Qwen2 decoders stored as Hugging Face
+//! A gllm backend (`burn-qwen2`) for Qwen2 and Qwen3 decoders ([`gllm_arch`]) stored as Hugging Face
 //! safetensors directories (f32, f16 or bf16 on disk), serving `generate`
 //! through caller-owned KV caches. It runs on the CPU through Burn's
 //! pure-Rust `flex` backend and on GPUs through `wgpu` (Vulkan, Metal, DX12),
@@ -9,12 +9,11 @@
 //! Everything the decoder computes is written with Burn tensor operations:
 //! RoPE with the config's `rope_theta` (half-rotation layout), grouped-query
 //! attention that never repeats the K/V heads, causal masking for prefill at
-//! any cache offset, RMSNorm, the SwiGLU MLP, q/k/v biases, and a tied or
-//! separate output projection.
+//! any cache offset, RMSNorm, the SwiGLU MLP, q/k/v biases (Qwen2) or RMSNorm
+//! per q/k head (Qwen3), and a tied or separate output projection.
 
 pub mod attention;
 pub mod cache;
-pub mod config;
 pub mod model;
 pub mod rope;
 
@@ -33,9 +32,9 @@ use gllm_api::{
 };
 
 pub use crate::cache::Qwen2Cache;
-use crate::config::Qwen2Config;
 use crate::model::{Output, Qwen2Model};
 use crate::weights::WeightStore;
+use gllm_arch::{Architecture, DecoderConfig};
 
 /// The factory of the `burn-qwen2` backend.
 pub struct BurnQwen2Factory;
@@ -53,7 +52,7 @@ impl BackendFactory for BurnQwen2Factory {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             tasks: vec![Task::Generate],
-            architectures: vec!["qwen2".to_string()],
+            architectures: ARCHITECTURES.iter().map(|a| a.name().to_string()).collect(),
             formats: vec![WeightFormat::Safetensors],
             devices: vec![DeviceKind::Cpu, DeviceKind::Gpu],
         }
@@ -84,6 +83,9 @@ impl BackendFactory for BurnQwen2Factory {
 }
 
 /// Gives every loaded model its own id, so a cache of one model is refused by another.
+/// The architectures this backend builds.
+const ARCHITECTURES: [Architecture; 2] = [Architecture::Qwen2, Architecture::Qwen3];
+
 static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A loaded Qwen2 decoder.
@@ -118,7 +120,10 @@ impl BurnQwen2 {
                 spec.format.as_str()
             )));
         }
-        if !spec.architecture.eq_ignore_ascii_case("qwen2") {
+        if !ARCHITECTURES
+            .iter()
+            .any(|a| spec.architecture.eq_ignore_ascii_case(a.name()))
+        {
             return Err(BackendError::unsupported(format!(
                 "burn-qwen2 does not support architecture `{}`",
                 spec.architecture
@@ -139,7 +144,14 @@ impl BurnQwen2 {
             _ => BurnDType::F32,
         };
         let dir = spec.path.as_path();
-        let config = Qwen2Config::load(dir)?;
+        let config = DecoderConfig::from_hf_file(&dir.join("config.json"))?;
+        if !ARCHITECTURES.contains(&config.architecture) {
+            return Err(BackendError::unsupported(format!(
+                "{}: burn-qwen2 does not build `{}` decoders",
+                dir.display(),
+                config.architecture
+            )));
+        }
         let mut store = WeightStore::open(dir)?;
         store.report_to(progress);
         let burn_device = device::burn_device(device)?;
@@ -159,14 +171,16 @@ impl BurnQwen2 {
         })
     }
 
-    /// Loads the model in `dir` on `device`, computing in f32.
+    /// Loads the model in `dir` (its `config.json` says which architecture) on
+    /// `device`, computing in f32.
     pub fn load_dir(dir: &Path, device: Device) -> Result<Self, BackendError> {
+        let architecture = DecoderConfig::from_hf_file(&dir.join("config.json"))?.architecture;
         let spec = ModelSpec {
             id: dir.display().to_string(),
             task: Task::Generate,
             path: dir.to_path_buf(),
             format: WeightFormat::Safetensors,
-            architecture: "qwen2".to_string(),
+            architecture: architecture.name().to_string(),
             dtype: None,
             options: Default::default(),
         };
@@ -174,7 +188,7 @@ impl BurnQwen2 {
     }
 
     /// The decoder's configuration.
-    pub fn config(&self) -> &Qwen2Config {
+    pub fn config(&self) -> &DecoderConfig {
         self.model.config()
     }
 

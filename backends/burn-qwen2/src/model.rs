@@ -1,7 +1,8 @@
-//! The Qwen2 decoder on Burn tensors: embedding, decoder layers (RMSNorm,
-//! grouped-query attention with RoPE and q/k/v biases, SwiGLU MLP), final
-//! RMSNorm, and the tied or separate output projection.
+//! The Qwen2 / Qwen3 decoder on Burn tensors: embedding, decoder layers (RMSNorm,
+//! grouped-query attention with RoPE, q/k/v biases (Qwen2) or RMSNorm per q/k head
+//! (Qwen3), SwiGLU MLP), final RMSNorm, and the tied or separate output projection.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::activation::silu;
@@ -11,9 +12,10 @@ use rayon::prelude::*;
 
 use crate::attention::grouped_attention;
 use crate::cache::{LayerKv, Qwen2Cache};
-use crate::config::Qwen2Config;
 use crate::rope::Rope;
 use crate::weights::WeightStore;
+use gllm_arch::schema::{self, HfNaming, Naming};
+use gllm_arch::{DecoderConfig, LayerPart, Part};
 
 /// A dense layer, weight stored `[out, in]` as PyTorch stores it: a block of
 /// output columns is a contiguous block of rows, and a matrix-vector product
@@ -67,6 +69,8 @@ fn column_blocks(n: usize, splits: usize) -> Vec<(usize, usize)> {
 
 struct Layer {
     input_norm: Tensor<1>,
+    /// RMSNorm over each query head, and over each key head (Qwen3).
+    head_norms: Option<(Tensor<1>, Tensor<1>)>,
     /// q, k and v projections fused into one `[hidden, q_dim + 2 * kv_dim]`.
     qkv: Dense,
     o: Dense,
@@ -86,7 +90,7 @@ pub enum Output {
 
 /// A Qwen2 decoder whose weights live on one Burn device.
 pub struct Qwen2Model {
-    config: Qwen2Config,
+    config: DecoderConfig,
     device: Device,
     dtype: DType,
     /// `[vocab, hidden]`.
@@ -106,6 +110,7 @@ pub struct Qwen2Model {
 /// come back as `None`.
 struct Loader<'a> {
     store: &'a mut WeightStore,
+    naming: Naming,
     device: &'a Device,
     dtype: DType,
 }
@@ -115,19 +120,33 @@ impl Loader<'_> {
         Tensor::<D>::from_data(TensorData::new(data, shape), self.device).cast(self.dtype)
     }
 
-    fn vector(&mut self, name: &str, len: usize) -> Option<Tensor<1>> {
-        let data = self.store.take(name, &[len])?;
+    fn vector(&mut self, part: Part, len: usize) -> Option<Tensor<1>> {
+        let data = self.store.take(&self.naming.name(part), &[len])?;
         Some(self.tensor(data, [len]))
     }
 
-    /// Several PyTorch `[out_j, in]` weights (and biases) as one `[sum out_j, in]` layer.
-    fn fused(&mut self, names: &[&str], outs: &[usize], inp: usize, bias: bool) -> Option<Dense> {
-        let total: usize = outs.iter().sum();
+    fn matrix(&mut self, part: Part, rows: usize, cols: usize) -> Option<Tensor<2>> {
+        let data = self.store.take(&self.naming.name(part), &[rows, cols])?;
+        Some(self.tensor(data, [rows, cols]))
+    }
+
+    /// Several PyTorch `[out_j, in]` weights (and, with `biases`, their biases) of layer
+    /// `l` as one `[sum out_j, in]` layer.
+    fn fused(
+        &mut self,
+        l: usize,
+        parts: &[(LayerPart, Option<LayerPart>, usize)],
+        inp: usize,
+        bias: bool,
+    ) -> Option<Dense> {
+        let total: usize = parts.iter().map(|p| p.2).sum();
         let mut weight = Some(Vec::with_capacity(total * inp));
         let mut biases = bias.then(|| Vec::with_capacity(total));
-        for (name, &out) in names.iter().zip(outs) {
+        for &(w, b, out) in parts {
+            let name = |p: LayerPart| self.naming.name(Part::Layer(l, p));
+            let (w, b) = (name(w), b.map(name));
             // Every part is taken (and checked) even after one failed.
-            match self.store.take(&format!("{name}.weight"), &[out, inp]) {
+            match self.store.take(&w, &[out, inp]) {
                 Some(w) => {
                     if let Some(all) = &mut weight {
                         all.extend_from_slice(&w);
@@ -135,8 +154,8 @@ impl Loader<'_> {
                 }
                 None => weight = None,
             }
-            if bias {
-                match self.store.take(&format!("{name}.bias"), &[out]) {
+            if let (true, Some(b)) = (bias, b) {
+                match self.store.take(&b, &[out]) {
                     Some(b) => {
                         if let Some(all) = &mut biases {
                             all.extend_from_slice(&b);
@@ -165,71 +184,94 @@ fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64, dtype: DType) -> Tensor<
     x.cast(dtype) * weight.clone().unsqueeze::<2>()
 }
 
+/// RMSNorm over the last dimension of `x` `[1, rows, heads, head_dim]` (each head).
+fn head_norm(x: Tensor<4>, weight: &Tensor<1>, eps: f64, dtype: DType) -> Tensor<4> {
+    let [b, rows, heads, d] = x.dims();
+    rms_norm(x.reshape([b * rows * heads, d]), weight, eps, dtype).reshape([b, rows, heads, d])
+}
+
 fn internal(e: impl std::fmt::Debug) -> BackendError {
     BackendError::internal(format!("reading back a result: {e:?}"))
 }
 
 impl Qwen2Model {
-    /// Builds the decoder from `store` on `device`, computing in `dtype`. Every
-    /// problem with the weights is reported at once by [`WeightStore::finish`].
+    /// Builds the decoder from `store` on `device`, computing in `dtype`. The
+    /// checkpoint is first checked against the schema of [`gllm_arch`] (every
+    /// missing, unexpected or mis-shaped tensor named at once); what the store then
+    /// finds (unreadable dtypes, truncated data) is reported by [`WeightStore::finish`].
     pub fn load(
-        config: &Qwen2Config,
+        config: &DecoderConfig,
         mut store: WeightStore,
         device: &Device,
         dtype: DType,
         splits: usize,
         dir: &Path,
     ) -> Result<Self, BackendError> {
+        use LayerPart::*;
+        let shapes: BTreeMap<String, Vec<usize>> = store
+            .names()
+            .filter_map(|n| Some((n.to_string(), store.shape(n)?.to_vec())))
+            .collect();
+        let naming = Naming::Hf(HfNaming::detect(&shapes));
+        schema::check_strict(config, &shapes, naming).map_err(|e| BackendError {
+            message: format!("{}: {}", dir.display(), e.message),
+            ..e
+        })?;
+        for (name, shape) in naming.tolerated(config) {
+            store.ignore_shaped(&name, &shape);
+        }
         let c = config;
         let h = c.hidden_size;
         let mut l = Loader {
             store: &mut store,
+            naming,
             device,
             dtype,
         };
-        let embed = l
-            .store
-            .take("model.embed_tokens.weight", &[c.vocab_size, h])
-            .map(|d| l.tensor(d, [c.vocab_size, h]));
+        let embed = l.matrix(Part::Embed, c.vocab_size, h);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let input_norm = l.vector(&format!("{p}.input_layernorm.weight"), h);
+            let at = |p: LayerPart| Part::Layer(i, p);
+            let input_norm = l.vector(at(InputNorm), h);
+            let head_norms = if c.qk_norm {
+                match (
+                    l.vector(at(QNorm), c.head_dim),
+                    l.vector(at(KNorm), c.head_dim),
+                ) {
+                    (Some(q), Some(k)) => Some(Some((q, k))),
+                    _ => None,
+                }
+            } else {
+                Some(None)
+            };
             let qkv = l.fused(
+                i,
                 &[
-                    &format!("{p}.self_attn.q_proj"),
-                    &format!("{p}.self_attn.k_proj"),
-                    &format!("{p}.self_attn.v_proj"),
+                    (QW, Some(QB), c.q_dim()),
+                    (KW, Some(KB), c.kv_dim()),
+                    (VW, Some(VB), c.kv_dim()),
                 ],
-                &[c.q_dim(), c.kv_dim(), c.kv_dim()],
                 h,
-                true,
+                c.attention_bias,
             );
-            let o = l.fused(&[&format!("{p}.self_attn.o_proj")], &[h], c.q_dim(), false);
-            let post_norm = l.vector(&format!("{p}.post_attention_layernorm.weight"), h);
-            let gate_up = l.fused(
-                &[&format!("{p}.mlp.gate_proj"), &format!("{p}.mlp.up_proj")],
-                &[c.intermediate_size, c.intermediate_size],
-                h,
-                false,
-            );
-            let down = l.fused(
-                &[&format!("{p}.mlp.down_proj")],
-                &[h],
-                c.intermediate_size,
-                false,
-            );
+            let o = l.fused(i, &[(OW, None, h)], c.q_dim(), false);
+            let post_norm = l.vector(at(PostNorm), h);
+            let (im, none) = (c.intermediate_size, None);
+            let gate_up = l.fused(i, &[(Gate, none, im), (Up, none, im)], h, false);
+            let down = l.fused(i, &[(Down, None, h)], im, false);
             if let (
                 Some(input_norm),
+                Some(head_norms),
                 Some(qkv),
                 Some(o),
                 Some(post_norm),
                 Some(gate_up),
                 Some(down),
-            ) = (input_norm, qkv, o, post_norm, gate_up, down)
+            ) = (input_norm, head_norms, qkv, o, post_norm, gate_up, down)
             {
                 layers.push(Layer {
                     input_norm,
+                    head_norms,
                     qkv,
                     o,
                     post_norm,
@@ -238,15 +280,12 @@ impl Qwen2Model {
                 });
             }
         }
-        let norm = l.vector("model.norm.weight", h);
-        // `None`: tied (some tied checkpoints still store the identical head: accepted).
+        let norm = l.vector(Part::Norm, h);
+        // `None`: tied (a stored copy of the head was accepted above, and ignored).
         let separate_head = if c.tie_word_embeddings {
-            l.store.ignore_shaped("lm_head.weight", &[c.vocab_size, h]);
             None
         } else {
-            l.store
-                .take("lm_head.weight", &[c.vocab_size, h])
-                .map(|d| l.tensor(d, [c.vocab_size, h]))
+            l.matrix(Part::LmHead, c.vocab_size, h)
         };
         store.finish(dir)?;
         let complete = layers.len() == c.num_hidden_layers
@@ -274,7 +313,7 @@ impl Qwen2Model {
     }
 
     /// The configuration the decoder was built from.
-    pub fn config(&self) -> &Qwen2Config {
+    pub fn config(&self) -> &DecoderConfig {
         &self.config
     }
 
@@ -378,6 +417,13 @@ impl Qwen2Model {
             let v = qkv
                 .narrow(1, qd + kvd, kvd)
                 .reshape([1, rows, kv_heads, hd]);
+            let (q, k) = match &layer.head_norms {
+                Some((qn, kn)) => (
+                    head_norm(q, qn, c.rms_norm_eps, self.dtype),
+                    head_norm(k, kn, c.rms_norm_eps, self.dtype),
+                ),
+                None => (q, k),
+            };
             let (q, k) = (rope.apply(q), rope.apply(k));
 
             let mut ctx = Vec::with_capacity(segments.len());

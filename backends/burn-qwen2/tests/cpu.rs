@@ -1,40 +1,32 @@
-//! The generation conformance suite and the reference hidden states on the CPU (`flex`).
+//! The generation conformance suite and the reference hidden states on the CPU
+//! (`flex`), for tiny-qwen2 and tiny-qwen3.
 
 use burn_qwen2::{BurnQwen2, FACTORY};
 use gllm_api::Device;
-use gllm_testkit::generate::{self, cases, tiny_qwen2_dir};
+use gllm_testkit::generate::{self, TINY_QWEN2, TINY_QWEN3};
 use gllm_testkit::{assert_close, read_tensor_f32};
 
 fn model() -> anyhow::Result<BurnQwen2> {
-    Ok(BurnQwen2::load_dir(&tiny_qwen2_dir(), Device::CPU)?)
+    Ok(BurnQwen2::load_dir(&TINY_QWEN2.dir(), Device::CPU)?)
 }
 
 #[test]
 fn final_hidden_matches_reference() -> anyhow::Result<()> {
-    let model = model()?;
-    let refs = tiny_qwen2_dir().join("reference.safetensors");
-    for (i, c) in cases()?.iter().enumerate() {
-        let (shape, want) = read_tensor_f32(&refs, &format!("final_hidden.{i}"))?;
-        assert_eq!(shape, [c.input_ids.len(), 32]);
-        let got = model.final_hidden(&c.input_ids)?;
-        assert_close(&format!("final_hidden.{i}"), &got, &want, 1e-4);
+    for fx in [TINY_QWEN2, TINY_QWEN3] {
+        let model = BurnQwen2::load_dir(&fx.dir(), Device::CPU)?;
+        generate::check_final_hidden(fx, &|ids| Ok(model.final_hidden(ids)?))?;
     }
     Ok(())
 }
 
 #[test]
-fn greedy_matches_reference() -> anyhow::Result<()> {
-    generate::check_greedy(&model()?)
+fn qwen2_conformance_suite() -> anyhow::Result<()> {
+    generate::run_all_for(&FACTORY, Device::CPU, TINY_QWEN2)
 }
 
 #[test]
-fn logits_last_match_reference() -> anyhow::Result<()> {
-    generate::check_logits_last(&model()?)
-}
-
-#[test]
-fn conformance_suite() -> anyhow::Result<()> {
-    generate::run_all_for(&FACTORY, Device::CPU)
+fn qwen3_conformance_suite() -> anyhow::Result<()> {
+    generate::run_all_for(&FACTORY, Device::CPU, TINY_QWEN3)
 }
 
 #[test]
@@ -42,7 +34,7 @@ fn cache_grows_in_chunks_across_boundaries() -> anyhow::Result<()> {
     use burn_qwen2::Qwen2Cache;
     use gllm_api::InferenceBackend;
     let model = model()?;
-    let c = &cases()?[0];
+    let c = &TINY_QWEN2.cases()?[0];
     // 600 positions: crosses the first chunk (256) and the next growth.
     let seq: Vec<u32> = c.input_ids.iter().copied().cycle().take(600).collect();
     let mut fresh = model.new_cache()?;
@@ -79,7 +71,7 @@ fn a_cache_of_another_model_is_refused() -> anyhow::Result<()> {
 }
 
 fn load_dtype(dtype: gllm_api::DType) -> anyhow::Result<BurnQwen2> {
-    let mut spec = generate::tiny_qwen2_spec();
+    let mut spec = TINY_QWEN2.spec();
     spec.dtype = Some(dtype);
     Ok(BurnQwen2::load(&spec, Device::CPU)?)
 }
@@ -89,8 +81,8 @@ fn bf16_requests_compute_exactly_in_f32() -> anyhow::Result<()> {
     use gllm_api::{DType, InferenceBackend};
     let model = load_dtype(DType::Bf16)?;
     assert_eq!(model.info().dtype, DType::F32);
-    generate::check_logits_last(&model)?;
-    generate::check_greedy(&model)
+    generate::check_logits_last(&model, TINY_QWEN2)?;
+    generate::check_greedy(&model, TINY_QWEN2)
 }
 
 #[test]
@@ -98,8 +90,8 @@ fn f16_compute_stays_close() -> anyhow::Result<()> {
     use gllm_api::{DType, InferenceBackend};
     let model = load_dtype(DType::F16)?;
     assert_eq!(model.info().dtype, DType::F16);
-    let refs = tiny_qwen2_dir().join("reference.safetensors");
-    for (i, c) in cases()?.iter().enumerate() {
+    let refs = TINY_QWEN2.tensors();
+    for (i, c) in TINY_QWEN2.cases()?.iter().enumerate() {
         let (_, want) = read_tensor_f32(&refs, &format!("logits_last.{i}"))?;
         let mut cache = model.new_cache()?;
         let got = model.forward(cache.as_mut(), &c.input_ids)?;
@@ -115,7 +107,7 @@ fn f16_compute_stays_close() -> anyhow::Result<()> {
 fn forward_batch_equals_each_alone() -> anyhow::Result<()> {
     use gllm_api::{InferenceBackend, KvCache};
     let model = model()?;
-    let cases = cases()?;
+    let cases = TINY_QWEN2.cases()?;
     let mut batch: Vec<Box<dyn KvCache>> = Vec::new();
     let mut alone: Vec<Box<dyn KvCache>> = Vec::new();
     for _ in &cases {

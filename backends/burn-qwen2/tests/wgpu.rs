@@ -1,11 +1,16 @@
 //! Parity on the GPU through Burn's wgpu backend (in CI: Mesa's llvmpipe, a
 //! software Vulkan device): the same greedy tokens as the reference, logits
-//! within 1e-3, and the rest of the shared generation suite.
+//! within 1e-3, and the rest of the shared generation suite, for tiny-qwen2 and
+//! tiny-qwen3.
 
 use burn_qwen2::{BurnQwen2, FACTORY};
 use gllm_api::{BackendFactory, Device, ErrorKind, InferenceBackend};
-use gllm_testkit::generate::{self, cases, tiny_qwen2_dir};
-use gllm_testkit::{assert_close, read_tensor_f32};
+use gllm_testkit::assert_close;
+use gllm_testkit::generate::{self, TINY_QWEN2, TINY_QWEN3};
+
+fn tiny_qwen2_dir() -> std::path::PathBuf {
+    TINY_QWEN2.dir()
+}
 
 const GPU: Device = Device {
     kind: gllm_api::DeviceKind::Gpu,
@@ -13,19 +18,21 @@ const GPU: Device = Device {
 };
 
 #[test]
-fn conformance_suite_on_wgpu() -> anyhow::Result<()> {
-    generate::run_all_for(&FACTORY, GPU)
+fn qwen2_conformance_suite_on_wgpu() -> anyhow::Result<()> {
+    generate::run_all_for(&FACTORY, GPU, TINY_QWEN2)
+}
+
+#[test]
+fn qwen3_conformance_suite_on_wgpu() -> anyhow::Result<()> {
+    generate::run_all_for(&FACTORY, GPU, TINY_QWEN3)
 }
 
 #[test]
 fn final_hidden_on_wgpu() -> anyhow::Result<()> {
-    let model = BurnQwen2::load_dir(&tiny_qwen2_dir(), GPU)?;
-    assert_eq!(model.info().device, GPU);
-    let refs = tiny_qwen2_dir().join("reference.safetensors");
-    for (i, c) in cases()?.iter().enumerate() {
-        let (_, want) = read_tensor_f32(&refs, &format!("final_hidden.{i}"))?;
-        let got = model.final_hidden(&c.input_ids)?;
-        assert_close(&format!("final_hidden.{i} (wgpu)"), &got, &want, 1e-4);
+    for fx in [TINY_QWEN2, TINY_QWEN3] {
+        let model = BurnQwen2::load_dir(&fx.dir(), GPU)?;
+        assert_eq!(model.info().device, GPU);
+        generate::check_final_hidden(fx, &|ids| Ok(model.final_hidden(ids)?))?;
     }
     Ok(())
 }
@@ -34,7 +41,7 @@ fn final_hidden_on_wgpu() -> anyhow::Result<()> {
 fn gpu_and_cpu_logits_agree() -> anyhow::Result<()> {
     let gpu = BurnQwen2::load_dir(&tiny_qwen2_dir(), GPU)?;
     let cpu = BurnQwen2::load_dir(&tiny_qwen2_dir(), Device::CPU)?;
-    for (i, c) in cases()?.iter().enumerate() {
+    for (i, c) in TINY_QWEN2.cases()?.iter().enumerate() {
         let (mut gc, mut cc) = (gpu.new_cache()?, cpu.new_cache()?);
         let g = gpu.forward(gc.as_mut(), &c.input_ids)?;
         let want = cpu.forward(cc.as_mut(), &c.input_ids)?;

@@ -1,4 +1,4 @@
-//! GGUF files (llama.cpp) of architecture `qwen2` or `llama`: config from the metadata,
+//! GGUF files (llama.cpp) of architecture `qwen2`, `qwen3` or `llama`: config from the metadata,
 //! tensors kept in their stored type (block-quantized, f16/bf16 or f32).
 
 use std::cell::RefCell;
@@ -12,137 +12,59 @@ use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 
-use crate::config::{Qwen2Config, RopeStyle};
 use crate::error::{Result, invalid_model, model_err};
 use crate::linear::Matrix;
-use crate::loader::{LayerPart, Part, TensorSource};
+use crate::loader::TensorSource;
 use crate::model::Qwen2Model;
 use gllm_api::LoadProgress;
+use gllm_arch::schema::Naming;
+use gllm_arch::{DecoderConfig, GgufMetadata};
 use gllm_kernels::{BlockType, HalfKind, QuantMatrix};
 
-/// The GGUF name of a decoder tensor.
-pub fn gguf_name(part: Part) -> String {
-    use LayerPart::*;
-    match part {
-        Part::Embed => "token_embd.weight".into(),
-        Part::Norm => "output_norm.weight".into(),
-        Part::LmHead => "output.weight".into(),
-        Part::Layer(l, p) => {
-            let s = match p {
-                InputNorm => "attn_norm.weight",
-                QW => "attn_q.weight",
-                QB => "attn_q.bias",
-                KW => "attn_k.weight",
-                KB => "attn_k.bias",
-                VW => "attn_v.weight",
-                VB => "attn_v.bias",
-                OW => "attn_output.weight",
-                PostNorm => "ffn_norm.weight",
-                Gate => "ffn_gate.weight",
-                Up => "ffn_up.weight",
-                Down => "ffn_down.weight",
-            };
-            format!("blk.{l}.{s}")
+/// The metadata of a parsed GGUF header, as [`gllm_arch`] reads it.
+struct Metadata<'a>(&'a Content);
+
+impl GgufMetadata for Metadata<'_> {
+    fn uint(&self, key: &str) -> Option<u64> {
+        match self.0.metadata.get(key)? {
+            Value::U8(x) => Some(u64::from(*x)),
+            Value::U16(x) => Some(u64::from(*x)),
+            Value::U32(x) => Some(u64::from(*x)),
+            Value::U64(x) => Some(*x),
+            Value::I8(x) => u64::try_from(*x).ok(),
+            Value::I16(x) => u64::try_from(*x).ok(),
+            Value::I32(x) => u64::try_from(*x).ok(),
+            Value::I64(x) => u64::try_from(*x).ok(),
+            _ => None,
         }
     }
-}
 
-fn meta_usize(md: &std::collections::HashMap<String, Value>, key: &str) -> Option<usize> {
-    let v = md.get(key)?;
-    let n: i128 = match v {
-        Value::U8(x) => *x as i128,
-        Value::I8(x) => *x as i128,
-        Value::U16(x) => *x as i128,
-        Value::I16(x) => *x as i128,
-        Value::U32(x) => *x as i128,
-        Value::I32(x) => *x as i128,
-        Value::U64(x) => *x as i128,
-        Value::I64(x) => *x as i128,
-        _ => return None,
-    };
-    usize::try_from(n).ok()
-}
-
-fn meta_f64(md: &std::collections::HashMap<String, Value>, key: &str) -> Option<f64> {
-    match md.get(key)? {
-        Value::F32(x) => Some(*x as f64),
-        Value::F64(x) => Some(*x),
-        _ => None,
-    }
-}
-
-/// Reads the decoder config from GGUF metadata (and the embedding's shape).
-pub fn config_from_gguf(content: &Content) -> Result<Qwen2Config> {
-    let md = &content.metadata;
-    let arch = match md.get("general.architecture") {
-        Some(Value::String(s)) => s.clone(),
-        _ => return Err(invalid_model("GGUF has no general.architecture")),
-    };
-    let rope_style = match arch.as_str() {
-        "qwen2" => RopeStyle::Halved,
-        "llama" => RopeStyle::Interleaved,
-        other => {
-            return Err(gllm_api::BackendError::unsupported(format!(
-                "GGUF architecture `{other}` is not supported (qwen2, llama)"
-            ))
-            .into());
+    fn float(&self, key: &str) -> Option<f64> {
+        match self.0.metadata.get(key)? {
+            Value::F32(x) => Some(f64::from(*x)),
+            Value::F64(x) => Some(*x),
+            _ => None,
         }
-    };
-    let req = |k: &str| -> Result<usize> {
-        let key = format!("{arch}.{k}");
-        meta_usize(md, &key).ok_or_else(|| invalid_model(format!("GGUF metadata lacks `{key}`")))
-    };
-    let hidden = req("embedding_length")?;
-    let heads = req("attention.head_count")?;
-    let kv_heads = meta_usize(md, &format!("{arch}.attention.head_count_kv")).unwrap_or(heads);
-    let head_dim = meta_usize(md, &format!("{arch}.attention.key_length"))
-        .unwrap_or(hidden.checked_div(heads).unwrap_or(0));
-    if let Some(rot) = meta_usize(md, &format!("{arch}.rope.dimension_count"))
-        && rot != head_dim
-    {
-        return Err(gllm_api::BackendError::unsupported(format!(
-            "partial rotary embeddings ({rot} of {head_dim} dimensions) are not supported"
-        ))
-        .into());
     }
-    if let Some(Value::String(s)) = md.get(&format!("{arch}.rope.scaling.type"))
-        && s != "none"
-    {
-        return Err(gllm_api::BackendError::unsupported(format!(
-            "rope scaling `{s}` is not supported"
-        ))
-        .into());
+
+    fn string(&self, key: &str) -> Option<&str> {
+        match self.0.metadata.get(key)? {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
     }
-    let embed = gguf_name(Part::Embed);
-    let vocab = content
-        .tensor_infos
-        .get(&embed)
-        .and_then(|t| t.shape.dims().first().copied())
-        .ok_or_else(|| invalid_model(format!("missing tensor `{embed}`")))?;
-    let eps =
-        meta_f64(md, &format!("{arch}.attention.layer_norm_rms_epsilon")).ok_or_else(|| {
-            invalid_model(format!(
-                "GGUF metadata lacks `{arch}.attention.layer_norm_rms_epsilon`"
-            ))
-        })?;
-    let cfg = Qwen2Config {
-        architecture: arch.clone(),
-        hidden_size: hidden,
-        intermediate_size: req("feed_forward_length")?,
-        num_hidden_layers: req("block_count")?,
-        num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
-        head_dim,
-        vocab_size: vocab,
-        rms_norm_eps: eps,
-        rope_theta: meta_f64(md, &format!("{arch}.rope.freq_base")).unwrap_or(10_000.0),
-        max_position_embeddings: meta_usize(md, &format!("{arch}.context_length")).unwrap_or(4096),
-        tie_word_embeddings: !content.tensor_infos.contains_key(&gguf_name(Part::LmHead)),
-        attention_bias: arch == "qwen2",
-        rope_style,
-    };
-    cfg.validate()?;
-    Ok(cfg)
+
+    fn tensor_dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.0
+            .tensor_infos
+            .get(name)
+            .map(|t| t.shape.dims().to_vec())
+    }
+}
+
+/// Reads the decoder config from GGUF metadata ([`DecoderConfig::from_gguf`]).
+pub fn config_from_gguf(content: &Content) -> Result<DecoderConfig> {
+    Ok(DecoderConfig::from_gguf(&Metadata(content))?)
 }
 
 /// The tensors of an open GGUF file.
@@ -306,6 +228,6 @@ pub fn load_gguf(
 ) -> Result<Qwen2Model> {
     let src = GgufSource::open(path, device.clone(), dequantize, candle_qmatmul)?;
     let cfg = config_from_gguf(src.content())?;
-    crate::loader::check_strict(&cfg, &src, &gguf_name, &[])?;
-    crate::loader::build(cfg, &src, &gguf_name, device, progress)
+    crate::loader::check_strict(&cfg, &src, Naming::Gguf)?;
+    crate::loader::build(cfg, &src, Naming::Gguf, device, progress)
 }

@@ -8,39 +8,13 @@ use candle_core::{Device, Tensor};
 use gllm_api::{DType, LoadProgress};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::config::Qwen2Config;
 use crate::error::{Result, internal, invalid_model};
 use crate::kernels::HalfKind;
 use crate::linear::Matrix;
-use crate::loader::{LayerPart, Part, TensorSource};
+use crate::loader::TensorSource;
 use crate::model::Qwen2Model;
-
-/// The Hugging Face name of a decoder tensor.
-pub fn hf_name(part: Part) -> String {
-    use LayerPart::*;
-    match part {
-        Part::Embed => "model.embed_tokens.weight".into(),
-        Part::Norm => "model.norm.weight".into(),
-        Part::LmHead => "lm_head.weight".into(),
-        Part::Layer(l, p) => {
-            let s = match p {
-                InputNorm => "input_layernorm.weight",
-                QW => "self_attn.q_proj.weight",
-                QB => "self_attn.q_proj.bias",
-                KW => "self_attn.k_proj.weight",
-                KB => "self_attn.k_proj.bias",
-                VW => "self_attn.v_proj.weight",
-                VB => "self_attn.v_proj.bias",
-                OW => "self_attn.o_proj.weight",
-                PostNorm => "post_attention_layernorm.weight",
-                Gate => "mlp.gate_proj.weight",
-                Up => "mlp.up_proj.weight",
-                Down => "mlp.down_proj.weight",
-            };
-            format!("model.layers.{l}.{s}")
-        }
-    }
-}
+use gllm_arch::DecoderConfig;
+use gllm_arch::schema::{HfNaming, Naming};
 
 /// The safetensors files of a model directory.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -255,18 +229,12 @@ pub fn load_dir(
             dir.display()
         )));
     }
-    let cfg = Qwen2Config::from_hf_file(&dir.join("config.json"))?;
+    let cfg = DecoderConfig::from_hf_file(&dir.join("config.json"))?;
     let files = weight_files(dir)?;
     let src = SafetensorsSource::open(&files, dtype, device.clone())?;
-    // transformers ties lm_head to the embeddings whatever the file holds, so a stored
-    // copy of it is tolerated (and ignored) when the config ties them.
-    let tolerated = if cfg.tie_word_embeddings {
-        vec![(hf_name(Part::LmHead), vec![cfg.vocab_size, cfg.hidden_size])]
-    } else {
-        Vec::new()
-    };
-    crate::loader::check_strict(&cfg, &src, &hf_name, &tolerated)?;
-    let model = crate::loader::build(cfg, &src, &hf_name, device, progress)?;
+    let naming = Naming::Hf(HfNaming::detect(&src.shapes()));
+    crate::loader::check_strict(&cfg, &src, naming)?;
+    let model = crate::loader::build(cfg, &src, naming, device, progress)?;
     if model.layers.is_empty() {
         return Err(internal("model has no layers"));
     }

@@ -1,7 +1,7 @@
-//! # candle-qwen2: Qwen2 / Llama text generation on Candle
+//! # candle-qwen2: Qwen2 / Qwen3 / Llama text generation on Candle
 //!
-//! Serves the `generate` task for Qwen2 decoders from Hugging Face safetensors
-//! directories and for `qwen2`/`llama` GGUF files (quantized or not), with KV caches
+//! Serves the `generate` task for the decoders of [`gllm_arch`] (Qwen2, Qwen3, Llama)
+//! from Hugging Face safetensors directories and from `qwen2`/`qwen3`/`llama` GGUF files (quantized or not), with KV caches
 //! owned by the caller ([`Qwen2Cache`]). The decoder is our own code on candle-core /
 //! candle-nn (see [`model`]); activations are f32, weights stay in their stored form
 //! (bf16/f16 widened in-register, GGUF blocks of every common type repacked at load, both
@@ -19,7 +19,6 @@
 
 pub mod attention;
 pub mod cache;
-pub mod config;
 pub mod error;
 pub mod exp;
 pub mod gguf;
@@ -41,7 +40,7 @@ use gllm_api::{
 };
 
 pub use cache::Qwen2Cache;
-pub use config::{Qwen2Config, RopeStyle};
+pub use gllm_arch::{Architecture, DecoderConfig, RopeStyle};
 pub use model::{Qwen2Model, Segment};
 
 /// The backend's name in manifests.
@@ -68,7 +67,10 @@ impl BackendFactory for Qwen2Factory {
         }
         Capabilities {
             tasks: vec![Task::Generate],
-            architectures: vec!["qwen2".into(), "llama".into()],
+            architectures: gllm_arch::Architecture::ALL
+                .iter()
+                .map(|a| a.name().to_string())
+                .collect(),
             formats: vec![WeightFormat::Safetensors, WeightFormat::Gguf],
             devices,
         }
@@ -185,7 +187,7 @@ impl Qwen2Backend {
     }
 
     /// The decoder's hyper-parameters.
-    pub fn config(&self) -> &Qwen2Config {
+    pub fn config(&self) -> &DecoderConfig {
         &self.model.cfg
     }
 

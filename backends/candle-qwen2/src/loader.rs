@@ -1,57 +1,17 @@
-//! What a Qwen2/Llama checkpoint must hold, checked strictly, and the assembly of a
-//! [`Qwen2Model`] from any tensor source (safetensors directory or GGUF file).
+//! The assembly of a [`Qwen2Model`] from any tensor source (safetensors directory or
+//! GGUF file), after the strict check of [`gllm_arch::schema`].
 
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 use gllm_api::LoadProgress;
 
-use crate::config::Qwen2Config;
-use crate::error::{Result, invalid_model};
+use gllm_arch::schema::{self, Naming};
+use gllm_arch::{DecoderConfig, LayerPart, Part};
+
+use crate::error::Result;
 use crate::linear::{Linear, Matrix, Projections};
 use crate::model::{Layer, Qwen2Model};
-
-/// One tensor of the decoder, independent of the file format's naming.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    /// Token embeddings.
-    Embed,
-    /// Final RMSNorm.
-    Norm,
-    /// Separate output projection.
-    LmHead,
-    /// A tensor of decoder layer `usize`.
-    Layer(usize, LayerPart),
-}
-
-/// A tensor of one decoder layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerPart {
-    /// RMSNorm before attention.
-    InputNorm,
-    /// q weight.
-    QW,
-    /// q bias.
-    QB,
-    /// k weight.
-    KW,
-    /// k bias.
-    KB,
-    /// v weight.
-    VW,
-    /// v bias.
-    VB,
-    /// Attention output weight.
-    OW,
-    /// RMSNorm before the MLP.
-    PostNorm,
-    /// MLP gate weight.
-    Gate,
-    /// MLP up weight.
-    Up,
-    /// MLP down weight.
-    Down,
-}
 
 /// A set of named tensors (one checkpoint).
 pub trait TensorSource {
@@ -93,93 +53,23 @@ impl TensorSource for Counted<'_> {
     }
 }
 
-/// The tensors a config requires, with their shapes.
-pub fn expected(cfg: &Qwen2Config) -> Vec<(Part, Vec<usize>)> {
-    use LayerPart::*;
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let (q, kv) = (
-        cfg.num_attention_heads * cfg.head_dim,
-        cfg.num_key_value_heads * cfg.head_dim,
-    );
-    let mut out = vec![(Part::Embed, vec![cfg.vocab_size, h])];
-    for l in 0..cfg.num_hidden_layers {
-        let mut parts = vec![
-            (InputNorm, vec![h]),
-            (QW, vec![q, h]),
-            (KW, vec![kv, h]),
-            (VW, vec![kv, h]),
-            (OW, vec![h, q]),
-            (PostNorm, vec![h]),
-            (Gate, vec![i, h]),
-            (Up, vec![i, h]),
-            (Down, vec![h, i]),
-        ];
-        if cfg.attention_bias {
-            parts.extend([(QB, vec![q]), (KB, vec![kv]), (VB, vec![kv])]);
-        }
-        out.extend(parts.into_iter().map(|(p, s)| (Part::Layer(l, p), s)));
-    }
-    out.push((Part::Norm, vec![h]));
-    if !cfg.tie_word_embeddings {
-        out.push((Part::LmHead, vec![cfg.vocab_size, h]));
-    }
-    out
-}
-
-/// Checks that `src` holds exactly the tensors `cfg` requires (names from `name`), with
-/// their shapes. `tolerated` names may be present too (their shape is still checked).
-pub fn check_strict(
-    cfg: &Qwen2Config,
-    src: &dyn TensorSource,
-    name: &dyn Fn(Part) -> String,
-    tolerated: &[(String, Vec<usize>)],
-) -> Result<()> {
-    let mut shapes = src.shapes();
-    for (part, want) in expected(cfg) {
-        let n = name(part);
-        match shapes.remove(&n) {
-            None => {
-                return Err(invalid_model(format!(
-                    "missing tensor `{n}` (shape {want:?})"
-                )));
-            }
-            Some(got) if got != want => {
-                return Err(invalid_model(format!(
-                    "tensor `{n}` has shape {got:?}, expected {want:?}"
-                )));
-            }
-            Some(_) => {}
-        }
-    }
-    for (n, want) in tolerated {
-        if let Some(got) = shapes.remove(n)
-            && &got != want
-        {
-            return Err(invalid_model(format!(
-                "tensor `{n}` has shape {got:?}, expected {want:?}"
-            )));
-        }
-    }
-    if let Some((n, s)) = shapes.into_iter().next() {
-        return Err(invalid_model(format!(
-            "unexpected tensor `{n}` (shape {s:?}) for a {} model with {} layers",
-            cfg.architecture, cfg.num_hidden_layers
-        )));
-    }
-    Ok(())
+/// Checks that `src` holds exactly the tensors `cfg` requires under `naming`
+/// ([`gllm_arch::schema::check_strict`]).
+pub fn check_strict(cfg: &DecoderConfig, src: &dyn TensorSource, naming: Naming) -> Result<()> {
+    Ok(schema::check_strict(cfg, &src.shapes(), naming)?)
 }
 
 /// Builds the model from a checked source, reporting the bytes read to `progress`.
 pub fn build(
-    cfg: Qwen2Config,
+    cfg: DecoderConfig,
     src: &dyn TensorSource,
-    name: &dyn Fn(Part) -> String,
+    naming: Naming,
     device: Device,
     progress: &LoadProgress,
 ) -> Result<Qwen2Model> {
     use LayerPart::*;
-    let total = expected(&cfg)
-        .into_iter()
+    let name = |part: Part| naming.name(part);
+    let total = schema::expected(&cfg)
         .map(|(part, _)| src.byte_len(&name(part)))
         .fold(0u64, u64::saturating_add);
     progress.set_total(total);
@@ -198,8 +88,13 @@ pub fn build(
                 bias,
             })
         };
+        let head_norm = |p: LayerPart| -> Result<Option<Tensor>> {
+            cfg.qk_norm.then(|| src.vector(&n(p))).transpose()
+        };
         layers.push(Layer {
             input_norm: src.vector(&n(InputNorm))?,
+            q_norm: head_norm(QNorm)?,
+            k_norm: head_norm(KNorm)?,
             qkv: Projections::new(vec![
                 lin(QW, Some(QB))?,
                 lin(KW, Some(KB))?,

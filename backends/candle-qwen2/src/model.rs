@@ -6,9 +6,9 @@ use candle_core::{Device, Tensor};
 
 use crate::attention::{AttentionShape, attend, rope_in_place};
 use crate::cache::{LayerKv, Qwen2Cache};
-use crate::config::{Qwen2Config, RopeStyle};
 use crate::error::{Result, internal, invalid_input};
 use crate::linear::{Linear, Matrix, Projections};
+use gllm_arch::{DecoderConfig, RopeStyle};
 
 /// The most positions of one sequence that go through the layers in one pass; longer
 /// prompts are prefilled in chunks of this many (the weights are still read once per
@@ -20,6 +20,10 @@ pub const PREFILL_CHUNK: usize = 512;
 pub struct Layer {
     /// RMSNorm before attention [hidden].
     pub input_norm: Tensor,
+    /// RMSNorm over each query head before RoPE [head_dim] (Qwen3).
+    pub q_norm: Option<Tensor>,
+    /// RMSNorm over each key head before RoPE [head_dim] (Qwen3).
+    pub k_norm: Option<Tensor>,
     /// Query, key and value projections (fused into one matmul where possible).
     pub qkv: Projections,
     /// Attention output projection.
@@ -36,7 +40,7 @@ pub struct Layer {
 #[derive(Debug)]
 pub struct Qwen2Model {
     /// Hyper-parameters.
-    pub cfg: Qwen2Config,
+    pub cfg: DecoderConfig,
     /// Where activations live.
     pub device: Device,
     /// Token embeddings [vocab, hidden].
@@ -53,7 +57,7 @@ pub struct Qwen2Model {
 impl Qwen2Model {
     /// Assembles a model from loaded parts.
     pub fn new(
-        cfg: Qwen2Config,
+        cfg: DecoderConfig,
         device: Device,
         embed: Matrix,
         layers: Vec<Layer>,
@@ -251,6 +255,8 @@ impl Qwen2Model {
             .forward(&h)?
             .try_into()
             .map_err(|_| internal("q/k/v projections did not give three outputs"))?;
+        let q = head_norm(q, l.q_norm.as_ref(), self.cfg.head_dim, eps)?;
+        let k = head_norm(k, l.k_norm.as_ref(), self.cfg.head_dim, eps)?;
         let mut atts = Vec::with_capacity(segments.len());
         let mut row = 0;
         for (s, rope) in segments.iter_mut().zip(ropes) {
@@ -391,6 +397,16 @@ enum Rope {
         sin: Tensor,
         mask: Option<Tensor>,
     },
+}
+
+/// RMSNorm over each head of `x` ([rows, heads · d]) with `weight` [d], when given.
+fn head_norm(x: Tensor, weight: Option<&Tensor>, d: usize, eps: f32) -> Result<Tensor> {
+    let Some(w) = weight else {
+        return Ok(x);
+    };
+    let (rows, width) = x.dims2()?;
+    let per_head = x.reshape((rows * (width / d), d))?;
+    Ok(candle_nn::ops::rms_norm(&per_head, w, eps)?.reshape((rows, width))?)
 }
 
 /// SwiGLU on the CPU from the fused gate/up product `y` ([m, 2 · w]: each row's gate,

@@ -1,4 +1,4 @@
-//! Random-weight Qwen2 models for benchmarks: decode speed depends on the shape, not on
+//! Random-weight Qwen2 / Qwen3 models for benchmarks: decode speed depends on the shape, not on
 //! the values, so a model synthesized from a published `config.json` measures what the
 //! real one would.
 //!
@@ -16,10 +16,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use gllm_api::BackendError;
 
-use crate::config::Qwen2Config;
-use crate::gguf::gguf_name;
-use crate::hf::hf_name;
-use crate::loader::{Part, expected};
+use gllm_arch::schema::{HfNaming, expected, gguf_name, hf_name};
+use gllm_arch::{DecoderConfig, Part};
 
 /// A file format [`synthesize`] can write: safetensors, or GGUF with every matrix of
 /// one type (vectors stay f32, as llama.cpp stores them).
@@ -179,10 +177,10 @@ fn seed_of(name: &str) -> u64 {
 }
 
 fn is_norm(part: Part) -> bool {
-    use crate::loader::LayerPart::*;
+    use gllm_arch::LayerPart::*;
     matches!(
         part,
-        Part::Norm | Part::Layer(_, InputNorm) | Part::Layer(_, PostNorm)
+        Part::Norm | Part::Layer(_, InputNorm | PostNorm | QNorm | KNorm)
     )
 }
 
@@ -191,7 +189,7 @@ fn values(part: Part, len: usize) -> Vec<f32> {
     if is_norm(part) {
         return vec![1.0; len];
     }
-    let mut rng = Rng::new(seed_of(&hf_name(part)));
+    let mut rng = Rng::new(seed_of(&hf_name(part, HfNaming::CausalLm)));
     (0..len).map(|_| 0.05 * rng.unit()).collect()
 }
 
@@ -206,7 +204,7 @@ pub fn synthesize(
     formats: &[SynthFormat],
 ) -> Result<Vec<PathBuf>, SynthError> {
     let text = std::fs::read_to_string(config_json).map_err(io_err(config_json))?;
-    let cfg = Qwen2Config::from_hf_json(&text)?;
+    let cfg = DecoderConfig::from_hf_json(&text)?;
     let raw: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| BackendError::invalid_model(format!("bad config.json: {e}")))?;
     let torch_dtype = raw
@@ -231,7 +229,11 @@ pub fn synthesize(
     Ok(written)
 }
 
-fn write_safetensors(cfg: &Qwen2Config, torch_dtype: &str, path: &Path) -> Result<(), SynthError> {
+fn write_safetensors(
+    cfg: &DecoderConfig,
+    torch_dtype: &str,
+    path: &Path,
+) -> Result<(), SynthError> {
     use safetensors::Dtype;
     let dtype = match torch_dtype {
         "bfloat16" => Dtype::BF16,
@@ -253,7 +255,7 @@ fn write_safetensors(cfg: &Qwen2Config, torch_dtype: &str, path: &Path) -> Resul
                 .collect(),
             _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         };
-        tensors.push((hf_name(part), shape, bytes));
+        tensors.push((hf_name(part, HfNaming::CausalLm), shape, bytes));
     }
     let views = tensors
         .iter()
@@ -269,12 +271,12 @@ fn write_safetensors(cfg: &Qwen2Config, torch_dtype: &str, path: &Path) -> Resul
 
 /// Writes one GGUF file; `vocab` is the tokenizer metadata (see [`tokenizer_metadata`]).
 fn write_gguf(
-    cfg: &Qwen2Config,
+    cfg: &DecoderConfig,
     dtype: GgmlDType,
     vocab: &[(String, Value)],
     path: &Path,
 ) -> Result<(), SynthError> {
-    let arch = cfg.architecture.as_str();
+    let arch = cfg.architecture.name();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     for (part, shape) in expected(cfg) {
         let v = values(part, shape.iter().product());
@@ -313,6 +315,8 @@ fn write_gguf(
             format!("{arch}.attention.head_count_kv"),
             u32v(cfg.num_key_value_heads),
         ),
+        (format!("{arch}.attention.key_length"), u32v(cfg.head_dim)),
+        (format!("{arch}.attention.value_length"), u32v(cfg.head_dim)),
         (
             format!("{arch}.attention.layer_norm_rms_epsilon"),
             Value::F32(cfg.rms_norm_eps as f32),

@@ -1,5 +1,5 @@
-//! GGUF files: tiny-qwen2 converted by llama.cpp (f16 and Q8_0) and the real
-//! SmolLM2-135M-Instruct Q4_1 (Llama architecture).
+//! GGUF files: tiny-qwen2 and tiny-qwen3 converted by llama.cpp (f16, and Q8_0 for
+//! qwen2) and the real SmolLM2-135M-Instruct Q4_1 (Llama architecture).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result, ensure};
 use candle_qwen2::{FACTORY, RopeStyle};
 use gllm_api::{BackendFactory, Device, InferenceBackend, ModelSpec, Task, WeightFormat};
-use gllm_testkit::generate::{self, argmax, greedy};
+use gllm_testkit::generate::{self, TINY_QWEN2, TINY_QWEN3, argmax, greedy};
 use gllm_testkit::{cosine, fixture, json_u32s, read_json, read_tensor_f32, real_model};
 
 fn spec(path: &Path, arch: &str, options: &[(&str, &str)]) -> ModelSpec {
@@ -32,14 +32,36 @@ fn load(path: &Path, arch: &str, options: &[(&str, &str)]) -> Result<Box<dyn Inf
 #[test]
 fn f16_gguf_gives_the_safetensors_greedy_tokens() -> Result<()> {
     let b = load(&fixture("gguf/tiny-qwen2-f16.gguf"), "qwen2", &[])?;
-    generate::check_greedy(b.as_ref())?;
-    generate::check_logits_last(b.as_ref())
+    generate::check_greedy(b.as_ref(), TINY_QWEN2)?;
+    generate::check_logits_last(b.as_ref(), TINY_QWEN2)
 }
 
 #[test]
 fn f16_gguf_passes_the_conformance_suite() -> Result<()> {
     let b = load(&fixture("gguf/tiny-qwen2-f16.gguf"), "qwen2", &[])?;
-    generate::run_all(b.as_ref())
+    generate::run_all(b.as_ref(), TINY_QWEN2)
+}
+
+/// llama.cpp's conversion of tiny-qwen3 (`attn_q_norm`/`attn_k_norm`, key_length 16):
+/// the safetensors references, and llama.cpp's own greedy ids on the same file.
+#[test]
+fn qwen3_f16_gguf_passes_the_conformance_suite_and_matches_llama_cpp() -> Result<()> {
+    let path = fixture("gguf/tiny-qwen3-f16.gguf");
+    let b = load(&path, "qwen3", &[])?;
+    generate::run_all(b.as_ref(), TINY_QWEN3)?;
+    let llama = read_json(&fixture("gguf/reference.json"))?;
+    let llama_cases = llama["tiny-qwen3-f16.gguf"]["cases"]
+        .as_array()
+        .context("tiny-qwen3-f16.gguf cases")?;
+    let cases = TINY_QWEN3.cases()?;
+    ensure!(llama_cases.len() == cases.len(), "case counts differ");
+    for (c, lc) in cases.iter().zip(llama_cases) {
+        let want = json_u32s(&lc["greedy_new_ids"]);
+        ensure!(!want.is_empty(), "llama.cpp case without greedy ids");
+        let got = greedy(b.as_ref(), &c.input_ids, want.len())?;
+        ensure!(got == want, "{:?}: {got:?} != llama.cpp {want:?}", c.prompt);
+    }
+    Ok(())
 }
 
 #[test]
@@ -50,7 +72,7 @@ fn q8_0_gguf_logits_and_first_tokens() -> Result<()> {
     let llama_cases = llama["tiny-qwen2-q8_0.gguf"]["cases"]
         .as_array()
         .context("q8_0 cases")?;
-    for (i, c) in generate::cases()?.iter().enumerate() {
+    for (i, c) in TINY_QWEN2.cases()?.iter().enumerate() {
         let (_, want) = read_tensor_f32(&refs, &format!("logits_last.{i}"))?;
         let mut cache = b.new_cache()?;
         let got = b.forward(cache.as_mut(), &c.input_ids)?;
@@ -173,7 +195,7 @@ fn smollm2_q4_1_quantized_leading_tokens() -> Result<()> {
 fn smollm2_config_from_metadata() -> Result<()> {
     let b = candle_qwen2::load(&spec(&smollm2(), "llama", &[]), Device::CPU)?;
     let cfg = b.config();
-    assert_eq!(cfg.architecture, "llama");
+    assert_eq!(cfg.architecture, candle_qwen2::Architecture::Llama);
     assert_eq!(cfg.rope_style, RopeStyle::Interleaved);
     assert!(!cfg.attention_bias);
     assert_eq!((cfg.hidden_size, cfg.num_hidden_layers), (576, 30));

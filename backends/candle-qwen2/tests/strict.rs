@@ -1,5 +1,6 @@
 //! Strict loading: a checkpoint with a tensor removed, renamed or mis-shaped is an
-//! invalid-model error naming the tensor (temp copies of the fixtures, modified).
+//! invalid-model error naming the tensor (temp copies of the fixtures, modified): the
+//! shared schema-driven suite on the safetensors fixtures, and GGUF copies here.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,27 +9,21 @@ use anyhow::{Context, Result};
 use candle_core::quantized::QTensor;
 use candle_core::quantized::gguf_file::{self, Value};
 use gllm_api::{BackendError, Device, ErrorKind, ModelSpec, Task, WeightFormat};
+use gllm_testkit::decoder_schema::check_decoder_schema;
 use gllm_testkit::fixture;
-use gllm_testkit::strict::{
-    Edit, assert_invalid_model as assert_invalid, edited_model, load_error, scratch_dir,
-};
+use gllm_testkit::generate::{DecoderFixture, TINY_QWEN2, TINY_QWEN3};
+use gllm_testkit::strict::{Edit, assert_invalid_model as assert_invalid, load_error, scratch_dir};
 
 fn temp_dir(tag: &str) -> Result<PathBuf> {
     scratch_dir(&format!("candle-qwen2-{tag}"))
 }
 
-fn edited_safetensors(tag: &str, edit: Edit) -> Result<PathBuf> {
-    let src = fixture("tiny-qwen2");
-    edited_model(
-        &format!("candle-qwen2-{tag}"),
-        &src,
-        &["config.json"],
-        &[edit],
-    )
+fn edited_gguf(tag: &str, edit: Edit) -> Result<PathBuf> {
+    edited_gguf_of("gguf/tiny-qwen2-f16.gguf", tag, edit)
 }
 
-fn edited_gguf(tag: &str, edit: Edit) -> Result<PathBuf> {
-    let path = fixture("gguf/tiny-qwen2-f16.gguf");
+fn edited_gguf_of(file: &str, tag: &str, edit: Edit) -> Result<PathBuf> {
+    let path = fixture(file);
     let mut f = std::fs::File::open(&path)?;
     let content = gguf_file::Content::read(&mut f)?;
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
@@ -81,68 +76,35 @@ fn load_err(path: &Path, format: WeightFormat) -> Result<BackendError> {
     load_error(res, path)
 }
 
-#[test]
-fn safetensors_missing_tensor() -> Result<()> {
-    let dir = edited_safetensors(
-        "st-missing",
-        Edit::Remove("model.layers.1.mlp.up_proj.weight"),
-    )?;
-    let e = load_err(&dir, WeightFormat::Safetensors)?;
-    assert_invalid(
-        &e,
-        &[
-            "missing tensor `model.layers.1.mlp.up_proj.weight`",
-            "[64, 32]",
-        ],
-    );
-    Ok(())
+fn schema_suite(fx: DecoderFixture) -> Result<()> {
+    check_decoder_schema(fx, "candle-qwen2", &|dir| {
+        let mut spec = fx.spec();
+        spec.path = dir.to_path_buf();
+        candle_qwen2::load(&spec, Device::CPU).map(drop)
+    })
 }
 
 #[test]
-fn safetensors_renamed_tensor() -> Result<()> {
-    let dir = edited_safetensors(
-        "st-renamed",
-        Edit::Rename(
-            "model.layers.0.self_attn.k_proj.bias",
-            "model.layers.0.self_attn.k_proj.b",
-        ),
-    )?;
-    let e = load_err(&dir, WeightFormat::Safetensors)?;
-    assert_invalid(
-        &e,
-        &["missing tensor `model.layers.0.self_attn.k_proj.bias`"],
-    );
-    Ok(())
+fn qwen2_schema_suite() -> Result<()> {
+    schema_suite(TINY_QWEN2)
 }
 
 #[test]
-fn safetensors_wrong_shape() -> Result<()> {
-    let dir = edited_safetensors(
-        "st-shape",
-        Edit::Shrink("model.layers.0.self_attn.q_proj.weight"),
-    )?;
-    let e = load_err(&dir, WeightFormat::Safetensors)?;
-    assert_invalid(
-        &e,
-        &[
-            "`model.layers.0.self_attn.q_proj.weight`",
-            "shape [16, 32]",
-            "expected [32, 32]",
-        ],
-    );
-    Ok(())
+fn qwen3_schema_suite() -> Result<()> {
+    schema_suite(TINY_QWEN3)
 }
 
 #[test]
-fn safetensors_unexpected_tensor() -> Result<()> {
-    let dir = edited_safetensors(
-        "st-extra",
-        Edit::Add("model.layers.2.input_layernorm.weight"),
+fn qwen3_gguf_without_a_head_norm_is_named() -> Result<()> {
+    let p = edited_gguf_of(
+        "gguf/tiny-qwen3-f16.gguf",
+        "gguf-qwen3-norm",
+        Edit::Remove("blk.1.attn_k_norm.weight"),
     )?;
-    let e = load_err(&dir, WeightFormat::Safetensors)?;
+    let e = load_err(&p, WeightFormat::Gguf)?;
     assert_invalid(
         &e,
-        &["unexpected tensor `model.layers.2.input_layernorm.weight`"],
+        &["missing tensor `blk.1.attn_k_norm.weight` (shape [16])"],
     );
     Ok(())
 }

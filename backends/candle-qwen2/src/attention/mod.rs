@@ -22,7 +22,7 @@ use crate::exp;
 
 mod tile;
 
-use crate::config::RopeStyle;
+use gllm_arch::RopeStyle;
 
 /// Rotates each head of `x` ([n, heads, d]) by the angles of positions `0..n`, whose
 /// cosines and sines are `cos`, `sin` ([n, d / 2]).

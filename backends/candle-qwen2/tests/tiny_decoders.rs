@@ -1,14 +1,19 @@
-//! tiny-qwen2 (safetensors, bf16 weights computed in f32) against the transformers
-//! references: the shared generation conformance suite plus backend-specific checks.
+//! tiny-qwen2 and tiny-qwen3 (safetensors, bf16 weights computed in f32) against the
+//! transformers references: the shared generation conformance suite plus
+//! backend-specific checks.
 
 use anyhow::Result;
 use candle_qwen2::{FACTORY, Qwen2Backend};
 use gllm_api::{BackendFactory, Device, InferenceBackend};
-use gllm_testkit::generate::{self, tiny_qwen2_dir, tiny_qwen2_spec};
-use gllm_testkit::{assert_close, read_tensor_f32};
+use gllm_testkit::generate::{self, DecoderFixture, TINY_QWEN2, TINY_QWEN3};
+use gllm_testkit::read_tensor_f32;
+
+fn load(fx: DecoderFixture) -> Result<Qwen2Backend> {
+    Ok(candle_qwen2::load(&fx.spec(), Device::CPU)?)
+}
 
 fn backend() -> Result<Qwen2Backend> {
-    Ok(candle_qwen2::load(&tiny_qwen2_spec(), Device::CPU)?)
+    load(TINY_QWEN2)
 }
 
 #[test]
@@ -18,33 +23,43 @@ fn registered_with_inventory() {
 }
 
 #[test]
-fn conformance_suite_through_the_factory() -> Result<()> {
-    generate::run_all_for(&FACTORY, Device::CPU)
+fn qwen2_conformance_suite_through_the_factory() -> Result<()> {
+    generate::run_all_for(&FACTORY, Device::CPU, TINY_QWEN2)
 }
 
 #[test]
-fn greedy_24_tokens() -> Result<()> {
-    generate::check_greedy(&backend()?)
-}
-
-#[test]
-fn logits_last_within_1e_3() -> Result<()> {
-    generate::check_logits_last(&backend()?)
+fn qwen3_conformance_suite_through_the_factory() -> Result<()> {
+    generate::run_all_for(&FACTORY, Device::CPU, TINY_QWEN3)
 }
 
 #[test]
 fn final_hidden_within_1e_4() -> Result<()> {
-    let b = backend()?;
-    let refs = tiny_qwen2_dir().join("reference.safetensors");
-    for (i, c) in generate::cases()?.iter().enumerate() {
-        let (shape, want) = read_tensor_f32(&refs, &format!("final_hidden.{i}"))?;
-        let mut cache = b.new_cache()?;
-        let rows = b.hidden_states(cache.as_mut(), &c.input_ids)?;
-        assert_eq!(shape, vec![c.input_ids.len(), b.config().hidden_size]);
-        assert_eq!(cache.len(), c.input_ids.len());
-        let got: Vec<f32> = rows.concat();
-        assert_close(&format!("final_hidden.{i}"), &got, &want, 1e-4);
+    for fx in [TINY_QWEN2, TINY_QWEN3] {
+        let b = load(fx)?;
+        generate::check_final_hidden(fx, &|ids| {
+            let mut cache = b.new_cache()?;
+            let rows = b.hidden_states(cache.as_mut(), ids)?;
+            anyhow::ensure!(cache.len() == ids.len(), "cache holds {}", cache.len());
+            anyhow::ensure!(rows.iter().all(|r| r.len() == b.config().hidden_size));
+            Ok(rows.concat())
+        })?;
     }
+    Ok(())
+}
+
+#[test]
+fn qwen3_is_read_with_its_head_width_and_head_norms() -> Result<()> {
+    let b = load(TINY_QWEN3)?;
+    let cfg = b.config();
+    assert_eq!(cfg.architecture, candle_qwen2::Architecture::Qwen3);
+    assert_eq!((cfg.head_dim, cfg.q_dim(), cfg.hidden_size), (16, 64, 32));
+    assert!(cfg.qk_norm && !cfg.attention_bias);
+    assert!(
+        b.model()
+            .layers
+            .iter()
+            .all(|l| l.q_norm.is_some() && l.k_norm.is_some())
+    );
     Ok(())
 }
 
@@ -72,20 +87,20 @@ fn caches_of_another_model_are_refused() -> Result<()> {
 #[test]
 fn bf16_request_keeps_greedy_tokens() -> Result<()> {
     // bf16 weights stay bf16 whatever the request: a bf16 request is the same model.
-    let mut spec = tiny_qwen2_spec();
+    let mut spec = TINY_QWEN2.spec();
     spec.dtype = Some(gllm_api::DType::Bf16);
     let b = FACTORY.load(&spec, Device::CPU)?;
     assert_eq!(b.info().dtype, gllm_api::DType::Bf16);
-    generate::check_greedy(b.as_ref())
+    generate::check_greedy(b.as_ref(), TINY_QWEN2)
 }
 
 #[test]
 fn f16_request_is_close() -> Result<()> {
-    let mut spec = tiny_qwen2_spec();
+    let mut spec = TINY_QWEN2.spec();
     spec.dtype = Some(gllm_api::DType::F16);
     let b = FACTORY.load(&spec, Device::CPU)?;
-    let refs = tiny_qwen2_dir().join("reference.safetensors");
-    let c = &generate::cases()?[0];
+    let refs = TINY_QWEN2.tensors();
+    let c = &TINY_QWEN2.cases()?[0];
     let (_, want) = read_tensor_f32(&refs, "logits_last.0")?;
     let mut cache = b.new_cache()?;
     let got = b.forward(cache.as_mut(), &c.input_ids)?;
@@ -96,7 +111,7 @@ fn f16_request_is_close() -> Result<()> {
 #[test]
 fn many_threads_share_one_model() -> Result<()> {
     let b = backend()?;
-    let cases = generate::cases()?;
+    let cases = TINY_QWEN2.cases()?;
     std::thread::scope(|s| {
         let handles: Vec<_> = cases
             .iter()
