@@ -38,6 +38,10 @@ pub enum Command {
         /// Print JSON: {"model", "data": [{"index", "embedding"}], "usage": {"prompt_tokens"}}.
         #[arg(long)]
         json: bool,
+        /// Prepend the model's prompt of this name (from config_sentence_transformers.json,
+        /// e.g. `query` for Qwen3-Embedding); default: the model's default prompt, if any.
+        #[arg(long)]
+        prompt_name: Option<String>,
         /// Texts to embed.
         texts: Vec<String>,
     },

@@ -53,13 +53,18 @@ async fn run(cli: Cli) -> Result<()> {
                 .collect();
             output::print_models(&open(manifest.as_deref(), &models)?.0)
         }
-        Command::Embed { model, json, texts } => {
+        Command::Embed {
+            model,
+            json,
+            prompt_name,
+            texts,
+        } => {
             if texts.is_empty() {
                 bail!("give at least one TEXT to embed");
             }
             let (runtime, model) = open_one(&model, Task::Embed)?;
             let handle = progress::loading(&model, runtime.embedder(&model)).await?;
-            let rows = handle.embed(texts).await?;
+            let rows = handle.embed_with_prompt(texts, prompt_name).await?;
             output::print_embeddings(&model, &rows, json)
         }
         Command::Rerank {

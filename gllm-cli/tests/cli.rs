@@ -52,6 +52,23 @@ path = "{qwen}"
 backends = ["burn-qwen2"]
 
 [[models]]
+id = "tiny-qwen3"
+task = "generate"
+path = "{qwen3}"
+backends = ["candle-qwen2"]
+
+[[models]]
+id = "tiny-qwen3-burn"
+task = "generate"
+path = "{qwen3}"
+backends = ["burn-qwen2"]
+
+[[models]]
+id = "tiny-qwen3-gguf"
+task = "generate"
+path = "{qwen3_gguf}"
+
+[[models]]
 id = "minilm"
 task = "embed"
 path = "{minilm}"
@@ -70,6 +87,8 @@ devices = ["cpu"]
         bert = fixture("tiny-bert").display(),
         ce = fixture("tiny-cross-encoder").display(),
         qwen = fixture("tiny-qwen2").display(),
+        qwen3 = fixture("tiny-qwen3").display(),
+        qwen3_gguf = fixture("gguf/tiny-qwen3-f16.gguf").display(),
         minilm = real_model("all-MiniLM-L6-v2").display(),
         smol = real_model("SmolLM2-135M-Instruct.Q4_1.gguf").display(),
         coder = gllm_testkit::coder::coder_gguf().display(),
@@ -119,6 +138,60 @@ fn embed_json_matches_sentence_transformers() {
         }
         assert_eq!(v["usage"]["prompt_tokens"], tokens);
     }
+}
+
+#[test]
+fn decoder_embeddings_with_and_without_a_prompt_name() {
+    // A Qwen3-Embedding-layout directory, by location: `embed` gives the task.
+    let dir = fixture("tiny-qwen3-embedding");
+    let reference = read_json(&dir.join("reference.json")).unwrap();
+    let dir = dir.display().to_string();
+    for (texts, prompt, want, ids) in [
+        (
+            "documents",
+            None,
+            "document_embeddings",
+            "document_input_ids",
+        ),
+        (
+            "queries",
+            Some("query"),
+            "query_embeddings",
+            "query_input_ids",
+        ),
+    ] {
+        let texts = json_strings(&reference[texts]);
+        let mut args = vec!["embed", "--model", dir.as_str(), "--json"];
+        if let Some(p) = prompt {
+            args.extend(["--prompt-name", p]);
+        }
+        args.extend(texts.iter().map(String::as_str));
+        let v = json_of(&gllm(&args));
+        let mut tokens = 0;
+        for (i, row) in v["data"].as_array().unwrap().iter().enumerate() {
+            assert_close(
+                &format!("{want}[{i}]"),
+                &json_f32s(&row["embedding"]),
+                &json_f32s(&reference[want][i]),
+                1e-5,
+            );
+            tokens += json_u32s(&reference[ids][i]).len();
+        }
+        assert_eq!(v["usage"]["prompt_tokens"], tokens);
+    }
+    let out = gllm(&[
+        "embed",
+        "--model",
+        dir.as_str(),
+        "--prompt-name",
+        "passage",
+        "x",
+    ]);
+    let err = failure(&out);
+    assert!(
+        err.contains("`passage`") && err.contains("document, query"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -180,20 +253,29 @@ fn rerank_json_matches_the_cross_encoder() {
 
 #[test]
 fn generate_json_reproduces_the_greedy_reference() {
-    let reference = read_json(&fixture("tiny-qwen2").join("reference.json")).unwrap();
-    for (model, case) in ["tiny-qwen2", "tiny-qwen2-burn"].into_iter().flat_map(|m| {
-        reference["cases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(move |c| (m, c))
-    }) {
+    let models = [
+        ("tiny-qwen2", "tiny-qwen2"),
+        ("tiny-qwen2", "tiny-qwen2-burn"),
+        ("tiny-qwen3", "tiny-qwen3"),
+        ("tiny-qwen3", "tiny-qwen3-burn"),
+        ("tiny-qwen3", "tiny-qwen3-gguf"),
+    ];
+    for (fixture_name, model) in models {
+        generate_json_cases(fixture_name, model);
+    }
+}
+
+fn generate_json_cases(fixture_name: &str, model: &str) {
+    let reference = read_json(&fixture(fixture_name).join("reference.json")).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
         let v = json_of(&gllm(&[
             "generate",
             "--model",
             model,
             "--temperature",
             "0",
+            "--repetition-penalty",
+            "1",
             "--max-tokens",
             "24",
             "--json",

@@ -94,19 +94,61 @@ impl EmbedderHandle {
     }
 
     /// Embeds texts (truncated to the model's length); one row per text, in order.
+    /// The model's default prompt, if it has one, is prepended.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
+        self.embed_with_prompt(texts, None).await
+    }
+
+    /// [`EmbedderHandle::embed`] with the model's prompt named `prompt_name`
+    /// (`config_sentence_transformers.json`, as sentence-transformers' `prompt_name`)
+    /// prepended to every text; `None` takes the default prompt. An unknown name is an
+    /// invalid request listing the model's prompts.
+    pub async fn embed_with_prompt(
+        &self,
+        texts: Vec<String>,
+        prompt_name: Option<String>,
+    ) -> Result<Vec<Embedding>> {
         let this = self.clone();
-        blocking(move || this.embed_blocking(&texts)).await
+        blocking(move || this.embed_blocking_with_prompt(&texts, prompt_name.as_deref())).await
     }
 
     /// [`EmbedderHandle::embed`] on the calling thread.
     pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Embedding>> {
-        let inputs = texts
-            .iter()
-            .map(|t| self.model.text.tokenizer.encode(t, true))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+        self.embed_blocking_with_prompt(texts, None)
+    }
+
+    /// [`EmbedderHandle::embed_with_prompt`] on the calling thread.
+    pub fn embed_blocking_with_prompt(
+        &self,
+        texts: &[String],
+        prompt_name: Option<&str>,
+    ) -> Result<Vec<Embedding>> {
+        let inputs = self.tokenize_all(texts, prompt_name)?;
         self.embed_encoded(&inputs)
+    }
+
+    /// The model's prompt names.
+    pub fn prompt_names(&self) -> Vec<String> {
+        self.model.text.prompts.by_name.keys().cloned().collect()
+    }
+
+    /// Tokenizes `texts` with the prompt of `prompt_name` prepended.
+    pub fn tokenize_all(
+        &self,
+        texts: &[String],
+        prompt_name: Option<&str>,
+    ) -> Result<Vec<EncodedInput>> {
+        let prompt = self.model.text.prompts.text(prompt_name)?;
+        texts
+            .iter()
+            .map(|t| {
+                self.model
+                    .text
+                    .tokenizer
+                    .encode(&format!("{prompt}{t}"), true)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))
     }
 
     /// Embeds already tokenized inputs.

@@ -61,6 +61,68 @@ pub(crate) struct TextSide {
     /// Sampling defaults from generation_config.json.
     pub defaults: SamplingParams,
     pub activation: Activation,
+    /// Embedding prompts by name (`config_sentence_transformers.json`), prepended to
+    /// each text, and the one used when a request names none.
+    pub prompts: Prompts,
+}
+
+/// The named prompts of a sentence-transformers embedder.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prompts {
+    /// Name to prompt text.
+    pub by_name: std::collections::BTreeMap<String, String>,
+    /// `default_prompt_name`, if set.
+    pub default: Option<String>,
+}
+
+impl Prompts {
+    fn read(id: &str, dir: &Path) -> Result<Self> {
+        let Some(cfg) = read_json_opt(id, &dir.join("config_sentence_transformers.json"))? else {
+            return Ok(Self::default());
+        };
+        let by_name = cfg
+            .get("prompts")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                v.as_str()
+                    .map(|t| (k.clone(), t.to_string()))
+                    .ok_or_else(|| {
+                        files_err(
+                            id,
+                            format!(
+                                "config_sentence_transformers.json: prompt `{k}` is not a string"
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<_>>()?;
+        let default = cfg
+            .get("default_prompt_name")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(Self { by_name, default })
+    }
+
+    /// The text to prepend for a request naming `name` (or none: the default
+    /// prompt, else nothing). An unknown name is an invalid request listing the names.
+    pub fn text(&self, name: Option<&str>) -> Result<&str> {
+        match name.or(self.default.as_deref()) {
+            None => Ok(""),
+            Some(n) => self.by_name.get(n).map(String::as_str).ok_or_else(|| {
+                let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+                RuntimeError::InvalidRequest(if known.is_empty() {
+                    format!("unknown prompt_name `{n}`: the model has no prompts")
+                } else {
+                    format!(
+                        "unknown prompt_name `{n}`; the model's prompts: {}",
+                        known.join(", ")
+                    )
+                })
+            }),
+        }
+    }
 }
 
 fn files_err(id: &str, message: impl Into<String>) -> RuntimeError {
@@ -218,6 +280,10 @@ pub(crate) fn load_text_side(entry: &ModelEntry, files: &ModelFiles) -> Result<T
         eos_ids,
         defaults,
         activation: rerank_activation(&files.config),
+        prompts: match entry.task {
+            Task::Embed => Prompts::read(id, &files.dir)?,
+            _ => Prompts::default(),
+        },
     })
 }
 

@@ -10,8 +10,14 @@ fn messages(v: &serde_json::Value) -> Vec<ChatMessage> {
 }
 
 #[test]
-fn tiny_qwen2_chat_template_cases() {
-    let dir = fixture("tiny-qwen2");
+fn tiny_qwen2_and_qwen3_chat_template_cases() {
+    for fixture_name in ["tiny-qwen2", "tiny-qwen3"] {
+        chat_template_cases(fixture_name);
+    }
+}
+
+fn chat_template_cases(fixture_name: &str) {
+    let dir = fixture(fixture_name);
     let cfg = read_json(&dir.join("tokenizer_config.json")).unwrap();
     let tmpl = ChatTemplate::new(cfg["chat_template"].as_str().unwrap(), "", "<|im_end|>").unwrap();
     let tok = TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
@@ -39,7 +45,11 @@ fn tiny_qwen2_chat_template_cases() {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let text = tmpl.render_with(&msgs, add, &kwargs).unwrap();
-        assert_eq!(text, case["text"].as_str().unwrap(), "{msgs:?}");
+        assert_eq!(
+            text,
+            case["text"].as_str().unwrap(),
+            "{fixture_name}: {msgs:?}"
+        );
         assert_eq!(
             tok.encode(&text, false).unwrap().ids,
             json_u32s(&case["input_ids"])

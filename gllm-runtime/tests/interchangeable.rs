@@ -1,6 +1,7 @@
-//! Backends are interchangeable by manifest alone: the same tiny-qwen2 model
-//! under `backends = ["burn-qwen2"]` and `["candle-qwen2"]` gives the same
-//! greedy tokens, equal to transformers' reference, with no code change.
+//! Backends are interchangeable by manifest alone: the same tiny-qwen2 (or
+//! tiny-qwen3) model under `backends = ["burn-qwen2"]` and `["candle-qwen2"]`, and its
+//! llama.cpp GGUF conversion, give the same greedy tokens, equal to transformers'
+//! reference, with no code change.
 #![cfg(all(feature = "burn-qwen2", feature = "candle-qwen2"))]
 
 mod support;
@@ -10,10 +11,25 @@ use gllm_testkit::{fixture, json_u32s, read_json};
 
 #[tokio::test]
 async fn switching_the_backend_in_the_manifest_changes_no_token() {
-    let reference = read_json(&fixture("tiny-qwen2").join("reference.json")).unwrap();
+    for (name, gguf) in [
+        ("tiny-qwen2", "tiny-qwen2-f16.gguf"),
+        ("tiny-qwen3", "tiny-qwen3-f16.gguf"),
+    ] {
+        let gguf = format!("{}/{gguf}", support::fixture_path("gguf"));
+        same_tokens_everywhere(name, &gguf).await;
+    }
+}
+
+async fn same_tokens_everywhere(name: &str, gguf: &str) {
+    let reference = read_json(&fixture(name).join("reference.json")).unwrap();
+    let dir = support::fixture_path(name);
     let mut outputs = Vec::new();
-    for backend in ["candle-qwen2", "burn-qwen2"] {
-        let h = support::tiny_qwen2_runtime(backend)
+    for (path, backend) in [
+        (dir.as_str(), "candle-qwen2"),
+        (dir.as_str(), "burn-qwen2"),
+        (gguf, "candle-qwen2"),
+    ] {
+        let h = support::decoder_runtime(path, backend)
             .generator("qwen")
             .await
             .unwrap();
@@ -30,7 +46,7 @@ async fn switching_the_backend_in_the_manifest_changes_no_token() {
             assert_eq!(
                 g.token_ids,
                 json_u32s(&case["greedy_new_ids"]),
-                "{backend}: {}",
+                "{path} on {backend}: {}",
                 case["prompt"]
             );
             per_case.push((g.token_ids, g.text));
@@ -44,7 +60,7 @@ async fn switching_the_backend_in_the_manifest_changes_no_token() {
             assert_eq!(
                 g.token_ids,
                 json_u32s(&case["greedy_8"]["ids"]),
-                "{backend}: chat"
+                "{path} on {backend}: chat"
             );
             assert_eq!(
                 g.text,
@@ -54,5 +70,5 @@ async fn switching_the_backend_in_the_manifest_changes_no_token() {
         }
         outputs.push(per_case);
     }
-    assert_eq!(outputs[0], outputs[1]);
+    assert!(outputs.iter().all(|o| *o == outputs[0]), "{name}");
 }

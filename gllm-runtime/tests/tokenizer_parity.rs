@@ -96,11 +96,17 @@ fn tiny_qwen2_prompts() {
 }
 
 #[test]
-fn tokenizer_rebuilt_from_qwen2_gguf_matches() {
-    let meta = GgufMetadata::read(&fixture("gguf").join("tiny-qwen2-f16.gguf")).unwrap();
-    assert_eq!(meta.architecture(), Some("qwen2"));
+fn tokenizer_rebuilt_from_qwen2_and_qwen3_gguf_matches() {
+    for (name, arch) in [("tiny-qwen2", "qwen2"), ("tiny-qwen3", "qwen3")] {
+        gguf_tokenizer_matches(name, arch);
+    }
+}
+
+fn gguf_tokenizer_matches(name: &str, arch: &str) {
+    let meta = GgufMetadata::read(&fixture("gguf").join(format!("{name}-f16.gguf"))).unwrap();
+    assert_eq!(meta.architecture(), Some(arch));
     let tok = TextTokenizer::from_gguf(&meta).unwrap();
-    let reference = read_json(&fixture("tiny-qwen2").join("reference.json")).unwrap();
+    let reference = read_json(&fixture(name).join("reference.json")).unwrap();
     for case in reference["cases"].as_array().unwrap() {
         let got = tok.encode(case["prompt"].as_str().unwrap(), true).unwrap();
         assert_eq!(got.ids, json_u32s(&case["input_ids"]), "{}", case["prompt"]);

@@ -19,6 +19,7 @@
 
 pub mod attention;
 pub mod cache;
+pub mod embedding;
 pub mod error;
 pub mod exp;
 pub mod gguf;
@@ -35,8 +36,9 @@ pub use gllm_kernels as kernels;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gllm_api::{
-    BackendError, BackendFactory, Capabilities, DType, Device, DeviceKind, InferenceBackend,
-    KvCache, LoadProgress, ModelInfo, ModelSpec, Task, WeightFormat, downcast_cache,
+    BackendError, BackendFactory, Capabilities, DType, Device, DeviceKind, EncodedInput,
+    InferenceBackend, KvCache, LoadProgress, ModelInfo, ModelSpec, Task, WeightFormat,
+    downcast_cache,
 };
 
 pub use cache::Qwen2Cache;
@@ -66,7 +68,7 @@ impl BackendFactory for Qwen2Factory {
             devices.push(DeviceKind::Gpu);
         }
         Capabilities {
-            tasks: vec![Task::Generate],
+            tasks: vec![Task::Generate, Task::Embed],
             architectures: gllm_arch::Architecture::ALL
                 .iter()
                 .map(|a| a.name().to_string())
@@ -136,12 +138,15 @@ pub fn load_with_progress(
     device: Device,
     progress: LoadProgress,
 ) -> Result<Qwen2Backend, BackendError> {
-    if spec.task != Task::Generate {
-        return Err(BackendError::unsupported(format!(
-            "{NAME} serves `generate`, not `{}`",
-            spec.task
-        )));
-    }
+    let pooling = match spec.task {
+        Task::Generate => None,
+        Task::Embed => Some(embedding::Pooling::load(spec)?),
+        other => {
+            return Err(BackendError::unsupported(format!(
+                "{NAME} serves `generate` and `embed`, not `{other}`"
+            )));
+        }
+    };
     let dev = candle_device(device)?;
     let dequantize = option_flag(spec, "dequantize")?;
     let candle_qmatmul = option_flag(spec, "candle_qmatmul")?;
@@ -155,18 +160,21 @@ pub fn load_with_progress(
         WeightFormat::Safetensors => spec.dtype.unwrap_or(DType::F32),
         WeightFormat::Gguf => DType::F32,
     };
-    Ok(Qwen2Backend::new(model, device, dtype))
+    let mut backend = Qwen2Backend::new(model, device, dtype);
+    backend.pooling = pooling;
+    Ok(backend)
 }
 
 static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A loaded Qwen2/Llama decoder serving `generate`.
+/// A loaded decoder serving `generate`, or `embed` when it has a pooling.
 #[derive(Debug)]
 pub struct Qwen2Backend {
     model: Qwen2Model,
     id: u64,
     device: Device,
     dtype: DType,
+    pooling: Option<embedding::Pooling>,
 }
 
 impl Qwen2Backend {
@@ -178,6 +186,7 @@ impl Qwen2Backend {
             id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
             device,
             dtype,
+            pooling: None,
         }
     }
 
@@ -226,14 +235,33 @@ impl Qwen2Backend {
 
 impl InferenceBackend for Qwen2Backend {
     fn info(&self) -> ModelInfo {
+        let (task, output_dim) = match self.pooling {
+            Some(_) => (Task::Embed, self.model.cfg.hidden_size),
+            None => (Task::Generate, self.model.output().dims().0),
+        };
         ModelInfo {
-            task: Task::Generate,
+            task,
             device: self.device,
             dtype: self.dtype,
             max_positions: self.model.cfg.max_position_embeddings,
             vocab_size: self.model.cfg.vocab_size,
-            output_dim: self.model.output().dims().0,
+            output_dim,
         }
+    }
+
+    /// Each input alone through the decoder on a fresh cache; its last token's final
+    /// hidden state, pooled.
+    fn embed(&self, inputs: &[EncodedInput]) -> Result<Vec<Vec<f32>>, BackendError> {
+        let pooling = self.pooling.ok_or_else(|| {
+            BackendError::unsupported(format!("{NAME}: this model was loaded to generate"))
+        })?;
+        inputs
+            .iter()
+            .map(|input| {
+                let mut cache = self.new_qwen2_cache();
+                pooling.pool(&self.hidden_states(&mut cache, &input.ids)?)
+            })
+            .collect()
     }
 
     fn new_cache(&self) -> Result<Box<dyn KvCache>, BackendError> {

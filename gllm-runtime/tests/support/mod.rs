@@ -286,9 +286,14 @@ pub fn runtime(manifest: &str) -> gllm_runtime::Runtime {
 
 /// A runtime serving the tiny-qwen2 fixture as `qwen` on `backend`, CPU only.
 pub fn tiny_qwen2_runtime(backend: &str) -> gllm_runtime::Runtime {
+    decoder_runtime(&fixture_path("tiny-qwen2"), backend)
+}
+
+/// A runtime serving the decoder at `path` (a fixture directory or GGUF file) as
+/// `qwen` on `backend`, CPU only.
+pub fn decoder_runtime(path: &str, backend: &str) -> gllm_runtime::Runtime {
     runtime(&format!(
-        "[[models]]\nid = \"qwen\"\ntask = \"generate\"\npath = \"{}\"\nbackends = [\"{backend}\"]\ndevices = [\"cpu\"]\n",
-        fixture_path("tiny-qwen2")
+        "[[models]]\nid = \"qwen\"\ntask = \"generate\"\npath = \"{path}\"\nbackends = [\"{backend}\"]\ndevices = [\"cpu\"]\n"
     ))
 }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::Response;
 use base64::Engine;
-use gllm_runtime::Embedding;
 use gllm_runtime::api::EncodedInput;
+use gllm_runtime::{Embedding, RuntimeError};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -34,6 +34,8 @@ pub(crate) struct EmbeddingsRequest {
     input: EmbedInput,
     encoding_format: Option<String>,
     dimensions: Option<usize>,
+    /// One of the model's prompts (sentence-transformers' `prompt_name`), prepended to each text.
+    prompt_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -51,6 +53,7 @@ pub(crate) struct TeiEmbedRequest {
     #[allow(dead_code)]
     truncate: Option<bool>,
     dimensions: Option<usize>,
+    prompt_name: Option<String>,
 }
 
 /// Texts or token ids, as the request gave them.
@@ -73,6 +76,7 @@ async fn embed(
     model: &EmbedModel,
     inputs: Inputs,
     param: &str,
+    prompt_name: Option<String>,
 ) -> Result<Vec<Embedding>, ApiError> {
     check(
         inputs.len() > 0,
@@ -88,12 +92,22 @@ async fn embed(
         Inputs::Texts(texts) => {
             let handle = model.handle.clone();
             blocking(move || {
-                texts
-                    .iter()
-                    .map(|t| handle.tokenize(t).map_err(ApiError::from))
-                    .collect()
+                handle
+                    .tokenize_all(&texts, prompt_name.as_deref())
+                    .map_err(|e| match e {
+                        RuntimeError::InvalidRequest(m) => {
+                            ApiError::invalid_param("prompt_name", m)
+                        }
+                        other => ApiError::from(other),
+                    })
             })
             .await?
+        }
+        Inputs::Ids(_) if prompt_name.is_some() => {
+            return Err(ApiError::invalid_param(
+                "prompt_name",
+                "`prompt_name` applies to text inputs, not to token ids",
+            ));
         }
         Inputs::Ids(lists) => {
             if lists.iter().any(Vec::is_empty) {
@@ -171,7 +185,7 @@ pub(crate) async fn openai(
         EmbedInput::Tokens(ids) => Inputs::Ids(vec![ids]),
         EmbedInput::TokenLists(lists) => Inputs::Ids(lists),
     };
-    let mut rows = embed(model, inputs, "input")
+    let mut rows = embed(model, inputs, "input", req.prompt_name)
         .await
         .map_err(|e| e.for_model(id))?;
     check_dims(req.dimensions, &rows).map_err(|e| e.for_model(id))?;
@@ -216,7 +230,7 @@ pub(crate) async fn tei(
         TeiInputs::One(t) => vec![t],
         TeiInputs::Many(t) => t,
     };
-    let mut rows = embed(model, Inputs::Texts(texts), "inputs")
+    let mut rows = embed(model, Inputs::Texts(texts), "inputs", req.prompt_name)
         .await
         .map_err(|e| e.for_model(id))?;
     check_dims(req.dimensions, &rows).map_err(|e| e.for_model(id))?;

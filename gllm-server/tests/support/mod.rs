@@ -70,7 +70,15 @@ impl TestServer {
     /// Starts a server with the default options changed by `tweak`, and waits until
     /// `/health` says ready.
     pub async fn start(tweak: impl FnOnce(&mut ServeOptions)) -> Result<Self> {
-        let runtime = gllm_runtime::Runtime::from_manifest_file(&write_manifest())?;
+        Self::start_with(&write_manifest(), tweak).await
+    }
+
+    /// [`TestServer::start`] on the manifest file `manifest`.
+    pub async fn start_with(
+        manifest: &std::path::Path,
+        tweak: impl FnOnce(&mut ServeOptions),
+    ) -> Result<Self> {
+        let runtime = gllm_runtime::Runtime::from_manifest_file(manifest)?;
         let mut options = ServeOptions {
             addr: "127.0.0.1:0".parse()?,
             ..ServeOptions::default()
