@@ -69,6 +69,18 @@ task = "generate"
 path = "{qwen3_gguf}"
 
 [[models]]
+id = "qwen3-rerank"
+task = "rerank"
+path = "{qwen3_rerank}"
+
+[[models]]
+id = "qwen3-rerank-code"
+task = "rerank"
+path = "{qwen3_rerank}"
+[models.options]
+instruction = "Find code that answers the question"
+
+[[models]]
 id = "minilm"
 task = "embed"
 path = "{minilm}"
@@ -88,6 +100,7 @@ devices = ["cpu"]
         ce = fixture("tiny-cross-encoder").display(),
         qwen = fixture("tiny-qwen2").display(),
         qwen3 = fixture("tiny-qwen3").display(),
+        qwen3_rerank = fixture("tiny-qwen3-reranker").display(),
         qwen3_gguf = fixture("gguf/tiny-qwen3-f16.gguf").display(),
         minilm = real_model("all-MiniLM-L6-v2").display(),
         smol = real_model("SmolLM2-135M-Instruct.Q4_1.gguf").display(),
@@ -192,6 +205,42 @@ fn decoder_embeddings_with_and_without_a_prompt_name() {
         err.contains("`passage`") && err.contains("document, query"),
         "{err}"
     );
+}
+
+#[test]
+fn rerank_json_with_a_decoder_reranker_matches_transformers() {
+    let reference = read_json(&fixture("tiny-qwen3-reranker").join("reference.json")).unwrap();
+    for q in reference["queries"].as_array().unwrap() {
+        let model = match q["instruction"].as_str() {
+            None => "qwen3-rerank",
+            Some("Find code that answers the question") => "qwen3-rerank-code",
+            Some(other) => panic!("no manifest entry for the instruction {other:?}"),
+        };
+        let results = q["results"].as_array().unwrap();
+        let docs: Vec<&str> = results
+            .iter()
+            .map(|r| r["document"].as_str().unwrap())
+            .collect();
+        let mut args = vec![
+            "rerank",
+            "--model",
+            model,
+            "--json",
+            "--query",
+            q["query"].as_str().unwrap(),
+        ];
+        args.extend(&docs);
+        let v = json_of(&gllm(&args));
+        let field = |k: &str| -> Vec<f32> {
+            results
+                .iter()
+                .map(|r| r[k].as_f64().unwrap() as f32)
+                .collect()
+        };
+        let what = format!("{model}: {}", q["query"]);
+        assert_ranked(&what, &v["results"], "logit", &field("logit"), 1e-4);
+        assert_ranked(&what, &v["results"], "score", &field("score"), 1e-5);
+    }
 }
 
 #[test]

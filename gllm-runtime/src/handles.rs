@@ -12,6 +12,7 @@ pub use crate::chat_template::ChatMessage;
 use crate::error::{Result, RuntimeError};
 use crate::generate;
 pub use crate::generate::{FinishReason, Generation};
+use crate::model_files::Activation;
 use crate::sampling::SamplingParams;
 use crate::served::{ActiveBackend, Sequence, ServedModel};
 
@@ -226,13 +227,29 @@ impl RerankerHandle {
         return_documents: bool,
     ) -> Result<Vec<RerankResult>> {
         let tok = &self.model.text.tokenizer;
-        let pairs = documents
-            .iter()
-            .map(|d| tok.encode_pair(query, d))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
-        let rows = batched(&self.model, &pairs, |b, batch| b.rerank(batch))?;
-        let act = self.model.text.activation;
+        let (rows, act) = match &self.model.text.decoder_rerank {
+            Some(dr) => {
+                let prompts = documents
+                    .iter()
+                    .map(|d| dr.prompt(tok, query, d))
+                    .collect::<Result<Vec<_>>>()?;
+                let rows = prompts
+                    .iter()
+                    .map(|p| self.model.run(|b| dr.logit(b, p)).map(|l| vec![l]))
+                    .collect::<Result<Vec<_>>>()?;
+                // P(yes) of the softmax over (no, yes) is the sigmoid of yes − no.
+                (rows, Activation::Sigmoid)
+            }
+            None => {
+                let pairs = documents
+                    .iter()
+                    .map(|d| tok.encode_pair(query, d))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+                let rows = batched(&self.model, &pairs, |b, batch| b.rerank(batch))?;
+                (rows, self.model.text.activation)
+            }
+        };
         let mut results = rows
             .into_iter()
             .enumerate()
@@ -255,8 +272,16 @@ impl RerankerHandle {
         Ok(results)
     }
 
-    /// The pair encoding of (query, document), as the backend receives it.
+    /// The pair encoding of (query, document), as the backend receives it (for a
+    /// decoder reranker: the whole scoring prompt).
     pub fn encode_pair(&self, query: &str, document: &str) -> Result<EncodedInput> {
+        if let Some(dr) = &self.model.text.decoder_rerank {
+            return Ok(EncodedInput::new(dr.prompt(
+                &self.model.text.tokenizer,
+                query,
+                document,
+            )?));
+        }
         self.model
             .text
             .tokenizer

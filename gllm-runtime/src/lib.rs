@@ -11,6 +11,7 @@
 
 mod backends;
 pub mod chat_template;
+pub mod decoder_rerank;
 mod error;
 mod generate;
 pub mod gguf_meta;

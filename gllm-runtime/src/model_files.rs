@@ -10,6 +10,7 @@ use gllm_api::{ModelSpec, Task, WeightFormat};
 use serde_json::Value;
 
 use crate::chat_template::ChatTemplate;
+use crate::decoder_rerank::DecoderRerank;
 use crate::error::{Result, RuntimeError};
 use crate::gguf_meta::{GgufMetadata, MetaValue};
 use crate::manifest::{ModelEntry, ModelSource};
@@ -61,6 +62,8 @@ pub(crate) struct TextSide {
     /// Sampling defaults from generation_config.json.
     pub defaults: SamplingParams,
     pub activation: Activation,
+    /// Set when a causal LM reranks (its prompt and answer tokens).
+    pub decoder_rerank: Option<DecoderRerank>,
     /// Embedding prompts by name (`config_sentence_transformers.json`), prepended to
     /// each text, and the one used when a request names none.
     pub prompts: Prompts,
@@ -200,10 +203,15 @@ pub(crate) fn resolve(entry: &ModelEntry) -> Result<ModelFiles> {
             ),
         ));
     };
+    // A causal LM reranks through its logits (Qwen3-Reranker): the backend generates.
+    let backend_task = match entry.task {
+        Task::Rerank if is_causal_lm(format, &config) => Task::Generate,
+        other => other,
+    };
     Ok(ModelFiles {
         spec: ModelSpec {
             id: id.to_string(),
-            task: entry.task,
+            task: backend_task,
             path,
             format,
             architecture,
@@ -217,6 +225,19 @@ pub(crate) fn resolve(entry: &ModelEntry) -> Result<ModelFiles> {
 }
 
 /// Loads the tokenizer and the rest of the text side.
+/// A GGUF decoder, or a checkpoint whose `architectures` name a `*ForCausalLM`.
+fn is_causal_lm(format: WeightFormat, config: &Value) -> bool {
+    format == WeightFormat::Gguf
+        || config["architectures"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x.as_str().is_some_and(|s| s.ends_with("ForCausalLM")))
+        })
+}
+
+/// The longest prompt a decoder reranker scores when the manifest sets no
+/// `max_length` (Qwen3-Reranker's model card uses 8192).
+const DECODER_RERANK_MAX_TOKENS: usize = 8192;
+
 pub(crate) fn load_text_side(entry: &ModelEntry, files: &ModelFiles) -> Result<TextSide> {
     let id = entry.id.as_str();
     let tok_cfg = read_json_opt(id, &files.dir.join("tokenizer_config.json"))?;
@@ -274,12 +295,29 @@ pub(crate) fn load_text_side(entry: &ModelEntry, files: &ModelFiles) -> Result<T
         (None, Vec::new(), SamplingParams::default())
     };
 
+    let decoder_rerank = match (entry.task, files.spec.task) {
+        (Task::Rerank, Task::Generate) => {
+            let context = files
+                .config
+                .get("max_position_embeddings")
+                .and_then(Value::as_u64)
+                .map_or(usize::MAX, |m| m as usize);
+            let limit = entry
+                .max_length
+                .unwrap_or(DECODER_RERANK_MAX_TOKENS)
+                .min(context);
+            let instruction = entry.options.get("instruction").map(String::as_str);
+            Some(DecoderRerank::new(&tokenizer, instruction, limit)?)
+        }
+        _ => None,
+    };
     Ok(TextSide {
         tokenizer,
         chat_template,
         eos_ids,
         defaults,
         activation: rerank_activation(&files.config),
+        decoder_rerank,
         prompts: match entry.task {
             Task::Embed => Prompts::read(id, &files.dir)?,
             _ => Prompts::default(),
