@@ -9,20 +9,6 @@ use support::*;
 
 const TOL: f32 = 1e-5;
 
-fn manifest() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("gllm-server-qwen3-embed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("models.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[models]]\nid = \"qwen3-embed\"\ntask = \"embed\"\npath = \"{}\"\nbackends = [\"candle-qwen2\"]\ndevices = [\"cpu\"]\n",
-            gllm_testkit::fixture("tiny-qwen3-embedding").display()
-        ),
-    )?;
-    Ok(path)
-}
-
 fn rows(v: &Value) -> Vec<Vec<f32>> {
     v.as_array()
         .map(|a| a.iter().map(floats).collect())
@@ -31,7 +17,17 @@ fn rows(v: &Value) -> Vec<Vec<f32>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prompt_names_choose_the_models_prompts() -> Result<()> {
-    let server = TestServer::start_with(&manifest()?, |_| {}).await?;
+    let server = TestServer::start_with(
+        &one_model_manifest(
+            "qwen3-embed",
+            "qwen3-embed",
+            "embed",
+            "tiny-qwen3-embedding",
+            Some("candle-qwen2"),
+        )?,
+        |_| {},
+    )
+    .await?;
     let addr = server.addr;
     let r = gllm_testkit::read_json(
         &gllm_testkit::fixture("tiny-qwen3-embedding").join("reference.json"),

@@ -7,23 +7,19 @@ use anyhow::{Context, Result, ensure};
 use serde_json::json;
 use support::*;
 
-fn manifest() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("gllm-server-qwen3-rerank-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("models.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[models]]\nid = \"qwen3-rerank\"\ntask = \"rerank\"\npath = \"{}\"\ndevices = [\"cpu\"]\n",
-            gllm_testkit::fixture("tiny-qwen3-reranker").display()
-        ),
-    )?;
-    Ok(path)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rerank_endpoints_score_as_transformers() -> Result<()> {
-    let server = TestServer::start_with(&manifest()?, |_| {}).await?;
+    let server = TestServer::start_with(
+        &one_model_manifest(
+            "qwen3-rerank",
+            "qwen3-rerank",
+            "rerank",
+            "tiny-qwen3-reranker",
+            None,
+        )?,
+        |_| {},
+    )
+    .await?;
     let addr = server.addr;
     let r = gllm_testkit::read_json(
         &gllm_testkit::fixture("tiny-qwen3-reranker").join("reference.json"),

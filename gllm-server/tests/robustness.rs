@@ -383,16 +383,13 @@ async fn shutdown_finishes_the_requests_in_flight() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_model_that_fails_to_load_stops_the_server_with_its_error() -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("gllm-server-broken-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let manifest = dir.join("models.toml");
     // A BERT directory declared as a Qwen2 generator: no backend can load it.
-    std::fs::write(
-        &manifest,
-        format!(
-            "[[models]]\nid = \"broken\"\ntask = \"generate\"\npath = \"{}\"\nbackends = [\"candle-qwen2\"]\ndevices = [\"cpu\"]\n",
-            gllm_testkit::fixture("tiny-bert").display()
-        ),
+    let manifest = one_model_manifest(
+        "broken",
+        "broken",
+        "generate",
+        "tiny-bert",
+        Some("candle-qwen2"),
     )?;
     let runtime = gllm_runtime::Runtime::from_manifest_file(&manifest)?;
     let options = gllm_server::ServeOptions {

@@ -58,6 +58,29 @@ devices = ["cpu"]
     path
 }
 
+/// A manifest file (in a fresh temporary directory named after `tag`) holding one
+/// model on the CPU: `id` for `task` from the fixture `fixture`, on `backend` if given.
+pub fn one_model_manifest(
+    tag: &str,
+    id: &str,
+    task: &str,
+    fixture: &str,
+    backend: Option<&str>,
+) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("gllm-server-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("models.toml");
+    let backends = backend.map_or_else(String::new, |b| format!("backends = [\"{b}\"]\n"));
+    std::fs::write(
+        &path,
+        format!(
+            "[[models]]\nid = \"{id}\"\ntask = \"{task}\"\npath = \"{}\"\n{backends}devices = [\"cpu\"]\n",
+            gllm_testkit::fixture(fixture).display()
+        ),
+    )?;
+    Ok(path)
+}
+
 /// A running server; dropping it without [`TestServer::stop`] aborts nothing: the
 /// test's runtime ends it.
 pub struct TestServer {
