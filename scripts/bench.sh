@@ -8,7 +8,7 @@
 #                               (../shared/bench/compare-llama-cpp.sh): the Qwen2-0.5B shape quantized by
 #                               llama.cpp's llama-quantize to Q4_0, Q8_0, Q4_K_M, Q5_K_M, Q6_K, Q3_K_M and
 #                               F16, and the real Qwen2.5-Coder-0.5B-Instruct Q4_K_M; plus a 2048-token
-#                               prompt for Q4_0 and Q4_K_M.
+#                               prompt for Q4_0 and Q4_K_M; and the Qwen3-0.6B shape in Q4_K_M.
 #
 # llama.cpp is built once by ../shared/bench/build-llama-cpp.sh (cached in ~/.cache/gllm-peers), or
 # taken from LLAMA_CPP_DIR. On an Intel CPU that lists AMX but whose kernel does not grant AMX tiles to
@@ -75,4 +75,12 @@ if [ "$part" = all ] || [ "$part" = --peers ]; then
     ../shared/bench/compare-llama-cpp.sh "$peers/qwen2-0.5b-$q.gguf" --tokenizer "$tokenizer" \
       --prompt-tokens 2048 --decode-tokens 64 --repeats 1
   done
+  # Qwen3: the Qwen3-0.6B shape, synthesized as F16 and quantized to Qwen's Q4_K_M.
+  qwen3="$GLLM_BENCH_DIR/qwen3-0.6b"
+  qwen3_tokenizer=../shared/fixtures/tiny-qwen3/tokenizer.json
+  [ -f "$qwen3/model-f16.gguf" ] || "$gllm" synth --config ../shared/bench/qwen3-0.6b.config.json \
+    --out "$qwen3" --formats f16 --tokenizer "$qwen3_tokenizer"
+  [ -f "$qwen3/qwen3-0.6b-Q4_K_M.gguf" ] ||
+    "$llama/bin/llama-quantize" "$qwen3/model-f16.gguf" "$qwen3/qwen3-0.6b-Q4_K_M.gguf" Q4_K_M >/dev/null
+  ../shared/bench/compare-llama-cpp.sh "$qwen3/qwen3-0.6b-Q4_K_M.gguf" --tokenizer "$qwen3_tokenizer"
 fi
