@@ -19,6 +19,7 @@ use gllm_runtime::{GenerateRequest, Runtime, StreamEvent, model_location};
 use cli::{BenchCommand, Cli, Command};
 
 fn main() {
+    gllm::link_builtin_backends();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -4,7 +4,6 @@
 
 mod plugin_support;
 
-use gllm_runtime::Runtime;
 use plugin_support::{faulty_manifest, lib};
 
 /// Bytes the faulty plugin's own allocator has live.
@@ -25,7 +24,7 @@ fn plugin_live_bytes() -> isize {
 fn plugin_memory_is_freed_by_the_plugin() {
     // 250k floats = 1 MB per row, 4 rows per call: 2 GB over 500 calls if the host
     // did not hand every buffer back to the plugin's free.
-    let runtime = Runtime::from_manifest_file(&faulty_manifest(
+    let runtime = gllm::open_manifest(faulty_manifest(
         "mem.toml",
         &lib("gllm_plugin_faulty"),
         "dim = \"250000\"",

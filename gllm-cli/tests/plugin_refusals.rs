@@ -5,11 +5,10 @@ mod plugin_support;
 
 use std::path::{Path, PathBuf};
 
-use gllm_runtime::Runtime;
 use plugin_support::{copy_of, faulty_manifest, write_manifest};
 
 fn load_error(manifest: &Path) -> String {
-    match Runtime::from_manifest_file(manifest) {
+    match gllm::open_manifest(manifest) {
         Ok(_) => panic!("{} loaded", manifest.display()),
         Err(e) => e.to_string(),
     }

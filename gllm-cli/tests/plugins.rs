@@ -6,14 +6,13 @@ mod plugin_support;
 
 use std::process::Command;
 
-use gllm_runtime::Runtime;
 use gllm_testkit::process::{json_of, stdout_of};
 use gllm_testkit::{assert_close, fixture, json_f32s, json_strings, json_u32s, read_json};
 use plugin_support::{bert_manifest, faulty_manifest, lib};
 
 #[tokio::test]
 async fn example_plugin_matches_the_fixture_through_the_runtime() {
-    let runtime = Runtime::from_manifest_file(&bert_manifest()).unwrap();
+    let runtime = gllm::open_manifest(bert_manifest()).unwrap();
     let entry = runtime
         .registry()
         .get("plugin-bert")
@@ -96,7 +95,7 @@ fn example_plugin_matches_the_fixture_through_the_binary() {
 
 #[tokio::test]
 async fn a_panicking_plugin_fails_the_request_not_the_process() {
-    let runtime = Runtime::from_manifest_file(&faulty_manifest(
+    let runtime = gllm::open_manifest(faulty_manifest(
         "panic.toml",
         &lib("gllm_plugin_faulty"),
         "panic = \"embed\"",
@@ -114,7 +113,7 @@ async fn a_panicking_plugin_fails_the_request_not_the_process() {
     let rows = other.embed(vec!["hello".into()]).await.unwrap();
     assert_eq!(rows[0].embedding.len(), 4);
     // a panic while loading is an error too
-    let runtime = Runtime::from_manifest_file(&faulty_manifest(
+    let runtime = gllm::open_manifest(faulty_manifest(
         "panic-load.toml",
         &lib("gllm_plugin_faulty"),
         "panic = \"load\"",
@@ -132,7 +131,7 @@ async fn a_panicking_plugin_fails_the_request_not_the_process() {
 
 #[tokio::test]
 async fn a_load_error_falls_back_like_a_builtin() {
-    let runtime = Runtime::from_manifest_file(&faulty_manifest(
+    let runtime = gllm::open_manifest(faulty_manifest(
         "gpu.toml",
         &lib("gllm_plugin_faulty"),
         "gpu = \"unavailable\"",

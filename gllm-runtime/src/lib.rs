@@ -9,7 +9,6 @@
 //! [`Runtime::reranker`] or [`Runtime::generator`] for async handles.
 #![warn(missing_docs)]
 
-mod backends;
 pub mod chat_template;
 pub mod decoder_rerank;
 mod error;

@@ -8,8 +8,6 @@ use gllm_api::BackendFactory;
 
 use crate::error::{Result, RuntimeError};
 
-pub use crate::backends::builtin_backend_names;
-
 /// Where a backend comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -63,7 +61,6 @@ impl Registry {
     /// Every backend registered at link time (built-in backend crates, and any
     /// crate of the final binary that submits a `gllm_api::Registration`).
     pub fn builtin() -> Self {
-        crate::backends::link_builtin_backends();
         let mut entries: Vec<BackendEntry> = gllm_api::registered_factories()
             .map(|factory| BackendEntry {
                 factory,

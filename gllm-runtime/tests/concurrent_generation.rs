@@ -1,7 +1,6 @@
 //! Concurrent generations on one model: their decode steps run in shared batches
 //! (`InferenceBackend::forward_batch`), and every generation still gives exactly the
 //! tokens it gives alone (transformers' greedy reference for tiny-qwen2).
-#![cfg(all(feature = "candle-qwen2", feature = "burn-qwen2"))]
 
 mod support;
 

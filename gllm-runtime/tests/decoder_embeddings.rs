@@ -1,7 +1,6 @@
 //! Qwen3-Embedding's layout through the runtime: a Qwen3 base model with a
 //! sentence-transformers chain (last-token pooling, Normalize), its tokenizer appending
 //! `<|endoftext|>`, and named prompts. References from `SentenceTransformer.encode`.
-#![cfg(feature = "candle-qwen2")]
 
 mod support;
 

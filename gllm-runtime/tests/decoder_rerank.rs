@@ -1,7 +1,6 @@
 //! Qwen3-Reranker's scoring through the runtime: a Qwen3ForCausalLM under
 //! `task = "rerank"`, each pair scored as the model card does (P(yes) over yes/no at
 //! the last position), against transformers' numbers, on both decoder backends.
-#![cfg(all(feature = "candle-qwen2", feature = "burn-qwen2"))]
 
 mod support;
 

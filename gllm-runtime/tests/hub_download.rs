@@ -373,6 +373,13 @@ fn ensure_contains(msg: &str, parts: &[&str]) -> Result<()> {
 
 /// Embeds the tiny-bert reference sentences with model `id` and checks them
 /// against reference.json (max |Δ| ≤ 1e-5, the fixtures' tolerance for f32).
+/// The runtime of `manifest`, with the built-in backends linked (the runtime links none).
+fn runtime_of(manifest: &std::path::Path) -> gllm_runtime::Result<Runtime> {
+    std::hint::black_box(&burn_bert::FACTORY);
+    std::hint::black_box(&candle_qwen2::FACTORY);
+    Runtime::from_manifest_file(manifest)
+}
+
 fn check_tiny_bert(runtime: &Runtime, id: &str) -> Result<()> {
     let reference = read_json(&fixture("tiny-bert").join("reference.json"))?;
     let sentences: Vec<String> = reference["sentences"]
@@ -465,7 +472,7 @@ fn models_download_from_the_hub_into_its_cache() -> Result<()> {
     })));
 
     // 1. Download, load, compare with the reference.
-    let runtime = Runtime::from_manifest_file(&manifest)?;
+    let runtime = runtime_of(&manifest)?;
     check_tiny_bert(&runtime, "tiny")?;
     let repo_dir = cache.join("models--fixtures--tiny-bert");
     ensure!(std::fs::read_to_string(repo_dir.join("refs/main"))? == SHA_BERT);
@@ -505,7 +512,7 @@ fn models_download_from_the_hub_into_its_cache() -> Result<()> {
     ensure!(last.1 == weights_len && last.3, "last event {last:?}");
     // A pinned commit that is cached loads without asking the Hub.
     let before = server.log().len();
-    check_tiny_bert(&Runtime::from_manifest_file(&manifest)?, "pinned")?;
+    check_tiny_bert(&runtime_of(&manifest)?, "pinned")?;
     ensure!(
         server.log().len() == before,
         "a cached commit asked the Hub: {:?}",
@@ -513,7 +520,7 @@ fn models_download_from_the_hub_into_its_cache() -> Result<()> {
     );
 
     // 2. Errors name the repo.
-    let runtime = Runtime::from_manifest_file(&manifest)?;
+    let runtime = runtime_of(&manifest)?;
     let msg = err_of(runtime.plan("missing"))?;
     ensure_contains(
         &msg,
@@ -551,7 +558,7 @@ fn models_download_from_the_hub_into_its_cache() -> Result<()> {
     let partial = std::fs::metadata(cut_snap.join("model.safetensors.incomplete"))?.len();
     ensure!(partial == CUT_AT as u64, "{partial} bytes kept");
     server.state.cut.store(false, Ordering::SeqCst);
-    check_tiny_bert(&Runtime::from_manifest_file(&manifest)?, "cut")?;
+    check_tiny_bert(&runtime_of(&manifest)?, "cut")?;
     let resumed = format!("range=bytes={CUT_AT}-");
     ensure!(
         server
@@ -611,12 +618,12 @@ fn models_download_from_the_hub_into_its_cache() -> Result<()> {
 
     // 6. The Hub is gone: the cache serves, online and offline.
     server.stop();
-    check_tiny_bert(&Runtime::from_manifest_file(&manifest)?, "tiny")?;
-    let msg = err_of(Runtime::from_manifest_file(&manifest)?.plan("never"))?;
+    check_tiny_bert(&runtime_of(&manifest)?, "tiny")?;
+    let msg = err_of(runtime_of(&manifest)?.plan("never"))?;
     ensure_contains(&msg, &["`fixtures/never-downloaded`", "cannot reach"])?;
     set_env("HF_HUB_OFFLINE", Some("1"));
-    check_tiny_bert(&Runtime::from_manifest_file(&manifest)?, "tiny")?;
-    ensure!(Runtime::from_manifest_file(&manifest)?.plan("gguf")?.format == WeightFormat::Gguf);
+    check_tiny_bert(&runtime_of(&manifest)?, "tiny")?;
+    ensure!(runtime_of(&manifest)?.plan("gguf")?.format == WeightFormat::Gguf);
     set_env("HF_HUB_OFFLINE", None);
     let leftovers: Vec<String> = list_files(&cache)?
         .into_iter()

@@ -2,7 +2,6 @@
 //! tiny-qwen3) model under `backends = ["burn-qwen2"]` and `["candle-qwen2"]`, and its
 //! llama.cpp GGUF conversion, give the same greedy tokens, equal to transformers'
 //! reference, with no code change.
-#![cfg(all(feature = "burn-qwen2", feature = "candle-qwen2"))]
 
 mod support;
 

@@ -1,11 +1,6 @@
 //! Load progress: the built-in backends report the bytes of weights they read,
 //! and the runtime passes them on with the model, backend and device, ending each
 //! attempt with a `finished` event. One test, because the handler is process-wide.
-#![cfg(all(
-    feature = "burn-bert",
-    feature = "burn-qwen2",
-    feature = "candle-qwen2"
-))]
 
 mod support;
 

@@ -158,6 +158,7 @@ mod tests {
             ),
         )
         .expect("manifest");
+        gllm::link_builtin_backends();
         let runtime =
             gllm_runtime::Runtime::from_manifest_file(&manifest).expect("manifest parses");
         let options = crate::ServeOptions {

@@ -391,6 +391,7 @@ async fn a_model_that_fails_to_load_stops_the_server_with_its_error() -> Result<
         "tiny-bert",
         Some("candle-qwen2"),
     )?;
+    gllm::link_builtin_backends();
     let runtime = gllm_runtime::Runtime::from_manifest_file(&manifest)?;
     let options = gllm_server::ServeOptions {
         addr: "127.0.0.1:0".parse()?,

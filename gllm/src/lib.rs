@@ -22,11 +22,16 @@
 //!
 //! [`Options`] chooses the device, backend and dtype
 //! (`gllm::Options::new().cpu().generator(path)`); a registry of models is a manifest
-//! file read by [`Runtime::from_manifest_file`] (see the repository's README for its
-//! format). The handles are cheap to clone and usable from many tasks; model work runs
+//! file read by [`open_manifest`] (see the repository's README for its format).
+//!
+//! This crate owns the built-in backends (features `burn-bert`, `candle-qwen2`,
+//! `burn-qwen2`, all on by default): the runtime links none itself. A program that
+//! builds a [`Runtime`] directly calls [`link_builtin_backends`] first. The handles are cheap to clone and usable from many tasks; model work runs
 //! on tokio's blocking threads, so the `open` and request methods need a tokio runtime.
 
 #![warn(missing_docs)]
+
+mod backends;
 
 use std::ops::Deref;
 use std::path::Path;
@@ -40,11 +45,20 @@ pub use gllm_runtime::{
     StreamEvent,
 };
 
+pub use backends::{builtin_backend_names, link_builtin_backends};
+
 use gllm_runtime::manifest::Manifest;
 use gllm_runtime::registry::Registry;
 
 /// Results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A runtime over the manifest file at `path`, with the built-in backends and the
+/// plugins the manifest and `GLLM_PLUGIN_PATH` name.
+pub fn open_manifest(path: impl AsRef<Path>) -> Result<Runtime> {
+    link_builtin_backends();
+    Runtime::from_manifest_file(path.as_ref())
+}
 
 /// How to open a model: devices in preference order, backends, dtype, input cap.
 /// Anything left unset takes the built-in default (a GPU first, then the CPU; every
@@ -118,6 +132,7 @@ impl Options {
             location: location.display().to_string(),
             message: "the path is not valid UTF-8".into(),
         })?;
+        link_builtin_backends();
         let registry = Registry::builtin();
         gllm_runtime::manifest::check_backends(&self.backends, &registry.names())
             .map_err(Error::Manifest)?;

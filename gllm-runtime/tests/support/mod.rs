@@ -272,7 +272,16 @@ impl InferenceBackend for FaultBackend {
 }
 
 /// Writes a manifest to a temp file and opens a runtime on it.
+/// Keeps the built-in backend crates linked (the runtime references none): their
+/// inventory registrations then reach `Registry::builtin`.
+pub fn link_backends() {
+    std::hint::black_box(&burn_bert::FACTORY);
+    std::hint::black_box(&candle_qwen2::FACTORY);
+    std::hint::black_box(&burn_qwen2::FACTORY);
+}
+
 pub fn runtime(manifest: &str) -> gllm_runtime::Runtime {
+    link_backends();
     let dir = std::env::temp_dir().join(format!(
         "gllm-test-{}-{}",
         std::process::id(),

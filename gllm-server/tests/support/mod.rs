@@ -101,6 +101,7 @@ impl TestServer {
         manifest: &std::path::Path,
         tweak: impl FnOnce(&mut ServeOptions),
     ) -> Result<Self> {
+        gllm::link_builtin_backends();
         let runtime = gllm_runtime::Runtime::from_manifest_file(manifest)?;
         let mut options = ServeOptions {
             addr: "127.0.0.1:0".parse()?,

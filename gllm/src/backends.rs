@@ -2,10 +2,14 @@
 //!
 //! `inventory` registrations live in the backend crates; a crate that nothing
 //! references is dropped by the linker together with its registration. This is
-//! the one place that references every enabled backend crate.
+//! the one place that references every enabled backend crate: the runtime itself links
+//! none, so a program without this crate (or its own references) has no built-in backend.
 
-/// Touches each enabled backend crate's factory so that the linker keeps it.
-pub(crate) fn link_builtin_backends() {
+/// Touches each enabled backend crate's factory so that the linker keeps it (and its
+/// registration). Call it once before building a registry ([`crate::Runtime`] and the
+/// `open` functions of this crate do); a binary that builds a `gllm_runtime::Runtime`
+/// itself calls it first.
+pub fn link_builtin_backends() {
     #[cfg(feature = "burn-bert")]
     std::hint::black_box(&burn_bert::FACTORY);
     #[cfg(feature = "candle-qwen2")]

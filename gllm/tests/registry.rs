@@ -1,10 +1,12 @@
-//! Every backend crate enabled by cargo features is linked and registered
+//! Every backend crate enabled by this crate's cargo features is linked and registered
 //! (inventory silently drops crates that nothing references).
 
-use gllm_runtime::registry::{Origin, Registry, builtin_backend_names};
+use gllm::{builtin_backend_names, link_builtin_backends};
+use gllm_runtime::registry::{Origin, Registry};
 
 #[test]
 fn every_enabled_backend_is_registered() {
+    link_builtin_backends();
     let registry = Registry::builtin();
     let enabled = builtin_backend_names();
     #[cfg(feature = "burn-bert")]
