@@ -1,7 +1,7 @@
 //! # gllm
 //!
 //! Local text embeddings, reranking and text generation in pure Rust, with
-//! BERT-family encoders and Qwen2/Llama-family decoders from safetensors or GGUF.
+//! BERT-family encoders and Qwen2/Qwen3/Llama decoders from safetensors or GGUF.
 //!
 //! Open a model by where it is (a model directory, a `.gguf` file, or
 //! `hf:org/name[:file.gguf]`) in one call:
