@@ -39,6 +39,16 @@ path = "{ce}"
 backends = ["burn-bert"]
 
 [[models]]
+id = "tiny-roberta"
+task = "embed"
+path = "{roberta}"
+
+[[models]]
+id = "tiny-xlmr"
+task = "rerank"
+path = "{xlmr}"
+
+[[models]]
 id = "tiny-qwen2"
 task = "generate"
 path = "{qwen}"
@@ -98,6 +108,8 @@ devices = ["cpu"]
 "#,
         bert = fixture("tiny-bert").display(),
         ce = fixture("tiny-cross-encoder").display(),
+        roberta = fixture("tiny-roberta").display(),
+        xlmr = fixture("tiny-xlm-roberta-reranker").display(),
         qwen = fixture("tiny-qwen2").display(),
         qwen3 = fixture("tiny-qwen3").display(),
         qwen3_rerank = fixture("tiny-qwen3-reranker").display(),
@@ -125,6 +137,10 @@ fn gllm(args: &[&str]) -> Output {
 fn embed_json_matches_sentence_transformers() {
     for (model, reference) in [
         ("tiny-bert", fixture("tiny-bert").join("reference.json")),
+        (
+            "tiny-roberta",
+            fixture("tiny-roberta").join("reference.json"),
+        ),
         (
             "minilm",
             fixtures_dir().join("all-MiniLM-L6-v2.reference.json"),
@@ -245,20 +261,29 @@ fn rerank_json_with_a_decoder_reranker_matches_transformers() {
 
 #[test]
 fn rerank_json_matches_the_cross_encoder() {
-    let reference = read_json(&fixture("tiny-cross-encoder").join("reference.json")).unwrap();
+    for (model, fixture_name) in [
+        ("tiny-ce", "tiny-cross-encoder"),
+        ("tiny-xlmr", "tiny-xlm-roberta-reranker"),
+    ] {
+        rerank_json_cases(model, fixture_name);
+    }
+}
+
+fn rerank_json_cases(model: &str, fixture_name: &str) {
+    let reference = read_json(&fixture(fixture_name).join("reference.json")).unwrap();
     for q in reference["queries"].as_array().unwrap() {
         let docs = json_strings(&q["documents"]);
         let mut args = vec![
             "rerank",
             "--model",
-            "tiny-ce",
+            model,
             "--json",
             "--query",
             q["query"].as_str().unwrap(),
         ];
         args.extend(docs.iter().map(String::as_str));
         let v = json_of(&gllm(&args));
-        let what = q["query"].to_string();
+        let what = format!("{model} {}", q["query"]);
         assert_ranked(
             &what,
             &v["results"],
@@ -284,7 +309,7 @@ fn rerank_json_matches_the_cross_encoder() {
         let mut args = vec![
             "rerank",
             "--model",
-            "tiny-ce",
+            model,
             "--json",
             "--top-n",
             "2",

@@ -225,6 +225,27 @@ pub(crate) fn resolve(entry: &ModelEntry) -> Result<ModelFiles> {
 }
 
 /// Loads the tokenizer and the rest of the text side.
+/// The longest input an encoder's position table allows: `max_position_embeddings`,
+/// less the `pad_token_id + 1` rows RoBERTa-family models skip (their positions
+/// start after the padding id, so 514 rows hold 512 tokens).
+fn encoder_input_limit(config: &Value) -> Option<u64> {
+    let rows = config
+        .get("max_position_embeddings")
+        .and_then(Value::as_u64)?;
+    let roberta = config
+        .get("model_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| matches!(t, "roberta" | "xlm-roberta" | "camembert"));
+    if !roberta {
+        return Some(rows);
+    }
+    let pad = config
+        .get("pad_token_id")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    Some(rows.saturating_sub(pad + 1))
+}
+
 /// A GGUF decoder, or a checkpoint whose `architectures` name a `*ForCausalLM`.
 fn is_causal_lm(format: WeightFormat, config: &Value) -> bool {
     format == WeightFormat::Gguf
@@ -269,10 +290,7 @@ pub(crate) fn load_text_side(entry: &ModelEntry, files: &ModelFiles) -> Result<T
                 .and_then(Value::as_f64)
                 .filter(|m| *m < 1e9)
                 .map(|m| m as u64);
-            let pos = files
-                .config
-                .get("max_position_embeddings")
-                .and_then(Value::as_u64);
+            let pos = encoder_input_limit(&files.config);
             let limit = entry
                 .max_length
                 .map(|m| m as u64)

@@ -1,11 +1,13 @@
 //! The conformance suite of `embed` and `rerank` backends: parity with the
 //! sentence-transformers references of the fixtures, and batch invariance.
 //!
-//! Each check takes a factory and a device, so a built-in or plugin backend
-//! runs the same checks on every device it supports:
+//! Each check takes a factory, a device and a fixture ([`TINY_BERT`],
+//! [`TINY_ROBERTA`]; [`TINY_CROSS_ENCODER`], [`TINY_XLM_ROBERTA_RERANKER`]), so a
+//! built-in or plugin backend runs the same checks on every device it supports
+//! and for every architecture it serves:
 //!
 //! ```text
-//! gllm_testkit::embed::tiny_bert_parity(&burn_bert::FACTORY, Device::CPU, 1e-5)?;
+//! gllm_testkit::embed::embed_parity(&burn_bert::FACTORY, Device::CPU, &TINY_ROBERTA, 1e-5)?;
 //! ```
 
 use std::collections::BTreeMap;
@@ -21,8 +23,72 @@ use crate::{
     assert_close, cosine, fixture, json_f32s, json_u32s, read_json, read_tensor_f32, real_model,
 };
 
-/// BERT's `[SEP]` token id in the fixtures' WordPiece vocabulary.
-const SEP: u32 = 102;
+/// An embedding fixture: a sentence-transformers model directory whose
+/// `reference.json` holds `input_ids` and `embeddings`, and whose
+/// `reference.safetensors` holds each sentence's `last_hidden_state.<i>`.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderFixture {
+    /// The directory under the fixtures.
+    pub name: &'static str,
+    /// The embedding width.
+    pub hidden: usize,
+    /// The vocabulary size the backend reports.
+    pub vocab_size: usize,
+    /// The longest input the backend reports (`max_seq_length`).
+    pub max_positions: usize,
+    /// The tokens that open and close a sequence (`[CLS]`/`[SEP]`, `<s>`/`</s>`).
+    pub bos_eos: (u32, u32),
+}
+
+/// tiny-bert: BertModel, mean pooling, WordPiece.
+pub const TINY_BERT: EncoderFixture = EncoderFixture {
+    name: "tiny-bert",
+    hidden: 32,
+    vocab_size: 30522,
+    max_positions: 256,
+    bos_eos: (101, 102),
+};
+
+/// tiny-roberta: RobertaModel (positions from 2), CLS pooling, byte-level BPE.
+pub const TINY_ROBERTA: EncoderFixture = EncoderFixture {
+    name: "tiny-roberta",
+    hidden: 32,
+    vocab_size: 50265,
+    max_positions: 128,
+    bos_eos: (0, 2),
+};
+
+/// A cross-encoder fixture: `reference.json` holds, per query, pair `input_ids`,
+/// `token_type_ids`, raw `logits` and `scores_sigmoid`.
+#[derive(Debug, Clone, Copy)]
+pub struct CrossEncoderFixture {
+    /// The directory under the fixtures.
+    pub name: &'static str,
+    /// The longest pair the backend reports.
+    pub max_positions: usize,
+    /// The separator to append to an empty document's recorded ids, for a fixture
+    /// whose recorded ids differ from what its logits were computed on (below).
+    pub empty_document_sep: Option<u32>,
+}
+
+/// tiny-cross-encoder: BertForSequenceClassification. Its reference records an
+/// empty document's pair as `[CLS] query [SEP]`, but the logit was computed on
+/// what BERT's pair template gives, `[CLS] query [SEP] [SEP]` with the last
+/// `[SEP]` in segment 1 (the logit matches that to 1e-6, not the recorded ids).
+pub const TINY_CROSS_ENCODER: CrossEncoderFixture = CrossEncoderFixture {
+    name: "tiny-cross-encoder",
+    max_positions: 512,
+    empty_document_sep: Some(102),
+};
+
+/// tiny-xlm-roberta-reranker: XLMRobertaForSequenceClassification (RoBERTa's head,
+/// no pooler), SentencePiece-Unigram pairs `<s> q </s></s> d </s>`, 514 position
+/// rows for 512 tokens.
+pub const TINY_XLM_ROBERTA_RERANKER: CrossEncoderFixture = CrossEncoderFixture {
+    name: "tiny-xlm-roberta-reranker",
+    max_positions: 512,
+    empty_document_sep: None,
+};
 
 /// The spec of a safetensors BERT model directory for `task`.
 pub fn spec(dir: &Path, task: Task) -> ModelSpec {
@@ -125,42 +191,53 @@ pub fn check_embeddings(
     Ok(together)
 }
 
-/// tiny-bert: every sentence's embedding within `tol` of `reference.json`,
-/// all in one batch and each alone.
-pub fn tiny_bert_parity(factory: &dyn BackendFactory, device: Device, tol: f32) -> Result<()> {
-    let dir = fixture("tiny-bert");
+/// The fixture's every sentence's embedding within `tol` of `reference.json`,
+/// all in one batch and each alone; `info()` as the fixture says.
+pub fn embed_parity(
+    factory: &dyn BackendFactory,
+    device: Device,
+    fx: &EncoderFixture,
+    tol: f32,
+) -> Result<()> {
+    let dir = fixture(fx.name);
     let reference = read_json(&dir.join("reference.json"))?;
     let backend = load(factory, &dir, Task::Embed, device)?;
     let info = backend.info();
     ensure!(info.task == Task::Embed, "info().task is {:?}", info.task);
     ensure!(
-        info.output_dim == 32,
-        "info().output_dim is {}, expected 32",
-        info.output_dim
+        info.output_dim == fx.hidden,
+        "{}: info().output_dim is {}, expected {}",
+        fx.name,
+        info.output_dim,
+        fx.hidden
     );
     ensure!(
-        info.vocab_size == 30522,
-        "info().vocab_size is {}",
+        info.vocab_size == fx.vocab_size,
+        "{}: info().vocab_size is {}",
+        fx.name,
         info.vocab_size
     );
     ensure!(
-        info.max_positions == 256,
-        "info().max_positions is {} (max_seq_length is 256)",
-        info.max_positions
+        info.max_positions == fx.max_positions,
+        "{}: info().max_positions is {} (max_seq_length is {})",
+        fx.name,
+        info.max_positions,
+        fx.max_positions
     );
     let inputs = reference_inputs(&reference)?;
     let want = reference_rows(&reference, "embeddings")?;
-    check_embeddings(&*backend, "tiny-bert", &inputs, &want, tol)?;
+    check_embeddings(&*backend, fx.name, &inputs, &want, tol)?;
     Ok(())
 }
 
-/// tiny-bert's per-sentence `last_hidden_state` (each sentence alone) within
+/// The fixture's per-sentence `last_hidden_state` (each sentence alone) within
 /// `tol` of `reference.safetensors`; `hidden` computes it for one input, row-major `[tokens, hidden]`.
-pub fn tiny_bert_hidden_states(
+pub fn hidden_states(
+    fx: &EncoderFixture,
     hidden: impl Fn(&EncodedInput) -> Result<Vec<f32>>,
     tol: f32,
 ) -> Result<()> {
-    let dir = fixture("tiny-bert");
+    let dir = fixture(fx.name);
     let reference = read_json(&dir.join("reference.json"))?;
     for (i, input) in reference_inputs(&reference)?.iter().enumerate() {
         let (shape, want) = read_tensor_f32(
@@ -168,13 +245,13 @@ pub fn tiny_bert_hidden_states(
             &format!("last_hidden_state.{i}"),
         )?;
         ensure!(
-            shape == [input.ids.len(), 32],
+            shape == [input.ids.len(), fx.hidden],
             "reference shape {shape:?} for {} tokens",
             input.ids.len()
         );
         let got = hidden(input)?;
         assert_close(
-            &format!("tiny-bert: last_hidden_state.{i}"),
+            &format!("{}: last_hidden_state.{i}", fx.name),
             &got,
             &want,
             tol,
@@ -183,11 +260,16 @@ pub fn tiny_bert_hidden_states(
     Ok(())
 }
 
-/// The result of an input never depends on its batch: the tiny-bert sentences
+/// The result of an input never depends on its batch: the fixture's sentences
 /// embedded in several mixes (reversed, repeated, with a long input, in
 /// pairs) match each sentence embedded alone within `tol`.
-pub fn batch_invariance(factory: &dyn BackendFactory, device: Device, tol: f32) -> Result<()> {
-    let dir = fixture("tiny-bert");
+pub fn batch_invariance(
+    factory: &dyn BackendFactory,
+    device: Device,
+    fx: &EncoderFixture,
+    tol: f32,
+) -> Result<()> {
+    let dir = fixture(fx.name);
     let reference = read_json(&dir.join("reference.json"))?;
     let backend = load(factory, &dir, Task::Embed, device)?;
     let inputs = reference_inputs(&reference)?;
@@ -199,11 +281,12 @@ pub fn batch_invariance(factory: &dyn BackendFactory, device: Device, tol: f32) 
                 .map(|mut r| r.remove(0))
         })
         .collect::<Result<_, _>>()?;
-    // A long input (200 tokens) pads every short one in its batch.
+    // A long input (the longest the model takes) pads every short one in its batch.
+    let len = fx.max_positions.min(200);
     let long = EncodedInput::new(
-        std::iter::once(101)
-            .chain((0..198).map(|k| 1000 + (k * 37) % 20000))
-            .chain(std::iter::once(102))
+        std::iter::once(fx.bos_eos.0)
+            .chain((0..len as u32 - 2).map(|k| 1000 + (k * 37) % 20000))
+            .chain(std::iter::once(fx.bos_eos.1))
             .collect(),
     );
     let long_alone = backend.embed(std::slice::from_ref(&long))?.remove(0);
@@ -244,7 +327,7 @@ pub fn batch_invariance(factory: &dyn BackendFactory, device: Device, tol: f32) 
             k => &alone[k - 1],
         };
         assert_close(
-            &format!("input {k} in a batch with a 200-token input"),
+            &format!("input {k} in a batch with a {len}-token input"),
             row,
             want,
             tol,
@@ -257,15 +340,16 @@ pub fn batch_invariance(factory: &dyn BackendFactory, device: Device, tol: f32) 
     Ok(())
 }
 
-/// tiny-cross-encoder: every (query, document) pair's raw logit within `tol` of
-/// `logits`, with the reference's token_type_ids; its sigmoid within 1e-6 of
-/// `scores_sigmoid`; per query and with all pairs in one call.
-pub fn tiny_cross_encoder_parity(
+/// The cross-encoder fixture's every (query, document) pair's raw logit within
+/// `tol` of `logits`, with the reference's token_type_ids; its sigmoid within 1e-6
+/// of `scores_sigmoid`; per query and with all pairs in one call.
+pub fn cross_encoder_parity(
     factory: &dyn BackendFactory,
     device: Device,
+    fx: &CrossEncoderFixture,
     tol: f32,
 ) -> Result<()> {
-    let dir = fixture("tiny-cross-encoder");
+    let dir = fixture(fx.name);
     let reference = read_json(&dir.join("reference.json"))?;
     let backend = load(factory, &dir, Task::Rerank, device)?;
     let info = backend.info();
@@ -274,6 +358,13 @@ pub fn tiny_cross_encoder_parity(
         info.output_dim == 1,
         "info().output_dim is {}, expected 1 label",
         info.output_dim
+    );
+    ensure!(
+        info.max_positions == fx.max_positions,
+        "{}: info().max_positions is {}, expected {}",
+        fx.name,
+        info.max_positions,
+        fx.max_positions
     );
     let queries = reference["queries"].as_array().context("no queries")?;
     let mut all_pairs = Vec::new();
@@ -293,12 +384,11 @@ pub fn tiny_cross_encoder_parity(
                     ids: json_u32s(i),
                     type_ids: json_u32s(t),
                 };
-                // The reference records an empty document's pair as `[CLS] query [SEP]`,
-                // but its logit was computed on what BERT's pair template gives,
-                // `[CLS] query [SEP] [SEP]` with the last `[SEP]` in segment 1
-                // (its logit matches that to 1e-6, not the recorded ids).
-                if doc.as_str() == Some("") && !pair.type_ids.contains(&1) {
-                    pair.ids.push(SEP);
+                if let Some(sep) = fx.empty_document_sep
+                    && doc.as_str() == Some("")
+                    && !pair.type_ids.contains(&1)
+                {
+                    pair.ids.push(sep);
                     pair.type_ids.push(1);
                 }
                 pair
@@ -318,15 +408,10 @@ pub fn tiny_cross_encoder_parity(
             "query {qi}: rows are not one logit each"
         );
         let got: Vec<f32> = rows.iter().map(|r| r[0]).collect();
-        assert_close(
-            &format!("tiny-cross-encoder: query {qi} logits"),
-            &got,
-            &want,
-            tol,
-        );
+        assert_close(&format!("{}: query {qi} logits", fx.name), &got, &want, tol);
         let scores: Vec<f32> = got.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect();
         assert_close(
-            &format!("tiny-cross-encoder: query {qi} sigmoid scores"),
+            &format!("{}: query {qi} sigmoid scores", fx.name),
             &scores,
             &want_scores,
             1e-6f32.max(tol / 4.0),
@@ -337,7 +422,7 @@ pub fn tiny_cross_encoder_parity(
     let rows = backend.rerank(&all_pairs)?;
     let got: Vec<f32> = rows.iter().map(|r| r[0]).collect();
     assert_close(
-        "tiny-cross-encoder: all pairs in one call",
+        &format!("{}: all pairs in one call", fx.name),
         &got,
         &all_logits,
         tol,

@@ -1,5 +1,6 @@
-//! `config.json` of a BERT checkpoint, read strictly: every value the
-//! architecture depends on is checked before any weight is read.
+//! `config.json` of a BERT-family checkpoint (BERT, RoBERTa, XLM-RoBERTa,
+//! CamemBERT), read strictly: every value the architecture depends on is
+//! checked before any weight is read.
 
 use std::path::Path;
 
@@ -18,9 +19,47 @@ pub enum Activation {
     Relu,
 }
 
-/// The hyper-parameters of a BERT encoder.
+/// Which member of the BERT family: they share the encoder and differ in
+/// positions, segments and the classification head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `bert`: positions from 0, token types (segments), the pooler
+    /// (dense + tanh on `[CLS]`) under the classifier.
+    Bert,
+    /// `roberta`, `xlm-roberta`, `camembert`: positions from `pad_token_id + 1`,
+    /// no segments (every token type 0), and RoBERTa's classification head
+    /// (`classifier.dense` + tanh + `classifier.out_proj` on `<s>`, no pooler).
+    Roberta,
+}
+
+impl Family {
+    /// The family of a `model_type`, if it is one.
+    pub fn of(model_type: &str) -> Option<Self> {
+        match model_type.to_ascii_lowercase().as_str() {
+            "bert" => Some(Self::Bert),
+            "roberta" | "xlm-roberta" | "camembert" => Some(Self::Roberta),
+            _ => None,
+        }
+    }
+
+    /// The `model_type` values the backend reads.
+    pub const MODEL_TYPES: [&'static str; 4] = ["bert", "roberta", "xlm-roberta", "camembert"];
+
+    /// The prefix of the encoder's tensors in a task checkpoint
+    /// (`BertForSequenceClassification`, `RobertaForSequenceClassification`, …).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Bert => "bert.",
+            Self::Roberta => "roberta.",
+        }
+    }
+}
+
+/// The hyper-parameters of a BERT-family encoder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BertConfig {
+    /// BERT or RoBERTa (from `model_type`; BERT when it is absent).
+    pub family: Family,
     /// Width of the hidden states.
     pub hidden_size: usize,
     /// Number of encoder layers.
@@ -74,14 +113,18 @@ impl BertConfig {
     pub fn parse(path: &Path, text: &str) -> Result<Self, BackendError> {
         let raw: RawConfig = serde_json::from_str(text)
             .map_err(|e| bad(path, format_args!("not valid JSON: {e}")))?;
-        if let Some(t) = &raw.model_type
-            && !t.eq_ignore_ascii_case("bert")
-        {
-            return Err(unsupported(
-                path,
-                format_args!("model_type `{t}` is not bert"),
-            ));
-        }
+        let family = match &raw.model_type {
+            None => Family::Bert,
+            Some(t) => Family::of(t).ok_or_else(|| {
+                unsupported(
+                    path,
+                    format_args!(
+                        "model_type `{t}` is not one of {}",
+                        Family::MODEL_TYPES.join(", ")
+                    ),
+                )
+            })?,
+        };
         let hidden_size = required(path, "hidden_size", raw.hidden_size)?;
         let num_hidden_layers = required(path, "num_hidden_layers", raw.num_hidden_layers)?;
         let num_attention_heads = required(path, "num_attention_heads", raw.num_attention_heads)?;
@@ -96,6 +139,18 @@ impl BertConfig {
             path,
             "type_vocab_size",
             Some(raw.type_vocab_size.unwrap_or(2)),
+        )?;
+        bounded(
+            path,
+            &[
+                ("hidden_size", hidden_size),
+                ("num_attention_heads", num_attention_heads),
+                ("intermediate_size", intermediate_size),
+                ("vocab_size", vocab_size),
+                ("max_position_embeddings", max_position_embeddings),
+                ("type_vocab_size", type_vocab_size),
+            ],
+            num_hidden_layers,
         )?;
         if !hidden_size.is_multiple_of(num_attention_heads) {
             return Err(bad(
@@ -133,12 +188,26 @@ impl BertConfig {
                 format_args!("layer_norm_eps {layer_norm_eps} is invalid"),
             ));
         }
+        let pad_token_id = raw.pad_token_id.unwrap_or(match family {
+            Family::Bert => 0,
+            Family::Roberta => 1,
+        });
+        if family == Family::Roberta && pad_token_id as usize + 1 >= max_position_embeddings {
+            return Err(bad(
+                path,
+                format_args!(
+                    "max_position_embeddings {max_position_embeddings} leaves no position after \
+                     pad_token_id {pad_token_id} (RoBERTa positions start at pad_token_id + 1)"
+                ),
+            ));
+        }
         let num_labels = match (&raw.id2label, raw.num_labels) {
             (Some(map), _) if !map.is_empty() => Some(map.len()),
             (_, Some(n)) => Some(n),
             _ => None,
         };
         Ok(Self {
+            family,
             hidden_size,
             num_hidden_layers,
             num_attention_heads,
@@ -148,7 +217,7 @@ impl BertConfig {
             max_position_embeddings,
             type_vocab_size,
             vocab_size,
-            pad_token_id: raw.pad_token_id.unwrap_or(0),
+            pad_token_id,
             num_labels,
         })
     }
@@ -157,6 +226,54 @@ impl BertConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
+
+    /// The position id of a sequence's first token: 0 for BERT, `pad_token_id + 1`
+    /// for RoBERTa (whose padding tokens take position `pad_token_id`).
+    pub fn first_position(&self) -> usize {
+        match self.family {
+            Family::Bert => 0,
+            Family::Roberta => self.pad_token_id as usize + 1,
+        }
+    }
+
+    /// The longest input: the position rows left after [`Self::first_position`]
+    /// (512 of RoBERTa's 514).
+    pub fn max_input_len(&self) -> usize {
+        self.max_position_embeddings - self.first_position()
+    }
+}
+
+/// The most encoder layers a config may name (the largest BERT-family models have 48).
+pub const MAX_LAYERS: usize = 4096;
+
+/// The largest a single dimension may be.
+pub const MAX_DIM: usize = 1 << 24;
+
+/// Dimensions no real encoder reaches are an error before anything is allocated
+/// for them, and every weight matrix's element count fits in memory arithmetic.
+fn bounded(path: &Path, dims: &[(&str, usize)], layers: usize) -> Result<(), BackendError> {
+    if let Some((name, v)) = dims.iter().find(|(_, v)| *v > MAX_DIM) {
+        return Err(bad(path, format_args!("`{name}` = {v} exceeds {MAX_DIM}")));
+    }
+    if layers > MAX_LAYERS {
+        return Err(bad(
+            path,
+            format_args!("`num_hidden_layers` = {layers} exceeds {MAX_LAYERS}"),
+        ));
+    }
+    let hidden = dims[0].1;
+    let qkv = [("hidden_size", 3 * hidden)];
+    let too_big = dims[2..].iter().chain(&qkv).find(|(_, v)| {
+        v.checked_mul(hidden)
+            .is_none_or(|n| n > isize::MAX as usize / 4)
+    });
+    if let Some((name, v)) = too_big {
+        return Err(bad(
+            path,
+            format_args!("a [{v}, {hidden}] weight (`{name}` × `hidden_size`) is too large"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -196,6 +313,73 @@ mod tests {
     fn missing_key_is_named() {
         let e = parse(r#"{"hidden_size": 8}"#).expect_err("invalid");
         assert!(e.message.contains("num_hidden_layers"), "{e}");
+    }
+
+    #[test]
+    fn absurd_dimensions_are_refused_before_allocation() {
+        let e = parse(
+            r#"{"hidden_size": 8, "num_hidden_layers": 1000000000, "num_attention_heads": 2,
+                "intermediate_size": 16, "vocab_size": 10}"#,
+        )
+        .expect_err("invalid");
+        assert!(
+            e.message
+                .contains("`num_hidden_layers` = 1000000000 exceeds 4096"),
+            "{e}"
+        );
+        let e = parse(
+            r#"{"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "intermediate_size": 16, "vocab_size": 100000000}"#,
+        )
+        .expect_err("invalid");
+        assert!(
+            e.message.contains("`vocab_size` = 100000000 exceeds"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn roberta_positions_start_after_the_padding_id() {
+        let c = parse(
+            r#"{"model_type": "xlm-roberta", "hidden_size": 8, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "intermediate_size": 16, "vocab_size": 10,
+                "max_position_embeddings": 514, "pad_token_id": 1, "type_vocab_size": 1}"#,
+        )
+        .expect("valid");
+        assert_eq!(c.family, Family::Roberta);
+        assert_eq!(c.first_position(), 2);
+        assert_eq!(c.max_input_len(), 512);
+        let bert = parse(
+            r#"{"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "intermediate_size": 16, "vocab_size": 10}"#,
+        )
+        .expect("valid");
+        assert_eq!((bert.first_position(), bert.max_input_len()), (0, 512));
+    }
+
+    #[test]
+    fn roberta_without_room_for_positions_is_invalid() {
+        let e = parse(
+            r#"{"model_type": "roberta", "hidden_size": 8, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "intermediate_size": 16, "vocab_size": 10,
+                "max_position_embeddings": 2, "pad_token_id": 1}"#,
+        )
+        .expect_err("invalid");
+        assert!(e.message.contains("pad_token_id 1"), "{e}");
+    }
+
+    #[test]
+    fn other_model_types_are_unsupported_and_the_known_ones_listed() {
+        let e = parse(
+            r#"{"model_type": "deberta-v2", "hidden_size": 8, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "intermediate_size": 16, "vocab_size": 10}"#,
+        )
+        .expect_err("unsupported");
+        assert_eq!(e.kind, gllm_api::ErrorKind::Unsupported);
+        assert!(
+            e.message.contains("bert, roberta, xlm-roberta, camembert"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,11 +1,16 @@
-//! # burn-bert: BERT embeddings and cross-encoder reranking on Burn
+//! # burn-bert: BERT-family embeddings and cross-encoder reranking on Burn
 //!
-//! A gllm backend (`burn-bert`) for BERT encoders stored as Hugging Face
-//! safetensors directories:
+//! A gllm backend (`burn-bert`) for BERT, RoBERTa, XLM-RoBERTa and CamemBERT
+//! encoders stored as Hugging Face safetensors directories:
 //!
 //! - `embed`: sentence-transformers models (`modules.json` → Pooling →
 //!   Normalize), or mean pooling where there is no `modules.json`;
-//! - `rerank`: BertForSequenceClassification cross-encoders, returning raw logits.
+//! - `rerank`: `BertForSequenceClassification`, `RobertaForSequenceClassification`
+//!   and `XLMRobertaForSequenceClassification` cross-encoders, returning raw logits.
+//!
+//! The family is read from `config.json`'s `model_type` ([`config::Family`]):
+//! RoBERTa's positions start at `pad_token_id + 1` (so 514 position rows hold
+//! 512 tokens) and its classification head has no pooler.
 //!
 //! It runs on the CPU through Burn's pure-Rust `flex` backend and on GPUs
 //! through `wgpu`. Inputs are token ids; the backend sorts them by length,
@@ -52,7 +57,10 @@ impl BackendFactory for BurnBertFactory {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             tasks: vec![Task::Embed, Task::Rerank],
-            architectures: vec!["bert".to_string()],
+            architectures: config::Family::MODEL_TYPES
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
             formats: vec![WeightFormat::Safetensors],
             devices: vec![DeviceKind::Cpu, DeviceKind::Gpu],
         }
@@ -126,7 +134,7 @@ impl Options {
     }
 }
 
-/// A loaded BERT model: an embedder or a cross-encoder.
+/// A loaded BERT-family model: an embedder or a cross-encoder.
 pub struct BurnBert {
     encoder: BertEncoder,
     task: Task,
@@ -187,7 +195,7 @@ impl BurnBert {
         let encoder = device::contain_load(device, || {
             BertEncoder::load(&config, store, head, &burn_device, dir, options.fused)
         })?;
-        let mut max_positions = config.max_position_embeddings;
+        let mut max_positions = config.max_input_len();
         if let Some(chain) = &chain {
             if let Some(width) = chain.pooling_width
                 && width != config.hidden_size
@@ -218,7 +226,8 @@ impl BurnBert {
         })
     }
 
-    /// Loads the model in `dir` for `task` on `device` with default options.
+    /// Loads the model in `dir` for `task` on `device` with default options
+    /// (the family is read from `config.json`).
     pub fn load_dir(dir: &Path, task: Task, device: Device) -> Result<Self, BackendError> {
         let spec = ModelSpec {
             id: dir.display().to_string(),

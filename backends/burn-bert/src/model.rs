@@ -1,5 +1,7 @@
-//! The BERT encoder on Burn tensors: embeddings, encoder layers, and the
-//! sequence-classification head (pooler dense + tanh on the first token, classifier).
+//! The BERT-family encoder on Burn tensors: embeddings, encoder layers, and the
+//! sequence-classification head (dense + tanh on the first token, then the
+//! output projection: BERT's pooler and classifier, or RoBERTa's
+//! `classifier.dense` and `classifier.out_proj`).
 
 use std::path::Path;
 
@@ -9,7 +11,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use gllm_api::BackendError;
 
-use crate::config::{Activation, BertConfig};
+use crate::config::{Activation, BertConfig, Family};
 use crate::cpu;
 use crate::weights::WeightStore;
 
@@ -47,18 +49,21 @@ struct Layer {
     output_norm: Norm,
 }
 
-/// The sequence-classification head of BertForSequenceClassification.
+/// The sequence-classification head: `out(tanh(dense(first token)))`. In
+/// BertForSequenceClassification `dense` is the pooler and `out` the classifier;
+/// in RobertaForSequenceClassification they are `classifier.dense` and `classifier.out_proj`.
 #[derive(Clone)]
 struct Classifier {
-    pooler: Dense,
-    classifier: Dense,
+    dense: Dense,
+    out: Dense,
     num_labels: usize,
 }
 
 /// What the loaded weights are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Head {
-    /// Hidden states only (an embedder; an unused pooler is accepted).
+    /// Hidden states only (an embedder; an unused pooler, and the language-model
+    /// head of a masked-LM checkpoint, are accepted).
     None,
     /// Pooler and classifier (a cross-encoder).
     Classifier,
@@ -195,8 +200,8 @@ fn internal(e: impl std::fmt::Debug) -> BackendError {
 
 impl BertEncoder {
     /// Builds the encoder from `store` on `device`. Both the unprefixed layout
-    /// (`embeddings.…`, as sentence-transformers saves BertModel) and the
-    /// `bert.`-prefixed one (BertForSequenceClassification) are read. Every
+    /// (`embeddings.…`, as sentence-transformers saves BertModel / RobertaModel) and
+    /// the prefixed one of task checkpoints (`bert.…`, `roberta.…`) are read. Every
     /// problem with the weights is reported at once by [`WeightStore::finish`].
     /// `packed` selects the CPU path (packed hidden states, fused host kernels),
     /// which needs a backend whose tensors reach the host without a copy (`flex`).
@@ -208,23 +213,43 @@ impl BertEncoder {
         dir: &Path,
         packed: bool,
     ) -> Result<Self, BackendError> {
-        let prefix = if store.contains("bert.embeddings.word_embeddings.weight")
-            || store.names().any(|n| n.starts_with("bert."))
-        {
-            "bert."
+        let c = config;
+        let prefix = if store.names().any(|n| n.starts_with(c.family.prefix())) {
+            c.family.prefix()
         } else {
             ""
         };
-        let c = config;
         let h = c.hidden_size;
+        let (dense_name, out_name) = match c.family {
+            Family::Bert => ("pooler.dense", "classifier"),
+            Family::Roberta => ("classifier.dense", "classifier.out_proj"),
+        };
         let num_labels = match head {
             Head::None => 0,
-            Head::Classifier => match (c.num_labels, store.shape("classifier.weight")) {
+            Head::Classifier => match (c.num_labels, store.shape(&format!("{out_name}.weight"))) {
                 (Some(n), _) => n,
                 (None, Some([n, _])) => *n,
                 _ => 1,
             },
         };
+        // Parts of the checkpoint this head does not use: the pooler (RoBERTa's
+        // classifier has none), and the language-model head of a masked-LM checkpoint.
+        let unused: Vec<String> = store
+            .names()
+            .filter(|n| {
+                let pooler = n.starts_with(&format!("{prefix}pooler."));
+                let lm_head = n.starts_with("lm_head.") || n.starts_with("cls.");
+                match (head, c.family) {
+                    (Head::None, _) => pooler || lm_head,
+                    (Head::Classifier, Family::Roberta) => pooler,
+                    (Head::Classifier, Family::Bert) => false,
+                }
+            })
+            .map(str::to_string)
+            .collect();
+        for name in &unused {
+            store.ignore(name);
+        }
         let mut l = Loader {
             store: &mut store,
             device,
@@ -272,25 +297,28 @@ impl BertEncoder {
             }
         }
         let classifier = match head {
-            Head::None => {
-                for name in ["pooler.dense.weight", "pooler.dense.bias"] {
-                    l.store.ignore(&format!("{prefix}{name}"));
-                }
-                None
-            }
+            Head::None => None,
             Head::Classifier => {
-                let pooler = l.dense("pooler.dense", h, h);
-                // The classifier sits beside `bert.`, never under it.
+                // BERT's pooler is part of the encoder (under `bert.`); RoBERTa's
+                // head and BERT's classifier sit beside the encoder, never under it.
+                let dense = match c.family {
+                    Family::Bert => l.dense(dense_name, h, h),
+                    Family::Roberta => None,
+                };
                 let mut top = Loader {
                     store: l.store,
                     device,
                     prefix: "",
                 };
-                let classifier = top.dense("classifier", num_labels, h);
-                match (pooler, classifier) {
-                    (Some(pooler), Some(classifier)) => Some(Classifier {
-                        pooler,
-                        classifier,
+                let dense = match c.family {
+                    Family::Bert => dense,
+                    Family::Roberta => top.dense(dense_name, h, h),
+                };
+                let out = top.dense(out_name, num_labels, h);
+                match (dense, out) {
+                    (Some(dense), Some(out)) => Some(Classifier {
+                        dense,
+                        out,
                         num_labels,
                     }),
                     _ => {
@@ -341,6 +369,7 @@ impl BertEncoder {
         let c = &self.config;
         let (b, s, h) = (batch.ids.len(), batch.max_len(), c.hidden_size);
         let (heads, hd) = (c.num_attention_heads, c.head_dim());
+        let first = c.first_position() as i64;
         let n = b * s;
         let mut ids = Vec::with_capacity(n);
         let mut types = Vec::with_capacity(n);
@@ -354,7 +383,7 @@ impl BertEncoder {
                 types.extend(tt.iter().map(|&t| t as i64));
                 types.extend(std::iter::repeat_n(0i64, s - tt.len()));
             }
-            positions.extend(0..s as i64);
+            positions.extend(first..first + s as i64);
         }
         let index =
             |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &self.device);
@@ -405,6 +434,7 @@ impl BertEncoder {
         let (b, s, h) = (batch.ids.len(), batch.max_len(), c.hidden_size);
         let (heads, hd) = (c.num_attention_heads, c.head_dim());
         let eps = c.layer_norm_eps as f32;
+        let first = c.first_position() as i64;
         let lens: Vec<usize> = batch.ids.iter().map(|r| r.len()).collect();
         let starts: Vec<usize> = lens
             .iter()
@@ -430,7 +460,7 @@ impl BertEncoder {
             } else {
                 types.extend(tt.iter().map(|&t| t as i64));
             }
-            positions.extend(0..row.len() as i64);
+            positions.extend(first..first + row.len() as i64);
         }
         let index =
             |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &self.device);
@@ -561,8 +591,8 @@ impl BertEncoder {
             let x = self.encode(batch).reshape([b, s, h]);
             x.narrow(1, 0, 1).reshape([b, h])
         };
-        let pooled = head.pooler.forward(first).tanh();
-        host(head.classifier.forward(pooled))
+        let pooled = head.dense.forward(first).tanh();
+        host(head.out.forward(pooled))
     }
 }
 

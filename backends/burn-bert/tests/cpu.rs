@@ -2,7 +2,10 @@
 
 use burn_bert::{BurnBert, FACTORY};
 use gllm_api::{Device, Task};
-use gllm_testkit::{embed, fixture};
+use gllm_testkit::embed::{
+    self, TINY_BERT, TINY_CROSS_ENCODER, TINY_ROBERTA, TINY_XLM_ROBERTA_RERANKER,
+};
+use gllm_testkit::fixture;
 
 #[test]
 fn registered_under_its_name() {
@@ -12,23 +15,52 @@ fn registered_under_its_name() {
 
 #[test]
 fn tiny_bert_embeddings() -> anyhow::Result<()> {
-    embed::tiny_bert_parity(&FACTORY, Device::CPU, 1e-5)
+    embed::embed_parity(&FACTORY, Device::CPU, &TINY_BERT, 1e-5)
 }
 
 #[test]
 fn tiny_bert_last_hidden_state() -> anyhow::Result<()> {
     let model = BurnBert::load_dir(&fixture("tiny-bert"), Task::Embed, Device::CPU)?;
-    embed::tiny_bert_hidden_states(|input| Ok(model.last_hidden_state(input)?), 1e-4)
+    embed::hidden_states(
+        &TINY_BERT,
+        |input| Ok(model.last_hidden_state(input)?),
+        1e-4,
+    )
 }
 
 #[test]
 fn batch_invariance() -> anyhow::Result<()> {
-    embed::batch_invariance(&FACTORY, Device::CPU, 1e-6)
+    embed::batch_invariance(&FACTORY, Device::CPU, &TINY_BERT, 1e-6)
 }
 
 #[test]
 fn tiny_cross_encoder_logits() -> anyhow::Result<()> {
-    embed::tiny_cross_encoder_parity(&FACTORY, Device::CPU, 1e-5)
+    embed::cross_encoder_parity(&FACTORY, Device::CPU, &TINY_CROSS_ENCODER, 1e-5)
+}
+
+#[test]
+fn tiny_roberta_embeddings() -> anyhow::Result<()> {
+    embed::embed_parity(&FACTORY, Device::CPU, &TINY_ROBERTA, 1e-5)
+}
+
+#[test]
+fn tiny_roberta_last_hidden_state() -> anyhow::Result<()> {
+    let model = BurnBert::load_dir(&fixture("tiny-roberta"), Task::Embed, Device::CPU)?;
+    embed::hidden_states(
+        &TINY_ROBERTA,
+        |input| Ok(model.last_hidden_state(input)?),
+        1e-4,
+    )
+}
+
+#[test]
+fn tiny_roberta_batch_invariance() -> anyhow::Result<()> {
+    embed::batch_invariance(&FACTORY, Device::CPU, &TINY_ROBERTA, 1e-6)
+}
+
+#[test]
+fn tiny_xlm_roberta_reranker_logits() -> anyhow::Result<()> {
+    embed::cross_encoder_parity(&FACTORY, Device::CPU, &TINY_XLM_ROBERTA_RERANKER, 1e-5)
 }
 
 #[test]

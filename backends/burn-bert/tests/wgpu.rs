@@ -3,7 +3,10 @@
 
 use burn_bert::{BurnBert, FACTORY};
 use gllm_api::{Device, ErrorKind, Task};
-use gllm_testkit::{embed, fixture};
+use gllm_testkit::embed::{
+    self, TINY_BERT, TINY_CROSS_ENCODER, TINY_ROBERTA, TINY_XLM_ROBERTA_RERANKER,
+};
+use gllm_testkit::fixture;
 
 const GPU: Device = Device {
     kind: gllm_api::DeviceKind::Gpu,
@@ -12,23 +15,52 @@ const GPU: Device = Device {
 
 #[test]
 fn tiny_bert_embeddings() -> anyhow::Result<()> {
-    embed::tiny_bert_parity(&FACTORY, GPU, 1e-4)
+    embed::embed_parity(&FACTORY, GPU, &TINY_BERT, 1e-4)
 }
 
 #[test]
 fn tiny_bert_last_hidden_state() -> anyhow::Result<()> {
     let model = BurnBert::load_dir(&fixture("tiny-bert"), Task::Embed, GPU)?;
-    embed::tiny_bert_hidden_states(|input| Ok(model.last_hidden_state(input)?), 1e-4)
+    embed::hidden_states(
+        &TINY_BERT,
+        |input| Ok(model.last_hidden_state(input)?),
+        1e-4,
+    )
 }
 
 #[test]
 fn batch_invariance() -> anyhow::Result<()> {
-    embed::batch_invariance(&FACTORY, GPU, 1e-4)
+    embed::batch_invariance(&FACTORY, GPU, &TINY_BERT, 1e-4)
 }
 
 #[test]
 fn tiny_cross_encoder_logits() -> anyhow::Result<()> {
-    embed::tiny_cross_encoder_parity(&FACTORY, GPU, 1e-4)
+    embed::cross_encoder_parity(&FACTORY, GPU, &TINY_CROSS_ENCODER, 1e-4)
+}
+
+#[test]
+fn tiny_roberta_embeddings() -> anyhow::Result<()> {
+    embed::embed_parity(&FACTORY, GPU, &TINY_ROBERTA, 1e-4)
+}
+
+#[test]
+fn tiny_roberta_last_hidden_state() -> anyhow::Result<()> {
+    let model = BurnBert::load_dir(&fixture("tiny-roberta"), Task::Embed, GPU)?;
+    embed::hidden_states(
+        &TINY_ROBERTA,
+        |input| Ok(model.last_hidden_state(input)?),
+        1e-4,
+    )
+}
+
+#[test]
+fn tiny_roberta_batch_invariance() -> anyhow::Result<()> {
+    embed::batch_invariance(&FACTORY, GPU, &TINY_ROBERTA, 1e-4)
+}
+
+#[test]
+fn tiny_xlm_roberta_reranker_logits() -> anyhow::Result<()> {
+    embed::cross_encoder_parity(&FACTORY, GPU, &TINY_XLM_ROBERTA_RERANKER, 1e-4)
 }
 
 #[test]
