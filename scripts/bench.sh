@@ -4,6 +4,9 @@
 #   scripts/bench.sh            both parts
 #   scripts/bench.sh --gllm     gllm alone: embeddings, the Qwen2-0.5B shape in each format, SmolLM2,
 #                               eight concurrent streams
+#   scripts/bench.sh --encoders gllm f32 and int8 beside onnxruntime f32 and int8 on all-MiniLM-L6-v2
+#                               (bench/compare-encoders.py; torch, transformers, onnx and onnxruntime in
+#                               a venv under ~/.cache/gllm-peers, made on first use from the package index)
 #   scripts/bench.sh --peers    gllm beside llama.cpp on the same GGUF files, one run per file
 #                               (../shared/bench/compare-llama-cpp.sh): the Qwen2-0.5B shape quantized by
 #                               llama.cpp's llama-quantize to Q4_0, Q8_0, Q4_K_M, Q5_K_M, Q6_K, Q3_K_M and
@@ -41,6 +44,16 @@ if [ "$part" = all ] || [ "$part" = --gllm ]; then
   for m in qwen05-candle qwen05-q4_0 smollm2; do
     "$gllm" --manifest bench/models.toml bench generate --model "$m" --streams 8
   done
+fi
+
+if [ "$part" = all ] || [ "$part" = --encoders ]; then
+  venv="$HOME/.cache/gllm-peers/ort-venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q torch transformers onnx onnxruntime
+  fi
+  "$venv/bin/python" bench/compare-encoders.py "$gllm" bench/models.toml \
+    "$GLLM_TEST_MODELS/all-MiniLM-L6-v2" ../shared/bench/corpus.txt "$HOME/.cache/gllm-peers/onnx-minilm"
 fi
 
 if [ "$part" = all ] || [ "$part" = --peers ]; then

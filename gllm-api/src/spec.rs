@@ -151,3 +151,24 @@ pub struct ModelSpec {
     /// Backend-specific options from the manifest's `options` table, as strings.
     pub options: BTreeMap<String, String>,
 }
+
+impl ModelSpec {
+    /// An unsupported-error when the manifest sets option `key`, which `backend`
+    /// does not offer; `instead` says what to do instead. For options a user could
+    /// expect of every backend (`quantize`): one that cannot honour it refuses to
+    /// load rather than run without it.
+    pub fn refuse_option(
+        &self,
+        backend: &str,
+        key: &str,
+        instead: &str,
+    ) -> Result<(), crate::BackendError> {
+        match self.options.get(key) {
+            None => Ok(()),
+            Some(v) => Err(crate::BackendError::unsupported(format!(
+                "{backend} has no option `{key}` (set to `{v}` for model `{}`): {instead}",
+                self.id
+            ))),
+        }
+    }
+}

@@ -457,3 +457,60 @@ pub fn minilm_parity(factory: &dyn BackendFactory, device: Device, tol: f32) -> 
     }
     Ok(())
 }
+
+/// With option `quantize = "int8"` (an approximation, so compared by cosine): every
+/// embedding of the model in `dir` has cosine ≥ `min_cosine` to `reference.json`'s
+/// f32 row, the cosine-similarity matrix of the rows (when the reference has one) is
+/// within `matrix_tol` of its `cosine`, and the rows are not the f32 ones (int8
+/// really ran).
+pub fn int8_parity(
+    factory: &dyn BackendFactory,
+    device: Device,
+    dir: &Path,
+    reference: &Path,
+    min_cosine: f32,
+    matrix_tol: f32,
+) -> Result<()> {
+    let reference = read_json(reference)?;
+    let mut spec = spec(dir, Task::Embed);
+    spec.options.insert("quantize".into(), "int8".into());
+    let backend = factory
+        .load(&spec, device)
+        .map_err(|e| anyhow::anyhow!("{} int8 on {device}: {e}", dir.display()))?;
+    let inputs = reference_inputs(&reference)?;
+    let want = reference_rows(&reference, "embeddings")?;
+    let rows = backend.embed(&inputs)?;
+    ensure!(rows.len() == want.len(), "{} rows", rows.len());
+    let mut furthest = 0f32;
+    for (i, (got, want)) in rows.iter().zip(&want).enumerate() {
+        let c = cosine(got, want);
+        ensure!(
+            c >= min_cosine,
+            "{}: sentence {i}: int8 cosine {c} < {min_cosine}",
+            dir.display()
+        );
+        let d = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        furthest = furthest.max(d);
+    }
+    ensure!(
+        furthest > 1e-5,
+        "{}: int8 rows equal the f32 reference within {furthest}: was it quantized?",
+        dir.display()
+    );
+    if reference.get("cosine").is_some() {
+        for (i, want_row) in reference_rows(&reference, "cosine")?.iter().enumerate() {
+            let got: Vec<f32> = rows.iter().map(|r| cosine(&rows[i], r)).collect();
+            assert_close(
+                &format!("{} int8: cosine row {i}", dir.display()),
+                &got,
+                want_row,
+                matrix_tol,
+            );
+        }
+    }
+    Ok(())
+}

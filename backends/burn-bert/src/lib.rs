@@ -97,6 +97,8 @@ struct Options {
     threads: usize,
     /// CPU path with packed hidden states and fused host kernels (option `fused`, default true).
     fused: bool,
+    /// The encoder layers' matmuls in int8 (option `quantize = "int8"`; CPU only).
+    int8: bool,
 }
 
 impl Options {
@@ -125,7 +127,23 @@ impl Options {
                 )));
             }
         };
+        let int8 = match spec.options.get("quantize").map(String::as_str) {
+            None | Some("none" | "f32") => false,
+            Some("int8") if device.kind == DeviceKind::Cpu => true,
+            Some("int8") => {
+                return Err(BackendError::unsupported(format!(
+                    "option `quantize` = `int8` runs on the CPU; on {device} burn-bert computes in f32 \
+                     (drop the option, or load the model on the CPU)"
+                )));
+            }
+            Some(v) => {
+                return Err(BackendError::invalid_input(format!(
+                    "option `quantize` = `{v}` is not `int8` (the one quantization burn-bert offers)"
+                )));
+            }
+        };
         Ok(Self {
+            int8,
             batch_size: get("batch_size", 32)?,
             batch_tokens: get("batch_tokens", 16384)?,
             threads,
@@ -193,7 +211,15 @@ impl BurnBert {
         store.report_to(progress);
         let burn_device = device::burn_device(device)?;
         let encoder = device::contain_load(device, || {
-            BertEncoder::load(&config, store, head, &burn_device, dir, options.fused)
+            BertEncoder::load(
+                &config,
+                store,
+                head,
+                &burn_device,
+                dir,
+                options.fused,
+                options.int8,
+            )
         })?;
         let mut max_positions = config.max_input_len();
         if let Some(chain) = &chain {

@@ -4,29 +4,104 @@
 //! `classifier.dense` and `classifier.out_proj`).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::tensor::activation::{gelu, gelu_approximate, relu};
 use burn::tensor::module::{attention, layer_norm, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use gllm_api::BackendError;
+use gllm_kernels::{BlockType, KernelError, QuantMatrix, q8_0};
 
 use crate::config::{Activation, BertConfig, Family};
 use crate::cpu;
 use crate::weights::WeightStore;
 
-/// A dense layer, weight stored `[in, out]` (transposed from PyTorch's `[out, in]`).
+/// The weight of a dense layer (four per encoder layer: their size does not matter).
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
+enum Weight {
+    /// `[in, out]` f32 on the device (transposed from PyTorch's `[out, in]`).
+    F32(Tensor<2>),
+    /// `[out, in]` int8 on the host: Q8_0 blocks of 32 values with an f16 scale each,
+    /// multiplied by int8 activations (option `quantize = "int8"`).
+    Int8(Arc<QuantMatrix>),
+}
+
+/// A dense layer.
 #[derive(Clone)]
 struct Dense {
-    weight: Tensor<2>,
+    weight: Weight,
     bias: Tensor<1>,
     /// The bias on the host, for the CPU path's fused kernels.
     bias_host: Vec<f32>,
 }
 
 impl Dense {
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        linear(x, self.weight.clone(), Some(self.bias.clone()))
+    /// `x · Wᵀ + b` on the device (int8 weights go through the host).
+    fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>, BackendError> {
+        match &self.weight {
+            Weight::F32(w) => Ok(linear(x, w.clone(), Some(self.bias.clone()))),
+            Weight::Int8(_) => {
+                let device = x.device();
+                let mut y = self.product(x)?;
+                let out = self.bias_host.len();
+                for row in y
+                    .as_mut_slice::<f32>()
+                    .map_err(internal)?
+                    .chunks_exact_mut(out)
+                {
+                    for (v, b) in row.iter_mut().zip(&self.bias_host) {
+                        *v += b;
+                    }
+                }
+                Ok(Tensor::from_data(y, &device))
+            }
+        }
+    }
+
+    /// `x · Wᵀ` (no bias), read back to the host: the CPU path's matmul.
+    fn product(&self, x: Tensor<2>) -> Result<TensorData, BackendError> {
+        match &self.weight {
+            Weight::F32(w) => data(x.matmul(w.clone())),
+            Weight::Int8(q) => {
+                let (rows, cols) = q.dims();
+                let x = data(x)?;
+                let xs = x.as_slice::<f32>().map_err(internal)?;
+                let m = xs.len() / cols;
+                let mut out = vec![0f32; m * rows];
+                q.matmul(xs, m, &mut out);
+                Ok(TensorData::new(out, [m, rows]))
+            }
+        }
+    }
+
+    /// The same layer with its weight quantized to int8 (`name` for messages).
+    fn to_int8(&self, name: &str) -> Result<Self, BackendError> {
+        let Weight::F32(w) = &self.weight else {
+            return Ok(self.clone());
+        };
+        let [inp, out] = w.dims();
+        if !inp.is_multiple_of(32) {
+            return Err(BackendError::unsupported(format!(
+                "quantize = \"int8\": `{name}` is {inp} wide, not a multiple of 32"
+            )));
+        }
+        let t = host(w.clone())?;
+        let mut rows = vec![0f32; inp * out];
+        for (i, row) in t.chunks_exact(out).enumerate() {
+            for (o, v) in row.iter().enumerate() {
+                rows[o * inp + i] = *v;
+            }
+        }
+        let quantized =
+            |e: KernelError| BackendError::internal(format!("quantizing `{name}`: {e}"));
+        let blocks = q8_0::quantize(out, inp, &rows).map_err(quantized)?;
+        let q = QuantMatrix::from_gguf(BlockType::Q8_0, out, inp, &blocks).map_err(quantized)?;
+        Ok(Self {
+            weight: Weight::Int8(Arc::new(q)),
+            ..self.clone()
+        })
     }
 }
 
@@ -145,7 +220,10 @@ impl Loader<'_> {
         let w = self.weight_t(&format!("{name}.weight"), out, inp);
         let (bias, bias_host) = self.vector(&format!("{name}.bias"), out)?;
         Some(Dense {
-            weight: Tensor::from_data(TensorData::new(w?, [inp, out]), self.device),
+            weight: Weight::F32(Tensor::from_data(
+                TensorData::new(w?, [inp, out]),
+                self.device,
+            )),
             bias,
             bias_host,
         })
@@ -183,7 +261,10 @@ impl Loader<'_> {
             bias.extend_from_slice(&b);
         }
         Some(Dense {
-            weight: Tensor::from_data(TensorData::new(weight, [h, 3 * h]), self.device),
+            weight: Weight::F32(Tensor::from_data(
+                TensorData::new(weight, [h, 3 * h]),
+                self.device,
+            )),
             bias: Tensor::from_data(TensorData::new(bias.clone(), [3 * h]), self.device),
             bias_host: bias,
         })
@@ -205,6 +286,10 @@ impl BertEncoder {
     /// problem with the weights is reported at once by [`WeightStore::finish`].
     /// `packed` selects the CPU path (packed hidden states, fused host kernels),
     /// which needs a backend whose tensors reach the host without a copy (`flex`).
+    /// `int8` quantizes the encoder layers' attention output, intermediate and output
+    /// matmuls to int8 ([`Weight::Int8`], three quarters of the encoder's
+    /// multiply-adds); the q/k/v projection, embeddings, attention, LayerNorm and
+    /// the classification head stay f32.
     pub fn load(
         config: &BertConfig,
         mut store: WeightStore,
@@ -212,6 +297,7 @@ impl BertEncoder {
         device: &Device,
         dir: &Path,
         packed: bool,
+        int8: bool,
     ) -> Result<Self, BackendError> {
         let c = config;
         let prefix = if store.names().any(|n| n.starts_with(c.family.prefix())) {
@@ -332,6 +418,22 @@ impl BertEncoder {
             store.ignore(&format!("{prefix}{buffer}"));
         }
         store.finish(dir)?;
+        if int8 {
+            // The query/key/value projection stays f32: errors in q and k are
+            // amplified by the softmax over their products. With all four in int8,
+            // all-MiniLM-L6-v2's reference sentences fall to cosine 0.9983; with
+            // this one in f32 they keep ≥ 0.9993 (tiny-bert ≥ 0.9998).
+            for (i, layer) in layers.iter_mut().enumerate() {
+                let p = format!("encoder.layer.{i}");
+                layer.attn_out = layer
+                    .attn_out
+                    .to_int8(&format!("{p}.attention.output.dense"))?;
+                layer.intermediate = layer
+                    .intermediate
+                    .to_int8(&format!("{p}.intermediate.dense"))?;
+                layer.output = layer.output.to_int8(&format!("{p}.output.dense"))?;
+            }
+        }
         match (word, position, token_type, embed_norm) {
             (Some(word), Some(position), Some(token_type), Some(embed_norm)) if complete => {
                 Ok(Self {
@@ -365,7 +467,7 @@ impl BertEncoder {
 
     /// Runs the encoder on a batch: the last hidden state `[batch * max_len, hidden]`
     /// on the device (rows of padding included).
-    fn encode(&self, batch: &Batch) -> Tensor<2> {
+    fn encode(&self, batch: &Batch) -> Result<Tensor<2>, BackendError> {
         let c = &self.config;
         let (b, s, h) = (batch.ids.len(), batch.max_len(), c.hidden_size);
         let (heads, hd) = (c.num_attention_heads, c.head_dim());
@@ -400,30 +502,30 @@ impl BertEncoder {
         };
         let split = |t: Tensor<2>| t.reshape([b, s, heads, hd]).swap_dims(1, 2);
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(x.clone());
+            let qkv = layer.qkv.forward(x.clone())?;
             let q = split(qkv.clone().narrow(1, 0, h));
             let k = split(qkv.clone().narrow(1, h, h));
             let v = split(qkv.narrow(1, 2 * h, h));
             let ctx = attention(q, k, v, mask.clone(), None, options);
             let ctx = ctx.swap_dims(1, 2).reshape([n, h]);
             let a = norm(
-                layer.attn_out.forward(ctx) + x,
+                layer.attn_out.forward(ctx)? + x,
                 &layer.attn_norm,
                 c.layer_norm_eps,
             );
-            let i = layer.intermediate.forward(a.clone());
+            let i = layer.intermediate.forward(a.clone())?;
             let i = match c.hidden_act {
                 Activation::Gelu => gelu(i),
                 Activation::GeluTanh => gelu_approximate(i),
                 Activation::Relu => relu(i),
             };
             x = norm(
-                layer.output.forward(i) + a,
+                layer.output.forward(i)? + a,
                 &layer.output_norm,
                 c.layer_norm_eps,
             );
         }
-        x
+        Ok(x)
     }
 
     /// Runs the encoder on a batch on the CPU path: hidden states stay packed
@@ -482,7 +584,7 @@ impl BertEncoder {
         // moves without copying (a `Vec` would need a copy to change alignment).
         let back = |d: TensorData| Tensor::<2>::from_data(d, &self.device);
         for layer in &self.layers {
-            let qkv = data(x.clone().matmul(layer.qkv.weight.clone()))?;
+            let qkv = layer.qkv.product(x.clone())?;
             let [q, k, v] = cpu::split_heads(
                 qkv.as_slice::<f32>().map_err(internal)?,
                 &layer.qkv.bias_host,
@@ -508,7 +610,7 @@ impl BertEncoder {
             );
             let ctx = Tensor::<2>::from_data(TensorData::new(ctx, [n, h]), &self.device);
 
-            let mut a = data(ctx.matmul(layer.attn_out.weight.clone()))?;
+            let mut a = layer.attn_out.product(ctx)?;
             let residual = data(x)?;
             cpu::bias_residual_norm(
                 a.as_mut_slice::<f32>().map_err(internal)?,
@@ -521,7 +623,7 @@ impl BertEncoder {
             drop(residual);
             let a = back(a);
 
-            let mut i = data(a.clone().matmul(layer.intermediate.weight.clone()))?;
+            let mut i = layer.intermediate.product(a.clone())?;
             cpu::bias_activation(
                 i.as_mut_slice::<f32>().map_err(internal)?,
                 &layer.intermediate.bias_host,
@@ -529,7 +631,7 @@ impl BertEncoder {
             );
             let i = back(i);
 
-            let mut o = data(i.matmul(layer.output.weight.clone()))?;
+            let mut o = layer.output.product(i)?;
             let residual = data(a)?;
             cpu::bias_residual_norm(
                 o.as_mut_slice::<f32>().map_err(internal)?,
@@ -561,7 +663,7 @@ impl BertEncoder {
         } else {
             let s = batch.max_len();
             (
-                host(self.encode(batch))?,
+                host(self.encode(batch)?)?,
                 (0..lens.len()).map(|i| i * s).collect(),
             )
         };
@@ -588,11 +690,11 @@ impl BertEncoder {
                 .collect();
             Tensor::<2>::from_data(TensorData::new(cls, [b, h]), &self.device)
         } else {
-            let x = self.encode(batch).reshape([b, s, h]);
+            let x = self.encode(batch)?.reshape([b, s, h]);
             x.narrow(1, 0, 1).reshape([b, h])
         };
-        let pooled = head.dense.forward(first).tanh();
-        host(head.out.forward(pooled))
+        let pooled = head.dense.forward(first)?.tanh();
+        host(head.out.forward(pooled)?)
     }
 }
 

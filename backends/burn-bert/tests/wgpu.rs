@@ -76,3 +76,14 @@ fn a_missing_gpu_is_unavailable() {
     assert_eq!(e.kind, ErrorKind::DeviceUnavailable, "{e}");
     assert!(e.message.contains("gpu:99"), "{e}");
 }
+
+#[test]
+fn int8_on_a_gpu_is_refused_not_run_in_f32() {
+    let mut spec = embed::spec(&fixture("tiny-bert"), Task::Embed);
+    spec.options.insert("quantize".into(), "int8".into());
+    let Err(e) = BurnBert::load(&spec, GPU) else {
+        panic!("int8 loaded on the GPU");
+    };
+    assert_eq!(e.kind, ErrorKind::Unsupported, "{e}");
+    assert!(e.message.contains("runs on the CPU"), "{e}");
+}

@@ -114,6 +114,11 @@ impl BurnQwen2 {
                 spec.task
             )));
         }
+        spec.refuse_option(
+            "burn-qwen2",
+            "quantize",
+            "burn-qwen2 computes in f32/f16/bf16; quantized decoders run on candle-qwen2 from GGUF files",
+        )?;
         if spec.format != WeightFormat::Safetensors {
             return Err(BackendError::unsupported(format!(
                 "burn-qwen2 does not read {} weights",

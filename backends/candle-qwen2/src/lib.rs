@@ -147,6 +147,11 @@ pub fn load_with_progress(
             )));
         }
     };
+    spec.refuse_option(
+        NAME,
+        "quantize",
+        "quantized decoders come as GGUF files (Q4_K_M, Q8_0, …); load one of those",
+    )?;
     let dev = candle_device(device)?;
     let dequantize = option_flag(spec, "dequantize")?;
     let candle_qmatmul = option_flag(spec, "candle_qmatmul")?;
