@@ -82,8 +82,13 @@ impl GgufMetadata {
             message,
         };
         let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+        let remaining = file
+            .metadata()
+            .map_err(|e| err(format!("cannot read its size: {e}")))?
+            .len();
         let mut r = Reader {
             inner: BufReader::with_capacity(1 << 20, file),
+            remaining,
         };
         let magic = r.bytes::<4>().map_err(&err)?;
         if &magic != b"GGUF" {
@@ -106,6 +111,17 @@ impl GgufMetadata {
                 .value(ty, 0)
                 .map_err(|e| err(format!("metadata `{key}`: {e}")))?;
             values.insert(key, value);
+        }
+        // candle divides by the alignment; GGUF requires a power of two.
+        if let Some(v) = values.get("general.alignment") {
+            match v.as_u64() {
+                Some(a) if a.is_power_of_two() => {}
+                _ => {
+                    return Err(err(format!(
+                        "general.alignment is {v:?}, not a power of two"
+                    )));
+                }
+            }
         }
         Ok(Self {
             version,
@@ -137,10 +153,21 @@ impl GgufMetadata {
 
 struct Reader<R: Read> {
     inner: R,
+    /// Bytes of the file not read yet: no count read from it may promise more.
+    remaining: u64,
 }
 
 impl<R: Read> Reader<R> {
+    fn take(&mut self, n: u64) -> Result<(), String> {
+        self.remaining = self
+            .remaining
+            .checked_sub(n)
+            .ok_or_else(|| format!("truncated file: {n} more bytes promised"))?;
+        Ok(())
+    }
+
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        self.take(N as u64)?;
         let mut b = [0u8; N];
         self.inner
             .read_exact(&mut b)
@@ -158,6 +185,7 @@ impl<R: Read> Reader<R> {
         if len > 1 << 26 {
             return Err(format!("implausible string length {len}"));
         }
+        self.take(len)?;
         let mut buf = vec![0u8; len as usize];
         self.inner
             .read_exact(&mut buf)
@@ -183,8 +211,19 @@ impl<R: Read> Reader<R> {
                 }
                 let inner = self.u32()?;
                 let count = self.u64()?;
-                if count > 1 << 24 {
-                    return Err(format!("implausible array length {count}"));
+                // The smallest an element can be on disk: its value, or a string's length.
+                let least = match inner {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    9 => 12,
+                    _ => 8,
+                };
+                if count > 1 << 24 || count.saturating_mul(least) > self.remaining {
+                    return Err(format!(
+                        "implausible array length {count} ({} bytes left in the file)",
+                        self.remaining
+                    ));
                 }
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
@@ -197,5 +236,83 @@ impl<R: Read> Reader<R> {
             12 => MetaValue::Float(f64::from_le_bytes(self.bytes()?)),
             other => return Err(format!("unknown value type {other}")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GGUF v3 header with no tensors and the given key/values (type id, raw value bytes).
+    fn gguf(kvs: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend((kvs.len() as u64).to_le_bytes());
+        for (k, ty, v) in kvs {
+            b.extend((k.len() as u64).to_le_bytes());
+            b.extend(k.as_bytes());
+            b.extend(ty.to_le_bytes());
+            b.extend(v);
+        }
+        b
+    }
+
+    fn read(tag: &str, bytes: &[u8]) -> Result<GgufMetadata, GgufError> {
+        let path =
+            std::env::temp_dir().join(format!("gguf-meta-{tag}-{}.gguf", std::process::id()));
+        std::fs::write(&path, bytes).expect("write");
+        let r = GgufMetadata::read(&path);
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    fn str_value(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u64).to_le_bytes().to_vec();
+        v.extend(s.as_bytes());
+        v
+    }
+
+    #[test]
+    fn reads_values_and_a_valid_alignment() {
+        let m = read(
+            "ok",
+            &gguf(&[
+                ("general.architecture", 8, str_value("qwen2")),
+                ("general.alignment", 4, 32u32.to_le_bytes().to_vec()),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(m.architecture(), Some("qwen2"));
+        assert_eq!(m.u64("general.alignment"), Some(32));
+    }
+
+    #[test]
+    fn an_alignment_of_zero_or_not_a_power_of_two_is_refused() {
+        for a in [0u32, 24] {
+            let e = read(
+                &format!("align{a}"),
+                &gguf(&[("general.alignment", 4, a.to_le_bytes().to_vec())]),
+            )
+            .expect_err("invalid alignment");
+            assert!(e.to_string().contains("not a power of two"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_array_longer_than_the_file_is_refused_before_allocating() {
+        // 2^24 u64 elements promised by a file of a few dozen bytes.
+        let mut v = 10u32.to_le_bytes().to_vec();
+        v.extend((1u64 << 24).to_le_bytes());
+        let e = read("array", &gguf(&[("tokenizer.ggml.scores", 9, v)])).expect_err("invalid");
+        assert!(
+            e.to_string().contains("implausible array length 16777216"),
+            "{e}"
+        );
+        // A string longer than what is left.
+        let mut v = (1000u64).to_le_bytes().to_vec();
+        v.extend(b"short");
+        let e = read("string", &gguf(&[("general.name", 8, v)])).expect_err("invalid");
+        assert!(e.to_string().contains("truncated file"), "{e}");
     }
 }

@@ -97,9 +97,11 @@ impl SamplingParams {
         Ok(())
     }
 
-    /// True when this picks the argmax.
+    /// True when this picks the argmax: `top_k` 1, or a temperature below
+    /// [`MIN_TEMPERATURE`] (where dividing by it would overflow the logits and
+    /// sampling would amount to the argmax anyway, as vLLM treats them).
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0 || self.top_k == 1
+        self.temperature < MIN_TEMPERATURE || self.top_k == 1
     }
 }
 
@@ -150,6 +152,9 @@ impl SamplingOverrides {
     }
 }
 
+/// Temperatures below this sample greedily.
+pub const MIN_TEMPERATURE: f32 = 1e-5;
+
 /// Picks tokens according to [`SamplingParams`], with its own random state.
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -177,6 +182,10 @@ impl Sampler {
     pub fn sample(&mut self, logits: &mut [f32], prompt: &[u32], output: &[u32]) -> u32 {
         apply_penalties(logits, &self.params, prompt, output);
         if self.params.is_greedy() {
+            return argmax(logits);
+        }
+        // A +inf logit is certain (its softmax would take all the mass): the first one wins.
+        if logits.iter().any(|l| *l == f32::INFINITY) {
             return argmax(logits);
         }
         let t = self.params.temperature;
@@ -340,6 +349,45 @@ mod tests {
         seen.sort();
         seen.dedup();
         seen
+    }
+
+    #[test]
+    fn tiny_temperatures_are_greedy_and_infinite_logits_win() {
+        let mut logits = vec![0.5f32, 3.0, -1.0, 2.9];
+        for t in [1e-38f32, 1e-7, 0.0] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: t,
+                seed: Some(7),
+                ..Default::default()
+            });
+            assert!(s.params().is_greedy(), "temperature {t}");
+            for _ in 0..20 {
+                assert_eq!(
+                    s.sample(&mut logits.clone(), &[], &[]),
+                    1,
+                    "temperature {t}"
+                );
+            }
+        }
+        logits[2] = f32::INFINITY;
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            seed: Some(7),
+            ..Default::default()
+        });
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut logits.clone(), &[], &[]), 2);
+        }
+        // -inf and NaN logits are never picked.
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            seed: Some(3),
+            ..Default::default()
+        });
+        for _ in 0..50 {
+            let pick = s.sample(&mut [f32::NEG_INFINITY, 0.0, f32::NAN, 0.1], &[], &[]);
+            assert!(pick == 1 || pick == 3, "{pick}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufReader;
+use std::io::Seek;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -87,6 +88,18 @@ impl GgufSource {
         let file = File::open(path)
             .map_err(|e| invalid_model(format!("cannot open {}: {e}", path.display())))?;
         let mut reader = BufReader::new(file);
+        // candle divides by the alignment (a zero panics inside it); GGUF requires a power of two.
+        if let Ok(Some(a)) = crate::gguf_scan::alignment(&mut reader)
+            && !a.is_power_of_two()
+        {
+            return Err(invalid_model(format!(
+                "{}: general.alignment is {a}, not a power of two",
+                path.display()
+            )));
+        }
+        reader
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| invalid_model(format!("cannot read {}: {e}", path.display())))?;
         let content = Content::read(&mut reader).map_err(|e| {
             // Name the tensor when the failure is a type candle does not know.
             let unknown = File::open(path)

@@ -79,6 +79,31 @@ pub fn first_unknown_type(r: &mut impl Read) -> io::Result<Option<(String, u32)>
     Ok(None)
 }
 
+/// `general.alignment` of the header, when it is there as an integer.
+pub fn alignment(r: &mut impl Read) -> io::Result<Option<u64>> {
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic)?;
+    if &magic != b"GGUF" {
+        return Ok(None);
+    }
+    let version = u32_(r)?;
+    let _tensors = len(r, version)?;
+    let kvs = len(r, version)?;
+    for _ in 0..kvs {
+        let key = string(r, version)?;
+        let ty = u32_(r)?;
+        if key == "general.alignment" {
+            return Ok(match ty {
+                4 => Some(u64::from(u32_(r)?)),
+                10 => Some(u64_(r)?),
+                _ => None,
+            });
+        }
+        skip_value(r, ty, version)?;
+    }
+    Ok(None)
+}
+
 fn u32_(r: &mut dyn Read) -> io::Result<u32> {
     let mut b = [0u8; 4];
     r.read_exact(&mut b)?;

@@ -267,3 +267,31 @@ fn unknown_and_truncated_tensors_are_invalid_model_errors_naming_them() -> Resul
     ensure!(msg.contains("tensor `output_norm.weight` (F32)"), "{msg}");
     Ok(())
 }
+
+#[test]
+fn an_alignment_of_zero_is_an_invalid_model_not_a_panic() -> Result<()> {
+    // A `general.alignment = 0` key put first in the metadata (candle divides by it).
+    let mut bytes = std::fs::read(fixture("gguf/tiny-qwen2-q8_0.gguf"))?;
+    let kvs = u64::from_le_bytes(bytes[16..24].try_into()?);
+    bytes[16..24].copy_from_slice(&(kvs + 1).to_le_bytes());
+    let key = "general.alignment";
+    let mut kv = (key.len() as u64).to_le_bytes().to_vec();
+    kv.extend_from_slice(key.as_bytes());
+    kv.extend_from_slice(&4u32.to_le_bytes());
+    kv.extend_from_slice(&0u32.to_le_bytes());
+    bytes.splice(24..24, kv);
+    let path = std::env::temp_dir().join(format!("gllm-gguf-align0-{}.gguf", std::process::id()));
+    std::fs::write(&path, bytes)?;
+    let err = FACTORY
+        .load(&spec(&path, "qwen2", &[]), Device::CPU)
+        .err()
+        .context("alignment 0 loads")?;
+    let _ = std::fs::remove_file(&path);
+    let msg = err.to_string();
+    ensure!(err.kind == gllm_api::ErrorKind::InvalidModel, "{msg}");
+    ensure!(
+        msg.contains("general.alignment is 0, not a power of two"),
+        "{msg}"
+    );
+    Ok(())
+}
