@@ -22,6 +22,8 @@ if ! python3 -c "import openai" >/dev/null 2>&1; then
   python3 -m pip install -q openai
 fi
 
+# The wgpu tests run on Mesa's llvmpipe, a software rasterizer, which `gpu` means only when asked for.
+export GLLM_SOFTWARE_GPU=1
 export GLLM_TEST_MODELS="${GLLM_TEST_MODELS:-$HOME/.cache/gllm-test-models}"
 scripts/fetch-models.sh "$GLLM_TEST_MODELS" >/dev/null
 

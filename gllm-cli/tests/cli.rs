@@ -504,3 +504,55 @@ fn bad_input_gives_clear_errors() {
     ]));
     assert_eq!(v["results"].as_array().unwrap().len(), 0);
 }
+
+/// Whether this machine may have a hardware GPU: a DRM render node or an NVIDIA device.
+fn hardware_gpu_node() -> bool {
+    let named = |dir: &str, prefix: &str| {
+        std::fs::read_dir(dir).is_ok_and(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        })
+    };
+    named("/dev/dri", "renderD") || named("/dev", "nvidia")
+}
+
+#[test]
+fn gpu_means_a_hardware_adapter_unless_software_is_asked_for() {
+    // The default device order (gpu, then cpu) on tiny-bert, as `gllm models` plans it.
+    let dir = std::env::temp_dir().join(format!("gllm-cli-gpu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("models.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[models]]\nid = \"tiny-bert\"\ntask = \"embed\"\npath = \"{}\"\nbackends = [\"burn-bert\"]\ndevices = [\"gpu\", \"cpu\"]\n",
+            fixture("tiny-bert").display()
+        ),
+    )
+    .unwrap();
+    let models = |software: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gllm"));
+        cmd.arg("--manifest").arg(&manifest).arg("models");
+        if software {
+            cmd.env("GLLM_SOFTWARE_GPU", "1");
+        } else {
+            cmd.env_remove("GLLM_SOFTWARE_GPU");
+        }
+        let out = cmd.output().expect("run gllm");
+        assert_no_panic(&out);
+        stdout_of(&out)
+    };
+    // scripts/test.sh installs llvmpipe: asked for, it is gpu:0.
+    let with = models(true);
+    assert!(with.contains("-> burn-bert on gpu:0"), "{with}");
+    if !hardware_gpu_node() {
+        // Not asked for, the software rasterizer is no GPU: the CPU is chosen, and why is said.
+        let without = models(false);
+        assert!(without.contains("-> burn-bert on cpu"), "{without}");
+        assert!(
+            without
+                .contains("software rasterizers are not GPUs unless GLLM_SOFTWARE_GPU=1: llvmpipe"),
+            "{without}"
+        );
+    }
+}

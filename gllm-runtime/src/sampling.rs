@@ -185,7 +185,7 @@ impl Sampler {
             return argmax(logits);
         }
         // A +inf logit is certain (its softmax would take all the mass): the first one wins.
-        if logits.iter().any(|l| *l == f32::INFINITY) {
+        if logits.contains(&f32::INFINITY) {
             return argmax(logits);
         }
         let t = self.params.temperature;

@@ -66,6 +66,10 @@ impl BackendFactory for BurnBertFactory {
         }
     }
 
+    fn probe(&self, device: Device) -> Result<(), BackendError> {
+        device::probe(device)
+    }
+
     fn load(
         &self,
         spec: &ModelSpec,

@@ -60,68 +60,96 @@ fn unavailable(device: Device, message: impl std::fmt::Display) -> BackendError 
     BackendError::device_unavailable(format!("{device} (wgpu): {message}"))
 }
 
-/// The wgpu adapters, hardware ones first and software rasterizers (llvmpipe,
-/// lavapipe, WARP) last, so that a machine with only a software Vulkan device
-/// still has a `gpu:0`. Enumeration panics where wgpu finds no backend at all:
-/// that is contained and reported as `device_unavailable` for `device`.
-fn wgpu_adapters(device: Device) -> Result<Vec<BurnDevice>, BackendError> {
+/// The environment variable that lets `gpu` be a software rasterizer too
+/// (`GLLM_SOFTWARE_GPU=1`): how the tests reach Mesa's llvmpipe on machines without a GPU.
+pub const SOFTWARE_GPU_ENV: &str = "GLLM_SOFTWARE_GPU";
+
+/// Whether software rasterizers count as GPUs ([`SOFTWARE_GPU_ENV`] is `1`).
+pub fn software_gpu_allowed() -> bool {
+    std::env::var_os(SOFTWARE_GPU_ENV).is_some_and(|v| v == "1")
+}
+
+/// The wgpu adapters `gpu:N` numbers: the hardware ones; software rasterizers
+/// (llvmpipe, lavapipe, WARP: no card behind them) only when
+/// [`software_gpu_allowed`], after the hardware ones. Also returns the names of the
+/// software adapters left out, for messages. Enumeration panics where wgpu finds
+/// no backend at all: that is contained and reported as `device_unavailable`.
+fn wgpu_adapters(device: Device) -> Result<(Vec<BurnDevice>, Vec<String>), BackendError> {
     let mut adapters = contain(
         || {
             BurnDevice::enumerate(DeviceType::Wgpu)
                 .into_vec()
                 .into_iter()
                 .map(|d| {
-                    let software = d.identity().is_none_or(|i| i.physical.is_none());
-                    (software, d)
+                    let identity = d.identity();
+                    let software = identity.as_ref().is_none_or(|i| i.physical.is_none());
+                    let name = identity.map_or_else(|| "unnamed adapter".to_string(), |i| i.name);
+                    (software, name, d)
                 })
                 .collect::<Vec<_>>()
         },
         |m| unavailable(device, m),
     )?;
-    adapters.sort_by_key(|(software, _)| *software);
-    Ok(adapters.into_iter().map(|(_, d)| d).collect())
+    adapters.sort_by_key(|(software, _, _)| *software);
+    let allowed = software_gpu_allowed();
+    let mut skipped = Vec::new();
+    let mut usable = Vec::new();
+    for (software, name, d) in adapters {
+        if software && !allowed {
+            skipped.push(name);
+        } else {
+            usable.push(d);
+        }
+    }
+    Ok((usable, skipped))
 }
 
-/// A cheap check that `device` exists: the CPU always does; a GPU when wgpu
-/// lists an adapter of that ordinal. Only counts the adapters (opens none and
-/// runs nothing on them).
+/// The adapter of `device` among `adapters`, or why there is none.
+fn pick(
+    device: Device,
+    adapters: Vec<BurnDevice>,
+    skipped: &[String],
+) -> Result<BurnDevice, BackendError> {
+    let count = adapters.len();
+    adapters.into_iter().nth(device.ordinal).ok_or_else(|| {
+        let software = if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; software rasterizers are not GPUs unless {SOFTWARE_GPU_ENV}=1: {}",
+                skipped.join(", ")
+            )
+        };
+        unavailable(
+            device,
+            format_args!("no such adapter ({count} GPU adapter(s) found{software})"),
+        )
+    })
+}
+
+/// A check that `device` exists: the CPU always does; a GPU when wgpu lists an
+/// adapter of that ordinal among those [`burn_device`] numbers. Runs nothing on it.
 pub fn probe(device: Device) -> Result<(), BackendError> {
     match device.kind {
         DeviceKind::Cpu => Ok(()),
         DeviceKind::Gpu => {
-            let count = contain(
-                || BurnDevice::enumerate(DeviceType::Wgpu).into_vec().len(),
-                |m| unavailable(device, m),
-            )?;
-            if device.ordinal < count {
-                Ok(())
-            } else {
-                Err(unavailable(
-                    device,
-                    format_args!("no such adapter ({count} wgpu adapter(s) found)"),
-                ))
-            }
+            let (adapters, skipped) = wgpu_adapters(device)?;
+            pick(device, adapters, &skipped).map(|_| ())
         }
     }
 }
 
 /// The Burn device for a gllm device: the CPU is Burn's pure-Rust `flex`
-/// backend; `gpu:N` is the N-th wgpu adapter, hardware adapters before
-/// software rasterizers (llvmpipe, lavapipe, WARP), checked by running a tiny
+/// backend; `gpu:N` is the N-th hardware wgpu adapter (software rasterizers
+/// after them only with [`SOFTWARE_GPU_ENV`]`=1`), checked by running a tiny
 /// computation on it. A GPU that is missing or cannot compute is
 /// `device_unavailable`.
 pub fn burn_device(device: Device) -> Result<BurnDevice, BackendError> {
     match device.kind {
         DeviceKind::Cpu => Ok(BurnDevice::flex()),
         DeviceKind::Gpu => {
-            let adapters = wgpu_adapters(device)?;
-            let count = adapters.len();
-            let chosen = adapters.into_iter().nth(device.ordinal).ok_or_else(|| {
-                unavailable(
-                    device,
-                    format_args!("no such adapter ({count} wgpu adapter(s) found)"),
-                )
-            })?;
+            let (adapters, skipped) = wgpu_adapters(device)?;
+            let chosen = pick(device, adapters, &skipped)?;
             smoke_test(&chosen).map_err(|m| unavailable(device, m))?;
             Ok(chosen)
         }
