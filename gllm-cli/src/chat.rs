@@ -47,7 +47,8 @@ fn turn(
 ) -> Result<()> {
     let mut stdout = std::io::stdout();
     let mut on_delta = |d: &str| {
-        if json {
+        // `""` is the generation's poll between steps: nothing to print.
+        if json || d.is_empty() {
             return true;
         }
         stdout.write_all(d.as_bytes()).is_ok() && stdout.flush().is_ok()

@@ -43,8 +43,14 @@ pub struct Generation {
     pub prompt_tokens: usize,
 }
 
-/// Runs one generation on `seq`. `on_delta` receives each piece of text; when it
-/// returns `false` the generation is cancelled.
+/// Prompts are fed in chunks of this many tokens: between chunks the generation can be
+/// cancelled, and a backend never sees more than this many new positions at once
+/// (which bounds its attention buffers to [chunk × context]).
+pub const PREFILL_CHUNK: usize = 512;
+
+/// Runs one generation on `seq`. `on_delta` receives each piece of text, and `""`
+/// between prefill chunks and before each decode step (a poll that emits nothing);
+/// when it returns `false` the generation is cancelled.
 pub(crate) fn run(
     model: &ServedModel,
     seq: &mut Sequence,
@@ -55,6 +61,15 @@ pub(crate) fn run(
     let result = generate(model, seq, prompt, params, on_delta);
     seq.end_generation();
     result
+}
+
+/// Passes a piece of text on (nothing for an empty one); `false` when cancelled.
+fn emit(on_delta: &mut dyn FnMut(&str) -> bool, piece: &str, text: &mut String) -> bool {
+    if piece.is_empty() {
+        return true;
+    }
+    text.push_str(piece);
+    on_delta(piece)
 }
 
 fn generate(
@@ -97,15 +112,18 @@ fn generate(
     let mut stops = StopMatcher::new(params.stop.clone());
     let mut text = String::new();
     let mut output: Vec<u32> = Vec::new();
-    let mut emit = |piece: &str, text: &mut String| -> bool {
-        if piece.is_empty() {
-            return true;
+    let mut logits = Vec::new();
+    for chunk in prompt[common..].chunks(PREFILL_CHUNK) {
+        if !on_delta("") {
+            return Ok(Generation {
+                text: String::new(),
+                token_ids: Vec::new(),
+                finish_reason: FinishReason::Cancelled,
+                prompt_tokens: prompt.len(),
+            });
         }
-        text.push_str(piece);
-        on_delta(piece)
-    };
-
-    let mut logits = model.feed(seq, &prompt[common..])?;
+        logits = model.feed(seq, chunk)?;
+    }
     let mut stop_string_hit = false;
     let finish = loop {
         let next = sampler.sample(&mut logits, prompt, &output);
@@ -117,7 +135,7 @@ fn generate(
             .push(tok, next)
             .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
         let (piece, stopped) = stops.push(&delta);
-        if !emit(&piece, &mut text) {
+        if !emit(on_delta, &piece, &mut text) {
             break FinishReason::Cancelled;
         }
         if stopped {
@@ -127,6 +145,9 @@ fn generate(
         if output.len() >= params.max_tokens || prompt.len() + output.len() >= context {
             break FinishReason::Length;
         }
+        if piece.is_empty() && !on_delta("") {
+            break FinishReason::Cancelled;
+        }
         logits = model.feed(seq, &[next])?;
     };
 
@@ -135,10 +156,10 @@ fn generate(
             .flush(tok)
             .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
         let (piece, stopped) = stops.push(&rest);
-        emit(&piece, &mut text);
+        emit(on_delta, &piece, &mut text);
         if !stopped {
             let tail = stops.finish();
-            emit(&tail, &mut text);
+            emit(on_delta, &tail, &mut text);
         }
     }
     Ok(Generation {

@@ -427,13 +427,25 @@ impl GeneratorHandle {
         .await
     }
 
-    /// Streams text deltas, then a [`StreamEvent::Done`]. Dropping the stream cancels the generation.
+    /// Streams text deltas, then a [`StreamEvent::Done`]. Dropping the stream cancels the
+    /// generation: the work stops within one decode step or one prefill chunk.
     pub fn generate_stream(
         &self,
         request: GenerateRequest,
     ) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
+        self.generate_stream_holding(request, ())
+    }
+
+    /// [`GeneratorHandle::generate_stream`], holding `guard` until the generation's work
+    /// has stopped (which can be after the stream is dropped): for an admission permit
+    /// that must cover the work, not only the stream.
+    pub fn generate_stream_holding(
+        &self,
+        request: GenerateRequest,
+        guard: impl Send + 'static,
+    ) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
         let this = self.clone();
-        self.stream_with(move |on_delta| {
+        self.stream_with(guard, move |on_delta| {
             let ids = this.encode_prompt(&request.prompt)?;
             this.generate_ids_blocking(&ids, &request.params, on_delta)
         })
@@ -469,21 +481,41 @@ impl GeneratorHandle {
         kwargs: TemplateKwargs,
         params: SamplingParams,
     ) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
+        self.chat_stream_holding(messages, kwargs, params, ())
+    }
+
+    /// [`GeneratorHandle::chat_stream_with`], holding `guard` until the generation's work
+    /// has stopped (see [`GeneratorHandle::generate_stream_holding`]).
+    pub fn chat_stream_holding(
+        &self,
+        messages: Vec<ChatMessage>,
+        kwargs: TemplateKwargs,
+        params: SamplingParams,
+        guard: impl Send + 'static,
+    ) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
         let this = self.clone();
-        self.stream_with(move |on_delta| {
+        self.stream_with(guard, move |on_delta| {
             let ids = this.encode_chat_with(&messages, &kwargs)?;
             this.generate_ids_blocking(&ids, &params, on_delta)
         })
     }
 
+    /// Runs `work` on a blocking thread, its text as a stream. `work`'s callback gets
+    /// each piece of text, and `""` as a poll between steps; it answers `false` once
+    /// the stream is dropped. `guard` is dropped when `work` returns.
     fn stream_with(
         &self,
+        guard: impl Send + 'static,
         work: impl FnOnce(&mut dyn FnMut(&str) -> bool) -> Result<Generation> + Send + 'static,
     ) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
         let (tx, rx) = mpsc::channel(64);
         tokio::task::spawn_blocking(move || {
+            let _guard = guard;
             let sender = tx.clone();
             let mut on_delta = |d: &str| {
+                if d.is_empty() {
+                    return !sender.is_closed();
+                }
                 sender
                     .blocking_send(Ok(StreamEvent::Delta(d.to_string())))
                     .is_ok()

@@ -29,6 +29,7 @@ pub mod stream;
 pub mod tokenizer;
 
 pub use error::{Result, RuntimeError};
+pub use generate::PREFILL_CHUNK;
 pub use handles::{
     ChatMessage, ChatSession, EmbedderHandle, Embedding, FinishReason, GenerateBench,
     GenerateRequest, Generation, GeneratorHandle, RerankResult, RerankerHandle, StreamEvent,

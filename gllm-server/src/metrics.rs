@@ -14,7 +14,7 @@
 //! | `gllm_batch_padded_tokens` | histogram (longest × count) | `model` |
 //! | `gllm_batch_requests_max` | gauge (the largest batch so far) | `model` |
 //! | `gllm_generations_active` | gauge | `model` |
-//! | `gllm_generations_total` | counter | `model`, `finish_reason` (`stop`, `length`, `cancelled`, `error`) |
+//! | `gllm_generations_total` | counter | `model`, `finish_reason` (`stop`, `length`, `cancelled`, `timeout`, `error`) |
 //! | `gllm_prompt_tokens_total` / `gllm_generated_tokens_total` | counter | `model` |
 //! | `gllm_embedded_inputs_total` / `gllm_reranked_documents_total` | counter | `model` |
 //! | `gllm_model_info` | gauge (1) | `model`, `task`, `backend`, `device` |

@@ -10,7 +10,9 @@
 //!   (embed, rerank or forward) of a GPU instance fails;
 //! - `script = "id,id,..."`: generation emits these ids in a cycle (the next id
 //!   is `script[cache_len % len]`);
-//! - `reject_len = "N"`: inputs of exactly N tokens are invalid input.
+//! - `reject_len = "N"`: inputs of exactly N tokens are invalid input;
+//! - `feed_delay_ms = "N"`: every `forward` call takes N ms (a slow prefill or step);
+//! - `context = "N"`: the context length (`max_positions`, default 512).
 //!
 //! Counters (per model id) record loads and calls, so tests can assert that a
 //! request error was not retried.
@@ -144,6 +146,12 @@ impl BackendFactory for FaultFactory {
             // `batches = "true"`: concurrent decode steps go through the runtime's
             // step batcher (forward_batch stays the default, one call per sequence).
             batches: opt("batches") == Some("true"),
+            context: opt("context").and_then(|n| n.parse().ok()).unwrap_or(512),
+            feed_delay: std::time::Duration::from_millis(
+                opt("feed_delay_ms")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+            ),
         }))
     }
 }
@@ -157,6 +165,8 @@ struct FaultBackend {
     calls: AtomicUsize,
     script: Arc<Vec<u32>>,
     reject_len: Option<usize>,
+    feed_delay: std::time::Duration,
+    context: usize,
     batches: bool,
 }
 
@@ -218,7 +228,7 @@ impl InferenceBackend for FaultBackend {
             task: self.task,
             device: self.device,
             dtype: gllm_api::DType::F32,
-            max_positions: 512,
+            max_positions: self.context,
             vocab_size: VOCAB,
             output_dim: match self.task {
                 Task::Embed => 4,
@@ -249,6 +259,7 @@ impl InferenceBackend for FaultBackend {
     }
     fn forward(&self, cache: &mut dyn KvCache, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
         self.call()?;
+        std::thread::sleep(self.feed_delay);
         record(&self.id, |c| c.fed += tokens.len());
         let cache = gllm_api::downcast_cache::<FaultCache>(cache)?;
         if tokens.is_empty() {

@@ -29,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::{ApiJson, check, json_for, view};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelLabel};
-use crate::state::{AppState, GenModel, GenPermit, unix_now};
+use crate::state::{AppState, GenModel, unix_now};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, RuntimeError>> + Send>>;
 
@@ -348,7 +348,12 @@ pub(crate) async fn chat(
         };
         let permit = model.admit().await?;
         let kwargs = req.chat_template_kwargs.unwrap_or_default();
-        let events: EventStream = Box::pin(model.handle.chat_stream_with(messages, kwargs, params));
+        // The permit covers the generation's work until it has stopped, not only its stream.
+        let events: EventStream = Box::pin(
+            model
+                .handle
+                .chat_stream_holding(messages, kwargs, params, permit),
+        );
         respond(
             &state,
             model,
@@ -356,7 +361,6 @@ pub(crate) async fn chat(
             shape,
             req.stream.unwrap_or(false),
             String::new(),
-            permit,
             deadline,
         )
         .await
@@ -407,7 +411,7 @@ pub(crate) async fn completions(
         let events: EventStream = Box::pin(
             model
                 .handle
-                .generate_stream(GenerateRequest { prompt, params }),
+                .generate_stream_holding(GenerateRequest { prompt, params }, permit),
         );
         respond(
             &state,
@@ -416,7 +420,6 @@ pub(crate) async fn completions(
             shape,
             req.stream.unwrap_or(false),
             echo,
-            permit,
             deadline,
         )
         .await
@@ -437,7 +440,6 @@ async fn respond(
     shape: Shape,
     stream: bool,
     echo: String,
-    permit: GenPermit,
     deadline: Instant,
 ) -> Result<Response, ApiError> {
     let metrics = state.metrics.clone();
@@ -472,7 +474,6 @@ async fn respond(
                 }
             };
         };
-        drop(permit);
         metrics.generation(
             &id,
             finish_str(g.finish_reason),
@@ -491,7 +492,6 @@ async fn respond(
         shape,
         echo,
         metrics,
-        permit,
         deadline,
         state.options.request_timeout,
     ));
@@ -509,9 +509,33 @@ fn data(v: &Value) -> Event {
     Event::default().data(v.to_string())
 }
 
+/// How sending one event to the client went.
+enum Sent {
+    Ok,
+    /// The client went away.
+    Gone,
+    /// The deadline passed while the client was not reading.
+    Late,
+}
+
+/// Sends `ev`, waiting for room in the client's buffer no later than `deadline`:
+/// a client that stops reading cannot hold its generation past the request timeout.
+async fn send_by(
+    tx: &mpsc::Sender<Result<Event, Infallible>>,
+    ev: Event,
+    deadline: Instant,
+) -> Sent {
+    match tokio::time::timeout_at(deadline, tx.send(Ok(ev))).await {
+        Ok(Ok(())) => Sent::Ok,
+        Ok(Err(_)) => Sent::Gone,
+        Err(_) => Sent::Late,
+    }
+}
+
 /// Sends the events of one stream until it ends, the client goes away, or the
-/// deadline passes. Returning drops `events` (cancelling the generation) and `permit`.
-#[allow(clippy::too_many_arguments)]
+/// deadline passes (also while a send waits on a client that does not read).
+/// Returning drops `events`, which cancels the generation (its work holds the
+/// admission permit until it has stopped).
 async fn pump(
     mut events: EventStream,
     first: StreamEvent,
@@ -519,13 +543,16 @@ async fn pump(
     shape: Shape,
     echo: String,
     metrics: Arc<Metrics>,
-    permit: GenPermit,
     deadline: Instant,
     limit: Duration,
 ) {
-    let _permit = permit;
     let model = shape.model.clone();
     let cancelled = |metrics: &Metrics| metrics.generation(&model, "cancelled", 0, 0);
+    // The timeout's error event goes out only if there is room: the client may not be reading.
+    let timed_out = |metrics: &Metrics| {
+        let _ = tx.try_send(Ok(data(&ApiError::timeout(limit).body())));
+        metrics.generation(&model, "timeout", 0, 0)
+    };
     let opening = if shape.chat {
         Some(shape.delta(Some(""), true, None))
     } else if !echo.is_empty() {
@@ -533,10 +560,12 @@ async fn pump(
     } else {
         None
     };
-    if let Some(v) = opening
-        && tx.send(Ok(data(&v))).await.is_err()
-    {
-        return cancelled(&metrics);
+    if let Some(v) = opening {
+        match send_by(&tx, data(&v), deadline).await {
+            Sent::Ok => {}
+            Sent::Gone => return cancelled(&metrics),
+            Sent::Late => return timed_out(&metrics),
+        }
     }
     let mut next = Some(Ok(first));
     loop {
@@ -544,22 +573,16 @@ async fn pump(
             Some(ev) => Some(ev),
             None => tokio::select! {
                 ev = events.next() => ev,
-                _ = tokio::time::sleep_until(deadline) => {
-                    let e = ApiError::timeout(limit);
-                    let _ = tx.send(Ok(data(&e.body()))).await;
-                    return metrics.generation(&model, "timeout", 0, 0);
-                }
+                _ = tokio::time::sleep_until(deadline) => return timed_out(&metrics),
                 _ = tx.closed() => return cancelled(&metrics),
             },
         };
         match ev {
             Some(Ok(StreamEvent::Delta(d))) => {
-                if tx
-                    .send(Ok(data(&shape.delta(Some(&d), false, None))))
-                    .await
-                    .is_err()
-                {
-                    return cancelled(&metrics);
+                match send_by(&tx, data(&shape.delta(Some(&d), false, None)), deadline).await {
+                    Sent::Ok => {}
+                    Sent::Gone => return cancelled(&metrics),
+                    Sent::Late => return timed_out(&metrics),
                 }
             }
             Some(Ok(StreamEvent::Done(g))) => {
@@ -571,7 +594,7 @@ async fn pump(
                 }
                 out.push(Event::default().data("[DONE]"));
                 for e in out {
-                    if tx.send(Ok(e)).await.is_err() {
+                    if !matches!(send_by(&tx, e, deadline).await, Sent::Ok) {
                         return;
                     }
                 }
@@ -579,13 +602,13 @@ async fn pump(
             }
             Some(Err(e)) => {
                 metrics.generation(&model, "error", 0, 0);
-                let _ = tx.send(Ok(data(&ApiError::from(e).body()))).await;
+                let _ = send_by(&tx, data(&ApiError::from(e).body()), deadline).await;
                 return;
             }
             None => {
                 metrics.generation(&model, "error", 0, 0);
                 let e = ApiError::internal("the generation ended without a result");
-                let _ = tx.send(Ok(data(&e.body()))).await;
+                let _ = send_by(&tx, data(&e.body()), deadline).await;
                 return;
             }
         }
@@ -595,6 +618,58 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_is_cut_off_at_the_deadline() {
+        // A generation that never ends, and a client whose buffer is full and never read.
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        struct Flag(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let flag = Flag(dropped.clone());
+        let events: EventStream = Box::pin(futures::stream::repeat_with(move || {
+            let _ = &flag;
+            Ok(StreamEvent::Delta("x".into()))
+        }));
+        let (tx, rx) = mpsc::channel(1);
+        let metrics = Arc::new(Metrics::default());
+        let shape = Shape {
+            chat: true,
+            id: "chatcmpl-test".into(),
+            created: 0,
+            model: "m".into(),
+            include_usage: false,
+        };
+        let limit = Duration::from_millis(200);
+        let pumped = pump(
+            events,
+            StreamEvent::Delta("x".into()),
+            tx,
+            shape,
+            String::new(),
+            metrics.clone(),
+            Instant::now() + limit,
+            limit,
+        );
+        tokio::time::timeout(Duration::from_secs(5), pumped)
+            .await
+            .expect("the pump returned at the deadline");
+        assert!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "the generation was dropped"
+        );
+        assert!(
+            metrics
+                .render(true, &[])
+                .contains("finish_reason=\"timeout\"} 1"),
+            "{}",
+            metrics.render(true, &[])
+        );
+        drop(rx);
+    }
 
     #[test]
     fn request_overrides_defaults_and_is_checked() {
