@@ -51,14 +51,18 @@ pub const PREFILL_CHUNK: usize = 512;
 /// Runs one generation on `seq`. `on_delta` receives each piece of text, and `""`
 /// between prefill chunks and before each decode step (a poll that emits nothing);
 /// when it returns `false` the generation is cancelled.
+/// A prompt that leaves no room in the context is refused, or with
+/// [`SamplingParams::truncate_prompt`] cut in the middle, keeping up to `keep` leading
+/// tokens (a chat's system turn) and the end.
 pub(crate) fn run(
     model: &ServedModel,
     seq: &mut Sequence,
     prompt: &[u32],
+    keep: usize,
     params: &SamplingParams,
     on_delta: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    let result = generate(model, seq, prompt, params, on_delta);
+    let result = generate(model, seq, prompt, keep, params, on_delta);
     seq.end_generation();
     result
 }
@@ -72,10 +76,31 @@ fn emit(on_delta: &mut dyn FnMut(&str) -> bool, piece: &str, text: &mut String) 
     on_delta(piece)
 }
 
+/// `prompt` fitted to a context of `context` positions (see [`run`]).
+fn fit(prompt: &[u32], keep: usize, context: usize, params: &SamplingParams) -> Result<Vec<u32>> {
+    if prompt.len() < context {
+        return Ok(prompt.to_vec());
+    }
+    if !params.truncate_prompt {
+        return Err(RuntimeError::InvalidRequest(format!(
+            "the prompt is {} tokens and the model's context {context}: no room for a new token \
+             (shorten the prompt, or ask for `truncate_prompt` to cut its middle)",
+            prompt.len()
+        )));
+    }
+    // Room for the new tokens asked for (up to a quarter of the context, at least one).
+    let room = context - params.max_tokens.clamp(1, (context / 4).max(1));
+    let head = keep.min(room / 2);
+    let mut fitted = prompt[..head].to_vec();
+    fitted.extend_from_slice(&prompt[prompt.len() - (room - head)..]);
+    Ok(fitted)
+}
+
 fn generate(
     model: &ServedModel,
     seq: &mut Sequence,
     prompt: &[u32],
+    keep: usize,
     params: &SamplingParams,
     on_delta: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Generation> {
@@ -87,8 +112,8 @@ fn generate(
     }
     let info = model.active().info;
     let context = info.max_positions.max(2);
-    // Keep the end of an over-long prompt, leaving room for at least one new token.
-    let prompt = &prompt[prompt.len().saturating_sub(context - 1)..];
+    let fitted = fit(prompt, keep, context, params)?;
+    let prompt = fitted.as_slice();
     if let Some(bad) = prompt.iter().find(|t| **t as usize >= info.vocab_size) {
         return Err(RuntimeError::InvalidRequest(format!(
             "token id {bad} is outside the model's vocabulary ({})",
@@ -168,4 +193,34 @@ fn generate(
         finish_reason: finish,
         prompt_tokens: prompt.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_over_long_prompt_is_refused_unless_truncation_is_asked_for() {
+        let prompt: Vec<u32> = (0..100).collect();
+        let mut p = SamplingParams::greedy(10);
+        assert_eq!(fit(&prompt, 5, 101, &p).expect("fits"), prompt);
+        let e = fit(&prompt, 5, 100, &p).expect_err("no room");
+        assert!(
+            e.to_string()
+                .contains("the prompt is 100 tokens and the model's context 100"),
+            "{e}"
+        );
+        p.truncate_prompt = true;
+        // Room for 10 new tokens: 90 kept, the 5 system tokens first, then the last 85.
+        let got = fit(&prompt, 5, 100, &p).expect("cut");
+        assert_eq!(got.len(), 90);
+        assert_eq!(&got[..5], &[0, 1, 2, 3, 4]);
+        assert_eq!(&got[5..], &prompt[15..]);
+        // Asking for more new tokens than a quarter of the context leaves three quarters.
+        p.max_tokens = 1000;
+        assert_eq!(
+            fit(&prompt, 0, 100, &p).expect("cut"),
+            prompt[25..].to_vec()
+        );
+    }
 }

@@ -414,7 +414,40 @@ impl GeneratorHandle {
         on_delta: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
         let mut seq = Sequence::default();
-        generate::run(&self.model, &mut seq, prompt, params, on_delta)
+        generate::run(&self.model, &mut seq, prompt, 0, params, on_delta)
+    }
+
+    /// How many leading tokens of a conversation's `ids` are its system turn (0 without
+    /// one): what [`SamplingParams::truncate_prompt`] keeps of a chat.
+    fn system_turn_len(
+        &self,
+        messages: &[ChatMessage],
+        kwargs: &TemplateKwargs,
+        ids: &[u32],
+    ) -> usize {
+        let Some(first) = messages.first().filter(|m| m.role == "system") else {
+            return 0;
+        };
+        self.render_chat_with(std::slice::from_ref(first), false, kwargs)
+            .ok()
+            .and_then(|text| self.model.text.tokenizer.encode(&text, false).ok())
+            .map(|e| e.ids)
+            .filter(|sys| ids.starts_with(sys))
+            .map_or(0, |sys| sys.len())
+    }
+
+    /// Answers a conversation on the calling thread.
+    fn chat_blocking(
+        &self,
+        messages: &[ChatMessage],
+        kwargs: &TemplateKwargs,
+        params: &SamplingParams,
+        on_delta: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let ids = self.encode_chat_with(messages, kwargs)?;
+        let keep = self.system_turn_len(messages, kwargs, &ids);
+        let mut seq = Sequence::default();
+        generate::run(&self.model, &mut seq, &ids, keep, params, on_delta)
     }
 
     /// Generates the whole text.
@@ -459,8 +492,7 @@ impl GeneratorHandle {
     ) -> Result<Generation> {
         let this = self.clone();
         blocking(move || {
-            let ids = this.encode_chat(&messages)?;
-            this.generate_ids_blocking(&ids, &params, &mut |_| true)
+            this.chat_blocking(&messages, &TemplateKwargs::new(), &params, &mut |_| true)
         })
         .await
     }
@@ -495,8 +527,7 @@ impl GeneratorHandle {
     ) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
         let this = self.clone();
         self.stream_with(guard, move |on_delta| {
-            let ids = this.encode_chat_with(&messages, &kwargs)?;
-            this.generate_ids_blocking(&ids, &params, on_delta)
+            this.chat_blocking(&messages, &kwargs, &params, on_delta)
         })
     }
 
@@ -684,7 +715,10 @@ impl ChatSession {
             .seq
             .lock()
             .map_err(|_| RuntimeError::Internal("chat session poisoned".into()))?;
-        let result = generate::run(&self.handle.model, &mut seq, &ids, params, on_delta);
+        let keep = self
+            .handle
+            .system_turn_len(&self.messages, &TemplateKwargs::new(), &ids);
+        let result = generate::run(&self.handle.model, &mut seq, &ids, keep, params, on_delta);
         match &result {
             Ok(g) => self
                 .messages

@@ -465,6 +465,17 @@ fn generation_side(
             defaults.max_tokens = n as usize;
         }
     }
+    // The manifest's default for over-long prompts (requests may override it).
+    defaults.truncate_prompt = match entry.options.get("truncate_prompt").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(files_err(
+                id,
+                format!("option `truncate_prompt` = `{other}` is not true or false"),
+            ));
+        }
+    };
     Ok((chat_template, eos_ids, defaults))
 }
 

@@ -27,6 +27,10 @@ pub struct SamplingParams {
     pub max_tokens: usize,
     /// Strings that end generation; they are not part of the output.
     pub stop: Vec<String>,
+    /// A prompt that leaves no room in the context is cut instead of refused: its
+    /// start (a chat's system turn) and its end are kept, the middle dropped.
+    /// Off by default: such a prompt is an invalid request naming both lengths.
+    pub truncate_prompt: bool,
 }
 
 impl Default for SamplingParams {
@@ -42,6 +46,7 @@ impl Default for SamplingParams {
             seed: None,
             max_tokens: 256,
             stop: Vec::new(),
+            truncate_prompt: false,
         }
     }
 }
@@ -130,6 +135,8 @@ pub struct SamplingOverrides {
     pub seed: Option<u64>,
     /// Stop strings (replace the defaults, which are none).
     pub stop: Option<Vec<String>>,
+    /// Cut an over-long prompt instead of refusing it.
+    pub truncate_prompt: Option<bool>,
 }
 
 impl SamplingOverrides {
@@ -148,6 +155,7 @@ impl SamplingOverrides {
             seed: self.seed.or(d.seed),
             max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
             stop: self.stop.clone().unwrap_or(d.stop),
+            truncate_prompt: self.truncate_prompt.unwrap_or(d.truncate_prompt),
         }
     }
 }

@@ -26,6 +26,29 @@ async fn still_serving(addr: std::net::SocketAddr) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_over_long_prompt_is_a_400_naming_both_lengths() -> Result<()> {
+    let server = TestServer::start(|_| {}).await?;
+    // Longer than tiny-qwen2's context (32768 tokens): refused, not silently cut.
+    let long = "word ".repeat(33_000);
+    let e = post(
+        server.addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": long}], "max_tokens": 1}),
+    )
+    .await?
+    .expect_error(400)?;
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("tokens and the model's context 32768")),
+        "{e}"
+    );
+    still_serving(server.addr).await?;
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_get_their_status_and_the_server_keeps_serving() -> Result<()> {
     let limit = 64 * 1024;
     let server = TestServer::start(|o| o.body_limit = limit).await?;

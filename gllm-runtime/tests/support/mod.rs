@@ -35,6 +35,8 @@ pub struct Counters {
     pub calls: usize,
     /// Tokens fed to `forward`, over all caches.
     pub fed: usize,
+    /// The first tokens fed to the last fresh cache (up to 16).
+    pub first_fed: Vec<u32>,
 }
 
 fn counters() -> &'static Mutex<HashMap<String, Counters>> {
@@ -264,6 +266,10 @@ impl InferenceBackend for FaultBackend {
         let cache = gllm_api::downcast_cache::<FaultCache>(cache)?;
         if tokens.is_empty() {
             return Err(BackendError::invalid_input("no tokens to feed"));
+        }
+        if cache.len == 0 {
+            let first = tokens[..tokens.len().min(16)].to_vec();
+            record(&self.id, |c| c.first_fed = first);
         }
         cache.len += tokens.len();
         let next = if self.script.is_empty() {

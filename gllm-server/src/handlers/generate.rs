@@ -66,6 +66,9 @@ pub(crate) struct Sampling {
     n: Option<usize>,
     logprobs: Option<Value>,
     best_of: Option<usize>,
+    /// gllm's: cut an over-long prompt (keeping the system turn and the end) instead of
+    /// answering 400.
+    truncate_prompt: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +159,7 @@ fn sampling(
         presence_penalty: s.presence_penalty,
         frequency_penalty: s.frequency_penalty,
         seed: s.seed.map(|v| v as u64),
+        truncate_prompt: s.truncate_prompt,
         // A request without `stop` has none (the model's EOS ids still end it).
         stop: Some(match s.stop {
             None => Vec::new(),
