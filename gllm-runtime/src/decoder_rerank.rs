@@ -66,6 +66,20 @@ impl DecoderRerank {
     /// An instruction and query that leave no room for a document are an invalid
     /// request: the prefix is never cut.
     pub fn prompt(&self, tok: &TextTokenizer, query: &str, document: &str) -> Result<Vec<u32>> {
+        let mut one = self.prompts(tok, query, std::slice::from_ref(&document.to_string()))?;
+        one.pop()
+            .ok_or_else(|| RuntimeError::Internal("no prompt for one document".into()))
+    }
+
+    /// [`Self::prompt`] for each of `documents`, the instruction and query checked once.
+    /// Each document is cut to [`crate::tokenizer::BYTES_PER_TOKEN_CAP`] bytes per
+    /// token of room before it is tokenized with the head (as the model card does).
+    pub fn prompts(
+        &self,
+        tok: &TextTokenizer,
+        query: &str,
+        documents: &[String],
+    ) -> Result<Vec<Vec<u32>>> {
         let head = format!(
             "<Instruct>: {}\n<Query>: {query}\n<Document>: ",
             self.instruction
@@ -80,16 +94,26 @@ impl DecoderRerank {
                 head_len, self.max_tokens
             )));
         }
-        let mut body = tok
-            .encode(&format!("{head}{document}"), false)
-            .map_err(tokenizer_err)?
-            .ids;
-        body.truncate(room);
-        let mut ids = Vec::with_capacity(fixed + body.len());
-        ids.extend_from_slice(&self.prefix);
-        ids.extend_from_slice(&body);
-        ids.extend_from_slice(&self.suffix);
-        Ok(ids)
+        let cap = room.saturating_mul(crate::tokenizer::BYTES_PER_TOKEN_CAP);
+        documents
+            .iter()
+            .map(|document| {
+                let mut end = document.len().min(cap);
+                while !document.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let mut body = tok
+                    .encode(&format!("{head}{}", &document[..end]), false)
+                    .map_err(tokenizer_err)?
+                    .ids;
+                body.truncate(room);
+                let mut ids = Vec::with_capacity(fixed + body.len());
+                ids.extend_from_slice(&self.prefix);
+                ids.extend_from_slice(&body);
+                ids.extend_from_slice(&self.suffix);
+                Ok(ids)
+            })
+            .collect()
     }
 
     /// logit(yes) − logit(no) at the last position of `prompt`, on a fresh cache.

@@ -226,45 +226,18 @@ impl RerankerHandle {
         top_n: Option<usize>,
         return_documents: bool,
     ) -> Result<Vec<RerankResult>> {
-        let tok = &self.model.text.tokenizer;
-        let (rows, act) = match &self.model.text.decoder_rerank {
-            Some(dr) => {
-                let prompts = documents
-                    .iter()
-                    .map(|d| dr.prompt(tok, query, d))
-                    .collect::<Result<Vec<_>>>()?;
-                let rows = prompts
-                    .iter()
-                    .map(|p| self.model.run(|b| dr.logit(b, p)).map(|l| vec![l]))
-                    .collect::<Result<Vec<_>>>()?;
-                // P(yes) of the softmax over (no, yes) is the sigmoid of yes − no.
-                (rows, Activation::Sigmoid)
-            }
-            None => {
-                let pairs = documents
-                    .iter()
-                    .map(|d| tok.encode_pair(query, d))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
-                let rows = batched(&self.model, &pairs, |b, batch| b.rerank(batch))?;
-                (rows, self.model.text.activation)
-            }
-        };
-        let mut results = rows
+        let pairs = self.encode_pairs(query, documents)?;
+        let rows = self.score_encoded(&pairs)?;
+        let mut results: Vec<RerankResult> = rows
             .into_iter()
             .enumerate()
-            .map(|(index, row)| {
-                let logit = *row.first().ok_or_else(|| {
-                    RuntimeError::Internal("backend returned an empty logit row".into())
-                })?;
-                Ok(RerankResult {
-                    index,
-                    score: act.apply(logit),
-                    logit,
-                    document: return_documents.then(|| documents[index].clone()),
-                })
+            .map(|(index, (logit, score))| RerankResult {
+                index,
+                score,
+                logit,
+                document: return_documents.then(|| documents[index].clone()),
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         results.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
         if let Some(n) = top_n {
             results.truncate(n);
@@ -272,21 +245,55 @@ impl RerankerHandle {
         Ok(results)
     }
 
+    /// The pair encodings of `query` with each document, as the backend receives them
+    /// (for a decoder reranker: the whole scoring prompts). The query is tokenized once.
+    pub fn encode_pairs(&self, query: &str, documents: &[String]) -> Result<Vec<EncodedInput>> {
+        let tok = &self.model.text.tokenizer;
+        match &self.model.text.decoder_rerank {
+            Some(dr) => Ok(dr
+                .prompts(tok, query, documents)?
+                .into_iter()
+                .map(EncodedInput::new)
+                .collect()),
+            None => tok
+                .encode_pairs(query, documents)
+                .map_err(|e| RuntimeError::Tokenizer(e.to_string())),
+        }
+    }
+
+    /// `(logit, activated score)` of each encoded pair ([`Self::encode_pairs`]), in order;
+    /// pairs of different queries may share a call.
+    pub fn score_encoded(&self, pairs: &[EncodedInput]) -> Result<Vec<(f32, f32)>> {
+        let (rows, act) = match &self.model.text.decoder_rerank {
+            Some(dr) => {
+                let rows = pairs
+                    .iter()
+                    .map(|p| self.model.run(|b| dr.logit(b, &p.ids)).map(|l| vec![l]))
+                    .collect::<Result<Vec<_>>>()?;
+                // P(yes) of the softmax over (no, yes) is the sigmoid of yes − no.
+                (rows, Activation::Sigmoid)
+            }
+            None => (
+                batched(&self.model, pairs, |b, batch| b.rerank(batch))?,
+                self.model.text.activation,
+            ),
+        };
+        rows.into_iter()
+            .map(|row| {
+                let logit = *row.first().ok_or_else(|| {
+                    RuntimeError::Internal("backend returned an empty logit row".into())
+                })?;
+                Ok((logit, act.apply(logit)))
+            })
+            .collect()
+    }
+
     /// The pair encoding of (query, document), as the backend receives it (for a
     /// decoder reranker: the whole scoring prompt).
     pub fn encode_pair(&self, query: &str, document: &str) -> Result<EncodedInput> {
-        if let Some(dr) = &self.model.text.decoder_rerank {
-            return Ok(EncodedInput::new(dr.prompt(
-                &self.model.text.tokenizer,
-                query,
-                document,
-            )?));
-        }
-        self.model
-            .text
-            .tokenizer
-            .encode_pair(query, document)
-            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))
+        self.encode_pairs(query, std::slice::from_ref(&document.to_string()))?
+            .pop()
+            .ok_or_else(|| RuntimeError::Internal("no encoding for one pair".into()))
     }
 }
 

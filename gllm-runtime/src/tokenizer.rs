@@ -21,6 +21,10 @@ pub struct TokenizerError(pub String);
 
 type Result<T> = std::result::Result<T, TokenizerError>;
 
+/// Bytes of text per token of a truncation limit that are tokenized at most: what lies
+/// beyond would be truncated anyway (no tokenizer makes tokens this long on average).
+pub const BYTES_PER_TOKEN_CAP: usize = 256;
+
 /// A tokenizer with its truncation limit.
 #[derive(Clone)]
 pub struct TextTokenizer {
@@ -112,6 +116,47 @@ impl TextTokenizer {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),
         })
+    }
+
+    /// [`Self::encode_pair`] of `first` with each of `seconds`, `first` tokenized
+    /// once (the same ids: a pair's sequences are tokenized apart, then truncated and
+    /// joined by the pair template). With a truncation limit, texts are first cut to
+    /// [`BYTES_PER_TOKEN_CAP`] bytes per token of it, so a huge text costs no more than
+    /// a long one.
+    pub fn encode_pairs(&self, first: &str, seconds: &[String]) -> Result<Vec<EncodedInput>> {
+        let err = |e: tokenizers::Error| TokenizerError(format!("cannot encode pair: {e}"));
+        let a = self.inner.encode(self.capped(first), false).map_err(err)?;
+        seconds
+            .iter()
+            .map(|second| {
+                let b = self.inner.encode(self.capped(second), false).map_err(err)?;
+                let enc = self
+                    .inner
+                    .post_process(a.clone(), Some(b), true)
+                    .map_err(err)?;
+                Ok(EncodedInput {
+                    ids: enc.get_ids().to_vec(),
+                    type_ids: enc.get_type_ids().to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// `text` cut (at a character boundary) to [`BYTES_PER_TOKEN_CAP`] bytes per token of
+    /// the truncation limit; all of it without a limit.
+    pub fn capped<'a>(&self, text: &'a str) -> &'a str {
+        let Some(max) = self.max_length else {
+            return text;
+        };
+        let cap = max.saturating_mul(BYTES_PER_TOKEN_CAP);
+        if text.len() <= cap {
+            return text;
+        }
+        let mut end = cap;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        &text[..end]
     }
 
     /// Decodes ids to text.

@@ -78,7 +78,7 @@ async fn an_over_long_prompt_is_refused_or_cut_keeping_the_system_turn() {
     };
     let messages = vec![
         gllm_runtime::ChatMessage::new("system", "Be brief."),
-        gllm_runtime::ChatMessage::new("user", &"word ".repeat(200)),
+        gllm_runtime::ChatMessage::new("user", "word ".repeat(200)),
     ];
     let params = SamplingParams {
         max_tokens: 4,

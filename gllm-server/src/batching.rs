@@ -212,11 +212,11 @@ impl Worker<EmbedJob> for EmbedWorker {
     }
 }
 
-/// One rerank request.
+/// One rerank request, tokenized (the query once) before it was admitted to the queue.
 pub(crate) struct RerankJob {
-    pub query: String,
-    pub documents: Vec<String>,
-    /// Token count of the longest (query, document) pair.
+    /// The (query, document) pair encodings, in request order.
+    pub pairs: Vec<EncodedInput>,
+    /// Token count of the longest pair.
     pub longest: usize,
     /// `(logit, score)` per document, in request order.
     pub reply: oneshot::Sender<Result<Vec<(f32, f32)>, ApiError>>,
@@ -224,7 +224,7 @@ pub(crate) struct RerankJob {
 
 impl Job for RerankJob {
     fn count(&self) -> usize {
-        self.documents.len()
+        self.pairs.len()
     }
     fn longest(&self) -> usize {
         self.longest
@@ -234,71 +234,48 @@ impl Job for RerankJob {
     }
 }
 
-/// Scores batches of [`RerankJob`]s.
-///
-/// `RerankerHandle` takes one query per call, so jobs with the same query share one
-/// call (and its forward passes); jobs with different queries run one after the other
-/// inside the same blocking task.
+/// Scores batches of [`RerankJob`]s: the pairs of every job in a batch, whatever its
+/// query, in one call (and its forward passes).
 pub(crate) struct RerankWorker {
     pub handle: RerankerHandle,
 }
 
 impl RerankWorker {
-    fn score(&self, query: &str, documents: &[String]) -> Result<Vec<(f32, f32)>, ApiError> {
-        let results = self
-            .handle
-            .rerank_blocking(query, documents, None, false)
-            .map_err(ApiError::from)?;
-        let mut out = vec![(f32::NAN, f32::NAN); documents.len()];
-        for r in results {
-            if let Some(slot) = out.get_mut(r.index) {
-                *slot = (r.logit, r.score);
-            }
-        }
-        if out.iter().any(|(l, _)| l.is_nan()) && !documents.is_empty() {
+    fn score(&self, pairs: &[EncodedInput]) -> Result<Vec<(f32, f32)>, ApiError> {
+        let rows = self.handle.score_encoded(pairs).map_err(ApiError::from)?;
+        if rows.len() != pairs.len() {
             return Err(ApiError::internal(
                 "the backend did not score every document",
             ));
         }
-        Ok(out)
+        Ok(rows)
     }
 }
 
 impl Worker<RerankJob> for RerankWorker {
     fn run(&self, batch: Vec<RerankJob>) {
-        // Group by query, keeping arrival order.
-        let mut groups: Vec<(String, Vec<RerankJob>)> = Vec::new();
-        for job in batch {
-            match groups.iter_mut().find(|(q, _)| *q == job.query) {
-                Some((_, jobs)) => jobs.push(job),
-                None => groups.push((job.query.clone(), vec![job])),
+        let jobs: Vec<RerankJob> = batch.into_iter().filter(|j| !j.abandoned()).collect();
+        let sizes: Vec<usize> = jobs.iter().map(|j| j.pairs.len()).collect();
+        let pairs: Vec<EncodedInput> = jobs.iter().flat_map(|j| j.pairs.iter().cloned()).collect();
+        match self.score(&pairs) {
+            Ok(rows) => {
+                for (job, rows) in jobs.into_iter().zip(split(rows, &sizes)) {
+                    let _ = job.reply.send(Ok(rows));
+                }
             }
-        }
-        for (query, jobs) in groups {
-            let sizes: Vec<usize> = jobs.iter().map(|j| j.documents.len()).collect();
-            let documents: Vec<String> = jobs
-                .iter()
-                .flat_map(|j| j.documents.iter().cloned())
-                .collect();
-            match self.score(&query, &documents) {
-                Ok(rows) => {
-                    for (job, rows) in jobs.into_iter().zip(split(rows, &sizes)) {
-                        let _ = job.reply.send(Ok(rows));
-                    }
+            Err(e) if jobs.len() == 1 => {
+                if let Some(job) = jobs.into_iter().next() {
+                    let _ = job.reply.send(Err(e));
                 }
-                Err(e) if jobs.len() == 1 => {
-                    if let Some(job) = jobs.into_iter().next() {
-                        let _ = job.reply.send(Err(e));
+            }
+            Err(_) => {
+                // Isolate the request that failed: every one alone.
+                for job in jobs {
+                    if job.reply.is_closed() {
+                        continue;
                     }
-                }
-                Err(_) => {
-                    for job in jobs {
-                        if job.reply.is_closed() {
-                            continue;
-                        }
-                        let r = self.score(&job.query, &job.documents);
-                        let _ = job.reply.send(r);
-                    }
+                    let r = self.score(&job.pairs);
+                    let _ = job.reply.send(r);
                 }
             }
         }

@@ -87,6 +87,13 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// With an API key set, everything but `/health` needs `Authorization: Bearer <key>`.
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 7235), as clients send `bearer` too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &state.options.api_key
         && req.uri().path() != "/health"
@@ -95,8 +102,7 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         if !given.is_some_and(|g| same_secret(g.as_bytes(), key.as_bytes())) {
             return ApiError::unauthorized().into_response();
         }
@@ -118,6 +124,15 @@ async fn timeout(State(state): State<Arc<AppState>>, req: Request, next: Next) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer sekret"), Some("sekret"));
+        assert_eq!(bearer_token("bearer sekret"), Some("sekret"));
+        assert_eq!(bearer_token("BEARER  sekret "), Some("sekret"));
+        assert_eq!(bearer_token("Basic c2VrcmV0"), None);
+        assert_eq!(bearer_token("sekret"), None);
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]

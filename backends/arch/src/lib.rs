@@ -9,10 +9,14 @@
 //! - [`schema`]: every tensor a config requires, with its shape and its names in
 //!   both file formats, and the strict check that a checkpoint holds exactly those.
 //!
+//! - [`checkpoint`]: the files of a checkpoint directory (the shards of a
+//!   `model.safetensors.index.json`, checked to stay in the directory).
+//!
 //! It knows nothing of tensors' values: engines read those themselves.
 #![warn(missing_docs)]
 
 mod architecture;
+pub mod checkpoint;
 mod config;
 mod gguf_config;
 mod hf_config;

@@ -76,7 +76,7 @@ impl WeightStore {
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let paths = if index.is_file() {
-            shard_paths(dir, &index)?
+            gllm_arch::checkpoint::shard_paths(dir, &index)?
         } else if single.is_file() {
             vec![single]
         } else {
@@ -289,38 +289,6 @@ fn to_f32(dtype: Dtype, raw: &[u8]) -> Option<Vec<f32>> {
             .collect(),
         _ => return None,
     })
-}
-
-/// The shard files named by a `model.safetensors.index.json`, each once, in order.
-fn shard_paths(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, BackendError> {
-    let text = std::fs::read_to_string(index)
-        .map_err(|e| bad(format!("{}: cannot read: {e}", index.display())))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| bad(format!("{}: not valid JSON: {e}", index.display())))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| bad(format!("{}: no `weight_map` object", index.display())))?;
-    let mut files: Vec<String> = Vec::new();
-    for (name, file) in map {
-        let file = file.as_str().ok_or_else(|| {
-            bad(format!(
-                "{}: weight_map entry `{name}` is not a file name",
-                index.display()
-            ))
-        })?;
-        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-            return Err(bad(format!(
-                "{}: shard name `{file}` is not a plain file name",
-                index.display()
-            )));
-        }
-        if !files.iter().any(|f| f == file) {
-            files.push(file.to_string());
-        }
-    }
-    files.sort();
-    Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
 #[cfg(test)]

@@ -20,24 +20,7 @@ use gllm_arch::schema::{HfNaming, Naming};
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index)
-            .map_err(|e| invalid_model(format!("cannot read {}: {e}", index.display())))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| invalid_model(format!("bad {}: {e}", index.display())))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| invalid_model(format!("{} has no weight_map", index.display())))?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|f| f.as_str().map(str::to_owned))
-            .collect();
-        files.sort();
-        files.dedup();
-        if files.is_empty() {
-            return Err(invalid_model(format!("{} lists no files", index.display())));
-        }
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+        return Ok(gllm_arch::checkpoint::shard_paths(dir, &index)?);
     }
     let single = dir.join("model.safetensors");
     if single.is_file() {

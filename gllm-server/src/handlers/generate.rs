@@ -540,6 +540,7 @@ async fn send_by(
 /// deadline passes (also while a send waits on a client that does not read).
 /// Returning drops `events`, which cancels the generation (its work holds the
 /// admission permit until it has stopped).
+#[allow(clippy::too_many_arguments)]
 async fn pump(
     mut events: EventStream,
     first: StreamEvent,

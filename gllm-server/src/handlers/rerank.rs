@@ -59,25 +59,18 @@ async fn score(
         return Ok((Vec::new(), 0));
     }
     let handle = model.handle.clone();
-    let (query, documents, lengths) = blocking(move || {
-        let lengths = documents
-            .iter()
-            .map(|d| {
-                handle
-                    .encode_pair(&query, d)
-                    .map(|e| e.ids.len())
-                    .map_err(ApiError::from)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((query, documents, lengths))
+    // The query is tokenized once, and over-long texts are cut before tokenizing.
+    let pairs = blocking(move || {
+        handle
+            .encode_pairs(&query, &documents)
+            .map_err(ApiError::from)
     })
     .await?;
-    let tokens = lengths.iter().sum();
-    let longest = lengths.iter().copied().max().unwrap_or(0);
+    let tokens = pairs.iter().map(|p| p.ids.len()).sum();
+    let longest = pairs.iter().map(|p| p.ids.len()).max().unwrap_or(0);
     let (reply, rx) = oneshot::channel();
     model.queue.submit(RerankJob {
-        query,
-        documents,
+        pairs,
         longest,
         reply,
     })?;
