@@ -89,9 +89,12 @@ impl WeightStore {
         for path in paths {
             let file = File::open(&path)
                 .map_err(|e| bad(format!("{}: cannot open: {e}", path.display())))?;
-            // SAFETY: the map is read-only and private to this process; a file changed
-            // underneath while loading gives wrong numbers, not undefined behaviour in
-            // safe code beyond what reading it would.
+            // SAFETY: mapping is unsafe because the file can change under the map. The
+            // contract: nothing writes or truncates the weight files while a model loads
+            // (the map is dropped once the tensors are built). A file rewritten in place
+            // gives wrong numbers that the strict checks do not see; a file truncated
+            // underneath makes reads past its new end raise SIGBUS, which ends the process.
+            // Hugging Face cache blobs and downloaded files are written once, never in place.
             let map = unsafe { Mmap::map(&file) }
                 .map_err(|e| bad(format!("{}: cannot map: {e}", path.display())))?;
             store.add(path, Bytes::Mapped(map))?;

@@ -52,8 +52,9 @@ impl SafetensorsSource {
         for (i, f) in files.iter().enumerate() {
             let file = std::fs::File::open(f)
                 .map_err(|e| invalid_model(format!("cannot open {}: {e}", f.display())))?;
-            // SAFETY: the map is read-only; the usual caveat applies that the file must
-            // not be truncated while the model is loading (it is dropped after loading).
+            // SAFETY: the contract is burn-support's (`WeightStore::open`): nothing writes or
+            // truncates the weight files while the model loads (the map is dropped after
+            // loading); a file truncated underneath raises SIGBUS, which ends the process.
             let map = unsafe { memmap2::Mmap::map(&file) }
                 .map_err(|e| invalid_model(format!("cannot map {}: {e}", f.display())))?;
             let st = SafeTensors::deserialize(&map)
