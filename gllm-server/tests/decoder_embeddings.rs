@@ -4,16 +4,10 @@
 mod support;
 
 use anyhow::{Context, Result, ensure};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 const TOL: f32 = 1e-5;
-
-fn rows(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .map(|a| a.iter().map(floats).collect())
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prompt_names_choose_the_models_prompts() -> Result<()> {
@@ -46,7 +40,7 @@ async fn prompt_names_choose_the_models_prompts() -> Result<()> {
         ensure!(reply.status == 200, "{}", reply.text());
         let v = reply.json()?;
         let data = v["data"].as_array().context("data")?;
-        let want = rows(&r[want]);
+        let want = float_rows(&r[want]);
         ensure!(data.len() == want.len(), "{} rows", data.len());
         for (i, (row, w)) in data.iter().zip(&want).enumerate() {
             let d = max_abs_diff(&floats(&row["embedding"]), w);
@@ -54,7 +48,7 @@ async fn prompt_names_choose_the_models_prompts() -> Result<()> {
         }
         let reply = post(addr, "/embed", &tei).await?;
         ensure!(reply.status == 200, "{}", reply.text());
-        for (i, (got, w)) in rows(&reply.json()?).iter().zip(&want).enumerate() {
+        for (i, (got, w)) in float_rows(&reply.json()?).iter().zip(&want).enumerate() {
             let d = max_abs_diff(got, w);
             ensure!(d <= TOL, "TEI {texts}[{i}]: max |diff| {d}");
         }

@@ -5,17 +5,11 @@
 mod support;
 
 use anyhow::{Context, Result, ensure};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 /// Embeddings and logits against float32 sentence-transformers.
 const TOL: f32 = 1e-5;
-
-fn rows(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .map(|a| a.iter().map(floats).collect())
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn roberta_embeddings_over_http() -> Result<()> {
@@ -23,7 +17,7 @@ async fn roberta_embeddings_over_http() -> Result<()> {
     let server = TestServer::start_with(&manifest, |_| {}).await?;
     let addr = server.addr;
     let r = gllm_testkit::read_json(&gllm_testkit::fixture("tiny-roberta").join("reference.json"))?;
-    let want = rows(&r["embeddings"]);
+    let want = float_rows(&r["embeddings"]);
     let reply = post(
         addr,
         "/v1/embeddings",
@@ -51,7 +45,7 @@ async fn roberta_embeddings_over_http() -> Result<()> {
     );
     let reply = post(addr, "/embed", &json!({"inputs": r["sentences"]})).await?;
     ensure!(reply.status == 200, "{}", reply.text());
-    for (i, (got, w)) in rows(&reply.json()?).iter().zip(&want).enumerate() {
+    for (i, (got, w)) in float_rows(&reply.json()?).iter().zip(&want).enumerate() {
         let d = max_abs_diff(got, w);
         ensure!(d <= TOL, "TEI sentence {i}: max |diff| {d}");
     }

@@ -514,3 +514,39 @@ pub fn int8_parity(
     }
     Ok(())
 }
+
+/// Per-token hidden states of one input, computed by a model loaded for one fixture.
+pub type HiddenOf = Box<dyn Fn(&EncodedInput) -> Result<Vec<f32>>>;
+
+/// The tolerances of [`encoder_suite`] on one device.
+#[derive(Debug, Clone, Copy)]
+pub struct Tolerances {
+    /// Embeddings and cross-encoder logits against the references.
+    pub outputs: f32,
+    /// Last hidden states against the references.
+    pub hidden: f32,
+    /// A row in a batch against the same input alone.
+    pub batch: f32,
+}
+
+/// Every check above for every encoder fixture ([`TINY_BERT`], [`TINY_ROBERTA`];
+/// [`TINY_CROSS_ENCODER`], [`TINY_XLM_ROBERTA_RERANKER`]) on `device`: embeddings,
+/// hidden states (through `hidden`, which loads a fixture's directory), batch
+/// invariance and cross-encoder logits.
+pub fn encoder_suite(
+    factory: &dyn BackendFactory,
+    device: Device,
+    tol: Tolerances,
+    hidden: impl Fn(&Path) -> Result<HiddenOf>,
+) -> Result<()> {
+    for fx in [&TINY_BERT, &TINY_ROBERTA] {
+        embed_parity(factory, device, fx, tol.outputs)?;
+        let of = hidden(&fixture(fx.name))?;
+        hidden_states(fx, of, tol.hidden)?;
+        batch_invariance(factory, device, fx, tol.batch)?;
+    }
+    for fx in [&TINY_CROSS_ENCODER, &TINY_XLM_ROBERTA_RERANKER] {
+        cross_encoder_parity(factory, device, fx, tol.outputs)?;
+    }
+    Ok(())
+}

@@ -2,9 +2,7 @@
 
 use burn_bert::{BurnBert, FACTORY};
 use gllm_api::{Device, Task};
-use gllm_testkit::embed::{
-    self, TINY_BERT, TINY_CROSS_ENCODER, TINY_ROBERTA, TINY_XLM_ROBERTA_RERANKER,
-};
+use gllm_testkit::embed::{self, HiddenOf, Tolerances};
 use gllm_testkit::fixture;
 
 #[test]
@@ -13,54 +11,19 @@ fn registered_under_its_name() {
     assert!(names.contains(&"burn-bert"), "registered: {names:?}");
 }
 
+/// The shared suite on every encoder fixture (BERT, RoBERTa, both cross-encoders).
 #[test]
-fn tiny_bert_embeddings() -> anyhow::Result<()> {
-    embed::embed_parity(&FACTORY, Device::CPU, &TINY_BERT, 1e-5)
-}
-
-#[test]
-fn tiny_bert_last_hidden_state() -> anyhow::Result<()> {
-    let model = BurnBert::load_dir(&fixture("tiny-bert"), Task::Embed, Device::CPU)?;
-    embed::hidden_states(
-        &TINY_BERT,
-        |input| Ok(model.last_hidden_state(input)?),
-        1e-4,
-    )
-}
-
-#[test]
-fn batch_invariance() -> anyhow::Result<()> {
-    embed::batch_invariance(&FACTORY, Device::CPU, &TINY_BERT, 1e-6)
-}
-
-#[test]
-fn tiny_cross_encoder_logits() -> anyhow::Result<()> {
-    embed::cross_encoder_parity(&FACTORY, Device::CPU, &TINY_CROSS_ENCODER, 1e-5)
-}
-
-#[test]
-fn tiny_roberta_embeddings() -> anyhow::Result<()> {
-    embed::embed_parity(&FACTORY, Device::CPU, &TINY_ROBERTA, 1e-5)
-}
-
-#[test]
-fn tiny_roberta_last_hidden_state() -> anyhow::Result<()> {
-    let model = BurnBert::load_dir(&fixture("tiny-roberta"), Task::Embed, Device::CPU)?;
-    embed::hidden_states(
-        &TINY_ROBERTA,
-        |input| Ok(model.last_hidden_state(input)?),
-        1e-4,
-    )
-}
-
-#[test]
-fn tiny_roberta_batch_invariance() -> anyhow::Result<()> {
-    embed::batch_invariance(&FACTORY, Device::CPU, &TINY_ROBERTA, 1e-6)
-}
-
-#[test]
-fn tiny_xlm_roberta_reranker_logits() -> anyhow::Result<()> {
-    embed::cross_encoder_parity(&FACTORY, Device::CPU, &TINY_XLM_ROBERTA_RERANKER, 1e-5)
+fn conformance_suite() -> anyhow::Result<()> {
+    let tol = Tolerances {
+        outputs: 1e-5,
+        hidden: 1e-4,
+        batch: 1e-6,
+    };
+    embed::encoder_suite(&FACTORY, Device::CPU, tol, |dir| {
+        let model = BurnBert::load_dir(dir, Task::Embed, Device::CPU)?;
+        let of: HiddenOf = Box::new(move |input| Ok(model.last_hidden_state(input)?));
+        Ok(of)
+    })
 }
 
 #[test]

@@ -3,9 +3,7 @@
 
 use burn_bert::{BurnBert, FACTORY};
 use gllm_api::{Device, ErrorKind, Task};
-use gllm_testkit::embed::{
-    self, TINY_BERT, TINY_CROSS_ENCODER, TINY_ROBERTA, TINY_XLM_ROBERTA_RERANKER,
-};
+use gllm_testkit::embed::{self, HiddenOf, Tolerances};
 use gllm_testkit::fixture;
 
 const GPU: Device = Device {
@@ -13,54 +11,19 @@ const GPU: Device = Device {
     ordinal: 0,
 };
 
+/// The shared suite on every encoder fixture (BERT, RoBERTa, both cross-encoders).
 #[test]
-fn tiny_bert_embeddings() -> anyhow::Result<()> {
-    embed::embed_parity(&FACTORY, GPU, &TINY_BERT, 1e-4)
-}
-
-#[test]
-fn tiny_bert_last_hidden_state() -> anyhow::Result<()> {
-    let model = BurnBert::load_dir(&fixture("tiny-bert"), Task::Embed, GPU)?;
-    embed::hidden_states(
-        &TINY_BERT,
-        |input| Ok(model.last_hidden_state(input)?),
-        1e-4,
-    )
-}
-
-#[test]
-fn batch_invariance() -> anyhow::Result<()> {
-    embed::batch_invariance(&FACTORY, GPU, &TINY_BERT, 1e-4)
-}
-
-#[test]
-fn tiny_cross_encoder_logits() -> anyhow::Result<()> {
-    embed::cross_encoder_parity(&FACTORY, GPU, &TINY_CROSS_ENCODER, 1e-4)
-}
-
-#[test]
-fn tiny_roberta_embeddings() -> anyhow::Result<()> {
-    embed::embed_parity(&FACTORY, GPU, &TINY_ROBERTA, 1e-4)
-}
-
-#[test]
-fn tiny_roberta_last_hidden_state() -> anyhow::Result<()> {
-    let model = BurnBert::load_dir(&fixture("tiny-roberta"), Task::Embed, GPU)?;
-    embed::hidden_states(
-        &TINY_ROBERTA,
-        |input| Ok(model.last_hidden_state(input)?),
-        1e-4,
-    )
-}
-
-#[test]
-fn tiny_roberta_batch_invariance() -> anyhow::Result<()> {
-    embed::batch_invariance(&FACTORY, GPU, &TINY_ROBERTA, 1e-4)
-}
-
-#[test]
-fn tiny_xlm_roberta_reranker_logits() -> anyhow::Result<()> {
-    embed::cross_encoder_parity(&FACTORY, GPU, &TINY_XLM_ROBERTA_RERANKER, 1e-4)
+fn conformance_suite() -> anyhow::Result<()> {
+    let tol = Tolerances {
+        outputs: 1e-4,
+        hidden: 1e-4,
+        batch: 1e-4,
+    };
+    embed::encoder_suite(&FACTORY, GPU, tol, |dir| {
+        let model = BurnBert::load_dir(dir, Task::Embed, GPU)?;
+        let of: HiddenOf = Box::new(move |input| Ok(model.last_hidden_state(input)?));
+        Ok(of)
+    })
 }
 
 #[test]

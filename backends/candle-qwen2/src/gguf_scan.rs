@@ -51,14 +51,9 @@ fn known(id: u32) -> bool {
 /// The first tensor of the header whose type is not known: (name, type id). `Ok(None)`
 /// when every type is known.
 pub fn first_unknown_type(r: &mut impl Read) -> io::Result<Option<(String, u32)>> {
-    let mut magic = [0u8; 4];
-    r.read_exact(&mut magic)?;
-    if &magic != b"GGUF" {
+    let Some((version, tensors, kvs)) = header(r)? else {
         return Ok(None);
-    }
-    let version = u32_(r)?;
-    let tensors = len(r, version)?;
-    let kvs = len(r, version)?;
+    };
     for _ in 0..kvs {
         skip_string(r, version)?;
         let ty = u32_(r)?;
@@ -81,14 +76,9 @@ pub fn first_unknown_type(r: &mut impl Read) -> io::Result<Option<(String, u32)>
 
 /// `general.alignment` of the header, when it is there as an integer.
 pub fn alignment(r: &mut impl Read) -> io::Result<Option<u64>> {
-    let mut magic = [0u8; 4];
-    r.read_exact(&mut magic)?;
-    if &magic != b"GGUF" {
+    let Some((version, _tensors, kvs)) = header(r)? else {
         return Ok(None);
-    }
-    let version = u32_(r)?;
-    let _tensors = len(r, version)?;
-    let kvs = len(r, version)?;
+    };
     for _ in 0..kvs {
         let key = string(r, version)?;
         let ty = u32_(r)?;
@@ -102,6 +92,19 @@ pub fn alignment(r: &mut impl Read) -> io::Result<Option<u64>> {
         skip_value(r, ty, version)?;
     }
     Ok(None)
+}
+
+/// (version, tensor count, key/value count) of a GGUF header; `None` without the magic.
+fn header(r: &mut dyn Read) -> io::Result<Option<(u32, u64, u64)>> {
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic)?;
+    if &magic != b"GGUF" {
+        return Ok(None);
+    }
+    let version = u32_(r)?;
+    let tensors = len(r, version)?;
+    let kvs = len(r, version)?;
+    Ok(Some((version, tensors, kvs)))
 }
 
 fn u32_(r: &mut dyn Read) -> io::Result<u32> {

@@ -501,6 +501,13 @@ pub fn floats(v: &Value) -> Vec<f32> {
         .unwrap_or_default()
 }
 
+/// An array of float arrays (embedding rows), as f32 rows.
+pub fn float_rows(v: &Value) -> Vec<Vec<f32>> {
+    v.as_array()
+        .map(|a| a.iter().map(floats).collect())
+        .unwrap_or_default()
+}
+
 /// Collects the text and the final chunk of a streamed chat completion.
 pub fn chat_stream_text(events: &[String]) -> Result<(String, Option<Value>, Vec<Value>)> {
     if events.last().map(String::as_str) != Some("[DONE]") {
