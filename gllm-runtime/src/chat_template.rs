@@ -42,12 +42,25 @@ impl std::fmt::Debug for ChatTemplate {
     }
 }
 
+/// Template variables the renderer sets itself: extra variables may not set them.
+const RESERVED: [&str; 4] = [
+    "messages",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+];
+
+/// The most template operations one rendering may take (minijinja's fuel): a
+/// template that loops without end is an error, not a hung request.
+const FUEL: u64 = 50_000_000;
+
 impl ChatTemplate {
     /// Compiles a template. `bos_token`/`eos_token` are the strings the template sees.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, String> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
@@ -79,6 +92,11 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         kwargs: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<String, String> {
+        if let Some(k) = kwargs.keys().find(|k| RESERVED.contains(&k.as_str())) {
+            return Err(format!(
+                "`{k}` cannot be set through the template variables (chat_template_kwargs)"
+            ));
+        }
         let tmpl = self
             .env
             .get_template("chat")
@@ -228,6 +246,32 @@ impl serde_json::ser::Formatter for PythonFormatter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_that_never_ends_runs_out_of_fuel() {
+        let t = ChatTemplate::new(
+            "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .expect("compiles");
+        let e = t.render(&[], true).expect_err("out of fuel");
+        assert!(e.contains("fuel"), "{e}");
+    }
+
+    #[test]
+    fn template_variables_may_not_set_what_the_renderer_owns() {
+        let t = ChatTemplate::new("{{ messages }}", "", "").expect("compiles");
+        for key in ["messages", "add_generation_prompt", "bos_token"] {
+            let mut kwargs = serde_json::Map::new();
+            kwargs.insert(key.into(), serde_json::json!([1]));
+            let e = t.render_with(&[], true, &kwargs).expect_err(key);
+            assert!(e.contains(&format!("`{key}` cannot be set")), "{e}");
+        }
+        let mut kwargs = serde_json::Map::new();
+        kwargs.insert("enable_thinking".into(), serde_json::json!(false));
+        assert!(t.render_with(&[], true, &kwargs).is_ok());
+    }
 
     #[test]
     fn strftime_formats_a_known_date() {

@@ -99,6 +99,12 @@ impl SamplingParams {
         if self.stop.iter().any(String::is_empty) {
             return Err("stop strings must not be empty".into());
         }
+        if let Some(long) = self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(format!(
+                "a stop string may be at most {MAX_STOP_BYTES} bytes, not {}",
+                long.len()
+            ));
+        }
         Ok(())
     }
 
@@ -159,6 +165,9 @@ impl SamplingOverrides {
         }
     }
 }
+
+/// The longest stop string (its matcher holds back up to this much text).
+pub const MAX_STOP_BYTES: usize = 1024;
 
 /// Temperatures below this sample greedily.
 pub const MIN_TEMPERATURE: f32 = 1e-5;
@@ -357,6 +366,16 @@ mod tests {
         seen.sort();
         seen.dedup();
         seen
+    }
+
+    #[test]
+    fn stop_strings_are_bounded() {
+        let mut p = SamplingParams::greedy(4);
+        p.stop = vec!["x".repeat(MAX_STOP_BYTES)];
+        assert!(p.validate().is_ok());
+        p.stop = vec!["x".repeat(MAX_STOP_BYTES + 1)];
+        let e = p.validate().expect_err("too long");
+        assert!(e.contains("at most 1024 bytes, not 1025"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,17 @@ async fn bad_requests_get_their_status_and_the_server_keeps_serving() -> Result<
         post_raw(addr, path, b"[1, 2]").await?.expect_error(400)?;
     }
 
+    // Tools cannot come in through the template variables (they are refused as a field).
+    let e = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}],
+                "chat_template_kwargs": {"tools": [{"type": "function"}]}}),
+    )
+    .await?
+    .expect_error(400)?;
+    assert_eq!(e["param"], "chat_template_kwargs", "{e}");
+
     // Wrong types, naming the field.
     let e = post(addr, "/v1/embeddings", &json!({"input": 5}))
         .await?

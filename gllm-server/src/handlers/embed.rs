@@ -144,9 +144,21 @@ fn truncate_dims(v: &mut Vec<f32>, dims: usize) {
     }
 }
 
-fn check_dims(dims: Option<usize>, rows: &[Embedding]) -> Result<(), ApiError> {
+/// Checks `dimensions` against the model's embedding width before anything is computed
+/// (and against the rows' width for a backend that reports none).
+fn check_dims(
+    dims: Option<usize>,
+    model: &EmbedModel,
+    rows: Option<&[Embedding]>,
+) -> Result<(), ApiError> {
+    let reported = model.handle.active().info.output_dim;
+    let full = match rows {
+        None if reported == 0 => return Ok(()),
+        None => reported,
+        Some(_) if reported != 0 => return Ok(()),
+        Some(rows) => rows.first().map(|r| r.embedding.len()).unwrap_or(0),
+    };
     if let Some(d) = dims {
-        let full = rows.first().map(|r| r.embedding.len()).unwrap_or(0);
         check(
             d >= 1 && d <= full,
             "dimensions",
@@ -185,10 +197,11 @@ pub(crate) async fn openai(
         EmbedInput::Tokens(ids) => Inputs::Ids(vec![ids]),
         EmbedInput::TokenLists(lists) => Inputs::Ids(lists),
     };
+    check_dims(req.dimensions, model, None).map_err(|e| e.for_model(id))?;
     let mut rows = embed(model, inputs, "input", req.prompt_name)
         .await
         .map_err(|e| e.for_model(id))?;
-    check_dims(req.dimensions, &rows).map_err(|e| e.for_model(id))?;
+    check_dims(req.dimensions, model, Some(&rows)).map_err(|e| e.for_model(id))?;
     let tokens: usize = rows.iter().map(|r| r.tokens).sum();
     state.metrics.embedded(id, rows.len());
     let data: Vec<serde_json::Value> = rows
@@ -230,10 +243,11 @@ pub(crate) async fn tei(
         TeiInputs::One(t) => vec![t],
         TeiInputs::Many(t) => t,
     };
+    check_dims(req.dimensions, model, None).map_err(|e| e.for_model(id))?;
     let mut rows = embed(model, Inputs::Texts(texts), "inputs", req.prompt_name)
         .await
         .map_err(|e| e.for_model(id))?;
-    check_dims(req.dimensions, &rows).map_err(|e| e.for_model(id))?;
+    check_dims(req.dimensions, model, Some(&rows)).map_err(|e| e.for_model(id))?;
     state.metrics.embedded(id, rows.len());
     let normalize = req.normalize.unwrap_or(true);
     let out: Vec<Vec<f32>> = rows

@@ -352,6 +352,16 @@ pub(crate) async fn chat(
         };
         let permit = model.admit().await?;
         let kwargs = req.chat_template_kwargs.unwrap_or_default();
+        // Tools and documents are request fields with checks of their own, not template variables.
+        if let Some(k) = kwargs
+            .keys()
+            .find(|k| matches!(k.as_str(), "tools" | "documents"))
+        {
+            return Err(ApiError::invalid_param(
+                "chat_template_kwargs",
+                format!("`{k}` cannot be set through chat_template_kwargs"),
+            ));
+        }
         // The permit covers the generation's work until it has stopped, not only its stream.
         let events: EventStream = Box::pin(
             model
