@@ -137,6 +137,22 @@ pub fn reference_inputs(reference: &Value) -> Result<Vec<EncodedInput>> {
         .collect())
 }
 
+/// A cross-encoder reference query's pairs (`input_ids` with `token_type_ids`), as recorded.
+pub fn reference_pairs(query: &Value) -> Result<Vec<EncodedInput>> {
+    let ids = query["input_ids"].as_array().context("no input_ids")?;
+    let types = query["token_type_ids"]
+        .as_array()
+        .context("no token_type_ids")?;
+    Ok(ids
+        .iter()
+        .zip(types)
+        .map(|(i, t)| EncodedInput {
+            ids: json_u32s(i),
+            type_ids: json_u32s(t),
+        })
+        .collect())
+}
+
 /// The reference embeddings (`embeddings`), one row per sentence.
 pub fn reference_rows(reference: &Value, key: &str) -> Result<Vec<Vec<f32>>> {
     let rows = reference[key]

@@ -60,20 +60,11 @@ fn int8_tiny_bert() -> anyhow::Result<()> {
 #[test]
 fn int8_cross_encoder_logits_stay_close() -> anyhow::Result<()> {
     // Logits of tiny-cross-encoder's first query with int8 encoder layers.
-    use gllm_testkit::{json_f32s, json_u32s, read_json};
+    use gllm_testkit::{json_f32s, read_json};
     let dir = fixture("tiny-cross-encoder");
     let reference = read_json(&dir.join("reference.json"))?;
     let q = &reference["queries"][0];
-    let pairs: Vec<gllm_api::EncodedInput> = q["input_ids"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .zip(q["token_type_ids"].as_array().into_iter().flatten())
-        .map(|(i, t)| gllm_api::EncodedInput {
-            ids: json_u32s(i),
-            type_ids: json_u32s(t),
-        })
-        .collect();
+    let pairs = embed::reference_pairs(q)?;
     let mut spec = embed::spec(&dir, Task::Rerank);
     spec.options.insert("quantize".into(), "int8".into());
     let model = BurnBert::load(&spec, Device::CPU)?;
@@ -95,7 +86,7 @@ fn int8_cross_encoder_logits_stay_close() -> anyhow::Result<()> {
 /// The generic path (padded batches, Burn ops only: the one GPUs run) on the CPU.
 #[test]
 fn unfused_path_matches_the_references() -> anyhow::Result<()> {
-    use gllm_testkit::{json_f32s, json_u32s, read_json};
+    use gllm_testkit::{json_f32s, read_json};
     let dir = fixture("tiny-bert");
     let mut spec = embed::spec(&dir, Task::Embed);
     spec.options.insert("fused".into(), "false".into());
@@ -111,16 +102,7 @@ fn unfused_path_matches_the_references() -> anyhow::Result<()> {
     let model = BurnBert::load(&spec, Device::CPU)?;
     let reference = read_json(&dir.join("reference.json"))?;
     let q = &reference["queries"][0];
-    let pairs: Vec<gllm_api::EncodedInput> = q["input_ids"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .zip(q["token_type_ids"].as_array().into_iter().flatten())
-        .map(|(i, t)| gllm_api::EncodedInput {
-            ids: json_u32s(i),
-            type_ids: json_u32s(t),
-        })
-        .collect();
+    let pairs = embed::reference_pairs(q)?;
     let got: Vec<f32> = gllm_api::InferenceBackend::rerank(&model, &pairs)?
         .iter()
         .map(|r| r[0])
