@@ -3,6 +3,10 @@
 
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
+/// The most tokens [`IncrementalDecoder`] holds back waiting for a character to
+/// complete (a character is at most 4 bytes; byte-level tokens carry at least one).
+pub const MAX_HELD_TOKENS: usize = 8;
+
 /// Decodes a growing list of token ids into text deltas that are always valid
 /// UTF-8 and concatenate to the decode of the whole list, also when a character's
 /// bytes are split across tokens (byte-level BPE).
@@ -25,6 +29,9 @@ impl IncrementalDecoder {
 
     /// Adds one token and returns the text it completes (possibly empty, when it
     /// ends in the middle of a character).
+    /// Tokens that never complete a character (a model emitting stray UTF-8
+    /// continuation bytes) are held back at most [`MAX_HELD_TOKENS`] at a time, then
+    /// released lossily, so each step decodes a bounded window.
     pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<String, TokenizerError> {
         self.ids.push(id);
         let prefix = tok.decode(
@@ -32,8 +39,11 @@ impl IncrementalDecoder {
             self.skip_special,
         )?;
         let text = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
-        if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&prefix) {
-            let delta = text[prefix.len()..].to_string();
+        let complete =
+            text.len() > prefix.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&prefix);
+        let held = self.ids.len() - self.read_offset;
+        if complete || held > MAX_HELD_TOKENS {
+            let delta = text.get(prefix.len()..).unwrap_or("").to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
             Ok(delta)
@@ -113,6 +123,41 @@ impl StopMatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_that_never_complete_a_character_are_released_in_bounded_steps() {
+        let path = gllm_testkit::fixture("tiny-qwen2").join("tokenizer.json");
+        let tok = TextTokenizer::from_file(&path).expect("tiny-qwen2's tokenizer");
+        // A rare 4-byte character is split into byte tokens; its first one is an
+        // incomplete character on its own.
+        let (text, ids) = ["𓀀", "𒀀", "\u{E0001}", "\u{10FFFD}"]
+            .iter()
+            .map(|c| (*c, tok.encode(c, false).expect("encodes").ids))
+            .find(|(_, ids)| ids.len() > 1)
+            .expect("a character the vocabulary splits into byte tokens");
+        let partial = ids[0];
+        let mut d = IncrementalDecoder::new(true);
+        let mut out = String::new();
+        let mut released_early = false;
+        for i in 0..200 {
+            let delta = d.push(&tok, partial).expect("decodes");
+            released_early |= !delta.is_empty() && i < 199;
+            out.push_str(&delta);
+        }
+        out.push_str(&d.flush(&tok).expect("flushes"));
+        assert!(released_early, "everything was held back until the end");
+        assert!(
+            !out.is_empty() && out.chars().all(|c| c == '\u{FFFD}'),
+            "{out:?}"
+        );
+        // A character completed within the window is still whole.
+        let mut d = IncrementalDecoder::new(true);
+        let decoded: String = ids
+            .iter()
+            .map(|&id| d.push(&tok, id).expect("decodes"))
+            .collect();
+        assert_eq!(decoded, text);
+    }
 
     #[test]
     fn stop_string_split_across_deltas_is_not_emitted() {
