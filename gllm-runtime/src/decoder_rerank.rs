@@ -94,16 +94,12 @@ impl DecoderRerank {
                 head_len, self.max_tokens
             )));
         }
-        let cap = room.saturating_mul(crate::tokenizer::BYTES_PER_TOKEN_CAP);
         documents
             .iter()
             .map(|document| {
-                let mut end = document.len().min(cap);
-                while !document.is_char_boundary(end) {
-                    end -= 1;
-                }
+                let document = crate::tokenizer::capped_for(document, room);
                 let mut body = tok
-                    .encode(&format!("{head}{}", &document[..end]), false)
+                    .encode(&format!("{head}{document}"), false)
                     .map_err(tokenizer_err)?
                     .ids;
                 body.truncate(room);

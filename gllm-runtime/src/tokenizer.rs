@@ -25,6 +25,20 @@ type Result<T> = std::result::Result<T, TokenizerError>;
 /// beyond would be truncated anyway (no tokenizer makes tokens this long on average).
 pub const BYTES_PER_TOKEN_CAP: usize = 256;
 
+/// `text` cut at a character boundary to [`BYTES_PER_TOKEN_CAP`] bytes per token of
+/// `max_tokens`: what lies beyond would be truncated away after tokenizing anyway.
+pub fn capped_for(text: &str, max_tokens: usize) -> &str {
+    let cap = max_tokens.saturating_mul(BYTES_PER_TOKEN_CAP);
+    if text.len() <= cap {
+        return text;
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A tokenizer with its truncation limit.
 #[derive(Clone)]
 pub struct TextTokenizer {
@@ -107,20 +121,16 @@ impl TextTokenizer {
     /// Encodes a (first, second) pair with the tokenizer's own pair template, truncating the longer first.
     /// An empty `second` is still a (empty) second segment, as in the batched pair
     /// encoding of sentence-transformers' `CrossEncoder.predict`: `[CLS] a [SEP] [SEP]`.
+    /// Over-long texts are cut before tokenizing, as [`Self::encode_pairs`] says.
     pub fn encode_pair(&self, first: &str, second: &str) -> Result<EncodedInput> {
-        let enc = self
-            .inner
-            .encode((first, second), true)
-            .map_err(|e| TokenizerError(format!("cannot encode pair: {e}")))?;
-        Ok(EncodedInput {
-            ids: enc.get_ids().to_vec(),
-            type_ids: enc.get_type_ids().to_vec(),
-        })
+        self.encode_pairs(first, std::slice::from_ref(&second.to_string()))?
+            .pop()
+            .ok_or_else(|| TokenizerError("no encoding for one pair".into()))
     }
 
-    /// [`Self::encode_pair`] of `first` with each of `seconds`, `first` tokenized
-    /// once (the same ids: a pair's sequences are tokenized apart, then truncated and
-    /// joined by the pair template). With a truncation limit, texts are first cut to
+    /// The pair encodings of `first` with each of `seconds`, `first` tokenized
+    /// once (as `Tokenizer::encode` of a pair does: its sequences are tokenized apart,
+    /// then truncated and joined by the pair template). With a truncation limit, texts are first cut to
     /// [`BYTES_PER_TOKEN_CAP`] bytes per token of it, so a huge text costs no more than
     /// a long one.
     pub fn encode_pairs(&self, first: &str, seconds: &[String]) -> Result<Vec<EncodedInput>> {
@@ -142,21 +152,13 @@ impl TextTokenizer {
             .collect()
     }
 
-    /// `text` cut (at a character boundary) to [`BYTES_PER_TOKEN_CAP`] bytes per token of
-    /// the truncation limit; all of it without a limit.
+    /// `text` cut to [`BYTES_PER_TOKEN_CAP`] bytes per token of the truncation limit
+    /// ([`capped_for`]); all of it without a limit.
     pub fn capped<'a>(&self, text: &'a str) -> &'a str {
-        let Some(max) = self.max_length else {
-            return text;
-        };
-        let cap = max.saturating_mul(BYTES_PER_TOKEN_CAP);
-        if text.len() <= cap {
-            return text;
+        match self.max_length {
+            Some(max) => capped_for(text, max),
+            None => text,
         }
-        let mut end = cap;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        &text[..end]
     }
 
     /// Decodes ids to text.

@@ -1,8 +1,20 @@
-//! The files of a Hugging Face checkpoint directory.
+//! The files of a Hugging Face checkpoint directory: the shards of a sharded
+//! checkpoint, and the JSON files beside the weights (sentence-transformers modules).
 
 use std::path::{Path, PathBuf};
 
 use gllm_api::BackendError;
+
+/// A JSON file of a checkpoint; one that cannot be read or parsed is an invalid
+/// model naming the file.
+pub fn read_json(path: &Path) -> Result<serde_json::Value, BackendError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        BackendError::invalid_model(format!("{}: cannot read: {e}", path.display()))
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        BackendError::invalid_model(format!("{}: not valid JSON: {e}", path.display()))
+    })
+}
 
 /// The shard files named by a `model.safetensors.index.json`, each once, in order.
 /// A shard must be a plain file name in `dir`: a path (`../x`, `/etc/x`, `a/b`) or a

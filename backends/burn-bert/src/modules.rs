@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use gllm_api::BackendError;
+use gllm_arch::checkpoint::read_json;
 use serde_json::Value;
 
 use crate::pooling::Pooling;
@@ -21,15 +22,6 @@ pub struct EmbedChain {
     pub max_seq_length: Option<usize>,
     /// The Pooling module's `word_embedding_dimension`, when given.
     pub pooling_width: Option<usize>,
-}
-
-fn read_json(path: &Path) -> Result<Value, BackendError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        BackendError::invalid_model(format!("{}: cannot read: {e}", path.display()))
-    })?;
-    serde_json::from_str(&text).map_err(|e| {
-        BackendError::invalid_model(format!("{}: not valid JSON: {e}", path.display()))
-    })
 }
 
 impl EmbedChain {

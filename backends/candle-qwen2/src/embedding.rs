@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use gllm_api::{BackendError, ModelSpec};
+use gllm_arch::checkpoint::read_json;
 use serde_json::Value;
 
 /// How the final hidden states become one vector.
@@ -13,15 +14,6 @@ use serde_json::Value;
 pub struct Pooling {
     /// L2-normalize the pooled vector (a `Normalize` module).
     pub normalize: bool,
-}
-
-fn read_json(path: &Path) -> Result<Value, BackendError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        BackendError::invalid_model(format!("{}: cannot read: {e}", path.display()))
-    })?;
-    serde_json::from_str(&text).map_err(|e| {
-        BackendError::invalid_model(format!("{}: not valid JSON: {e}", path.display()))
-    })
 }
 
 impl Pooling {
