@@ -386,20 +386,11 @@ pub fn cross_encoder_parity(
     let mut all_pairs = Vec::new();
     let mut all_logits = Vec::new();
     for (qi, q) in queries.iter().enumerate() {
-        let ids = q["input_ids"].as_array().context("no input_ids")?;
-        let types = q["token_type_ids"]
-            .as_array()
-            .context("no token_type_ids")?;
         let docs = q["documents"].as_array().context("no documents")?;
-        let pairs: Vec<EncodedInput> = ids
-            .iter()
-            .zip(types)
+        let pairs: Vec<EncodedInput> = reference_pairs(q)?
+            .into_iter()
             .zip(docs)
-            .map(|((i, t), doc)| {
-                let mut pair = EncodedInput {
-                    ids: json_u32s(i),
-                    type_ids: json_u32s(t),
-                };
+            .map(|(mut pair, doc)| {
                 if let Some(sep) = fx.empty_document_sep
                     && doc.as_str() == Some("")
                     && !pair.type_ids.contains(&1)
