@@ -3,7 +3,8 @@
 //! device fallback underneath (see [`ServedModel::feed`]).
 
 use crate::error::{Result, RuntimeError};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::grammar::Constraint;
+use crate::sampling::{Sampler, SamplingParams, TokenLogprob, token_logprob};
 use crate::served::{Sequence, ServedModel};
 use crate::stream::{IncrementalDecoder, StopMatcher};
 
@@ -41,6 +42,10 @@ pub struct Generation {
     pub finish_reason: FinishReason,
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Prompt tokens whose KV cache was already there (not prefilled again).
+    pub cached_tokens: usize,
+    /// Per generated token, when [`SamplingParams::logprobs`] asks for them.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Prompts are fed in chunks of this many tokens: between chunks the generation can be
@@ -62,7 +67,25 @@ pub(crate) fn run(
     params: &SamplingParams,
     on_delta: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    let result = generate(model, seq, prompt, keep, params, on_delta);
+    let mut gens = run_choices(model, seq, prompt, keep, params, 1, &mut |_, d| on_delta(d))?;
+    gens.pop()
+        .ok_or_else(|| RuntimeError::Internal("a generation gave no result".into()))
+}
+
+/// [`run`] for `n` answers to one prompt: the prompt is prefilled once, and each
+/// answer starts from the same cache and the same first logits; answer `i` samples
+/// with seed `seed + i` (so it equals a single request with that seed).
+/// `on_delta` gets the answer's index with each piece.
+pub(crate) fn run_choices(
+    model: &ServedModel,
+    seq: &mut Sequence,
+    prompt: &[u32],
+    keep: usize,
+    params: &SamplingParams,
+    n: usize,
+    on_delta: &mut dyn FnMut(usize, &str) -> bool,
+) -> Result<Vec<Generation>> {
+    let result = choices(model, seq, prompt, keep, params, n.max(1), on_delta);
     seq.end_generation();
     result
 }
@@ -96,14 +119,15 @@ fn fit(prompt: &[u32], keep: usize, context: usize, params: &SamplingParams) -> 
     Ok(fitted)
 }
 
-fn generate(
+fn choices(
     model: &ServedModel,
     seq: &mut Sequence,
     prompt: &[u32],
     keep: usize,
     params: &SamplingParams,
-    on_delta: &mut dyn FnMut(&str) -> bool,
-) -> Result<Generation> {
+    n: usize,
+    on_delta: &mut dyn FnMut(usize, &str) -> bool,
+) -> Result<Vec<Generation>> {
     params.validate().map_err(RuntimeError::InvalidRequest)?;
     if prompt.is_empty() {
         return Err(RuntimeError::InvalidRequest(
@@ -120,6 +144,24 @@ fn generate(
             info.vocab_size
         )));
     }
+    // A grammar is compiled before any work: one llguidance refuses is a bad request.
+    let grammar_env = match &params.grammar {
+        Some(_) => Some(model.grammar()?),
+        None => None,
+    };
+    let constraint = |i: usize| -> Result<Option<Constraint>> {
+        match (&params.grammar, &grammar_env) {
+            (Some(g), Some(env)) => env.constraint(g).map(Some).map_err(|e| {
+                RuntimeError::InvalidRequest(if i == 0 {
+                    format!("the grammar or schema cannot be used: {e}")
+                } else {
+                    e
+                })
+            }),
+            _ => Ok(None),
+        }
+    };
+    let mut first_constraint = constraint(0)?;
 
     // Reuse the longest shared prefix of what the cache holds; feed at least one token.
     let common = seq
@@ -130,32 +172,81 @@ fn generate(
         .count()
         .min(prompt.len() - 1);
     seq.truncate(common);
+    let mut logits = Vec::new();
+    for chunk in prompt[common..].chunks(PREFILL_CHUNK) {
+        if !on_delta(0, "") {
+            return Ok(vec![Generation {
+                text: String::new(),
+                token_ids: Vec::new(),
+                finish_reason: FinishReason::Cancelled,
+                prompt_tokens: prompt.len(),
+                cached_tokens: common,
+                logprobs: Vec::new(),
+            }]);
+        }
+        logits = model.feed(seq, chunk)?;
+    }
+    let mut gens = Vec::with_capacity(n);
+    for i in 0..n {
+        if i > 0 {
+            // Back to the prompt alone: the next answer starts where this one did.
+            seq.truncate(prompt.len());
+        }
+        let mut p = params.clone();
+        p.seed = params.seed.map(|s| s.wrapping_add(i as u64));
+        let c = match first_constraint.take() {
+            Some(c) => Some(c),
+            None => constraint(i)?,
+        };
+        let mut g = decode(model, seq, prompt, logits.clone(), &p, c, &mut |d| {
+            on_delta(i, d)
+        })?;
+        g.cached_tokens = common;
+        let cancelled = g.finish_reason == FinishReason::Cancelled;
+        gens.push(g);
+        if cancelled {
+            break;
+        }
+    }
+    Ok(gens)
+}
 
+/// Samples an answer from the prompt's last `logits` on, feeding each token.
+fn decode(
+    model: &ServedModel,
+    seq: &mut Sequence,
+    prompt: &[u32],
+    mut logits: Vec<f32>,
+    params: &SamplingParams,
+    mut constraint: Option<Constraint>,
+    on_delta: &mut dyn FnMut(&str) -> bool,
+) -> Result<Generation> {
+    let context = model.active().info.max_positions.max(2);
     let tok = &model.text.tokenizer;
     let mut sampler = Sampler::new(params.clone());
     let mut decoder = IncrementalDecoder::new(true);
     let mut stops = StopMatcher::new(params.stop.clone());
     let mut text = String::new();
     let mut output: Vec<u32> = Vec::new();
-    let mut logits = Vec::new();
-    for chunk in prompt[common..].chunks(PREFILL_CHUNK) {
-        if !on_delta("") {
-            return Ok(Generation {
-                text: String::new(),
-                token_ids: Vec::new(),
-                finish_reason: FinishReason::Cancelled,
-                prompt_tokens: prompt.len(),
-            });
-        }
-        logits = model.feed(seq, chunk)?;
-    }
+    let mut logprobs = Vec::new();
     let mut stop_string_hit = false;
     let finish = loop {
-        let next = sampler.sample(&mut logits, prompt, &output);
+        if let Some(c) = constraint.as_mut() {
+            c.mask(&mut logits).map_err(RuntimeError::Internal)?;
+        }
+        sampler.penalize(&mut logits, prompt, &output);
+        let next = sampler.pick(&logits);
         if model.text.eos_ids.contains(&next) {
             break FinishReason::Stop;
         }
+        if let Some(k) = params.logprobs {
+            logprobs.push(token_logprob(&logits, next, k));
+        }
         output.push(next);
+        let complete = match constraint.as_mut() {
+            Some(c) => c.consume(next).map_err(RuntimeError::Internal)?,
+            None => false,
+        };
         let delta = decoder
             .push(tok, next)
             .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
@@ -165,6 +256,9 @@ fn generate(
         }
         if stopped {
             stop_string_hit = true;
+            break FinishReason::Stop;
+        }
+        if complete {
             break FinishReason::Stop;
         }
         if output.len() >= params.max_tokens || prompt.len() + output.len() >= context {
@@ -192,6 +286,8 @@ fn generate(
         token_ids: output,
         finish_reason: finish,
         prompt_tokens: prompt.len(),
+        cached_tokens: 0,
+        logprobs,
     })
 }
 

@@ -13,6 +13,7 @@ use crate::chat_template::ChatTemplate;
 use crate::decoder_rerank::DecoderRerank;
 use crate::error::{Result, RuntimeError};
 use crate::gguf_meta::{GgufMetadata, MetaValue};
+use crate::grammar::GrammarEnv;
 use crate::manifest::{ModelEntry, ModelSource};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::TextTokenizer;
@@ -67,6 +68,9 @@ pub(crate) struct TextSide {
     /// Embedding prompts by name (`config_sentence_transformers.json`), prepended to
     /// each text, and the one used when a request names none.
     pub prompts: Prompts,
+    /// The token table and grammar compiler for constrained decoding and token bytes,
+    /// built on first use (an error says why this tokenizer cannot have one).
+    pub grammar: std::sync::OnceLock<std::result::Result<std::sync::Arc<GrammarEnv>, String>>,
 }
 
 /// The named prompts of a sentence-transformers embedder.
@@ -340,6 +344,7 @@ pub(crate) fn load_text_side(entry: &ModelEntry, files: &ModelFiles) -> Result<T
             Task::Embed => Prompts::read(id, &files.dir)?,
             _ => Prompts::default(),
         },
+        grammar: std::sync::OnceLock::new(),
     })
 }
 

@@ -31,7 +31,15 @@ pub struct SamplingParams {
     /// start (a chat's system turn) and its end are kept, the middle dropped.
     /// Off by default: such a prompt is an invalid request naming both lengths.
     pub truncate_prompt: bool,
+    /// Report the log-probability of each generated token and of this many most
+    /// likely alternatives (at most [`MAX_TOP_LOGPROBS`]); `None` reports none.
+    pub logprobs: Option<usize>,
+    /// Constrain the output to a grammar (JSON Schema, any JSON object, Lark).
+    pub grammar: Option<crate::grammar::Grammar>,
 }
+
+/// Most alternatives [`SamplingParams::logprobs`] may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -47,6 +55,8 @@ impl Default for SamplingParams {
             max_tokens: 256,
             stop: Vec::new(),
             truncate_prompt: false,
+            logprobs: None,
+            grammar: None,
         }
     }
 }
@@ -98,6 +108,11 @@ impl SamplingParams {
         }
         if self.stop.iter().any(String::is_empty) {
             return Err("stop strings must not be empty".into());
+        }
+        if let Some(k) = self.logprobs.filter(|k| *k > MAX_TOP_LOGPROBS) {
+            return Err(format!(
+                "top_logprobs may be at most {MAX_TOP_LOGPROBS}, not {k}"
+            ));
         }
         if let Some(long) = self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
             return Err(format!(
@@ -162,6 +177,8 @@ impl SamplingOverrides {
             max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
             stop: self.stop.clone().unwrap_or(d.stop),
             truncate_prompt: self.truncate_prompt.unwrap_or(d.truncate_prompt),
+            logprobs: d.logprobs,
+            grammar: d.grammar,
         }
     }
 }
@@ -197,7 +214,17 @@ impl Sampler {
     /// Picks the next token. `prompt` and `output` are the ids so far (for penalties).
     /// `logits` is modified in place.
     pub fn sample(&mut self, logits: &mut [f32], prompt: &[u32], output: &[u32]) -> u32 {
+        self.penalize(logits, prompt, output);
+        self.pick(logits)
+    }
+
+    /// Applies the repetition, presence and frequency penalties to `logits`.
+    pub fn penalize(&self, logits: &mut [f32], prompt: &[u32], output: &[u32]) {
         apply_penalties(logits, &self.params, prompt, output);
+    }
+
+    /// Picks a token from logits that are already penalized.
+    pub fn pick(&mut self, logits: &[f32]) -> u32 {
         if self.params.is_greedy() {
             return argmax(logits);
         }
@@ -257,6 +284,72 @@ impl Sampler {
             r -= p;
         }
         cand[keep - 1].0
+    }
+}
+
+/// The log-probability of a generated token, with the most likely alternatives at
+/// that step (from the log-softmax of the logits the sampler saw: after penalties
+/// and any grammar mask, before temperature).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TokenLogprob {
+    /// The token picked.
+    pub id: u32,
+    /// Its natural-log probability.
+    pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// [`TokenLogprob`] of token `id` under `logits`, with `top` alternatives.
+pub fn token_logprob(logits: &[f32], id: u32, top: usize) -> TokenLogprob {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| !l.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let lse_shift: f64 = if max.is_finite() {
+        logits
+            .iter()
+            .filter(|l| l.is_finite())
+            .map(|l| ((l - max) as f64).exp())
+            .sum::<f64>()
+            .ln()
+    } else {
+        0.0
+    };
+    let log_prob = |l: f32| -> f32 {
+        if max == f32::INFINITY {
+            // +inf logits share all the mass.
+            let n = logits.iter().filter(|l| **l == f32::INFINITY).count() as f32;
+            return if l == f32::INFINITY {
+                -n.ln()
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+        if !l.is_finite() {
+            return f32::NEG_INFINITY;
+        }
+        (l - max) - lse_shift as f32
+    };
+    let mut best: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.is_nan() && **l > f32::NEG_INFINITY)
+        .map(|(i, l)| (i as u32, *l))
+        .collect();
+    let k = top.min(best.len());
+    if k > 0 && k < best.len() {
+        best.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    }
+    best.truncate(k);
+    best.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    TokenLogprob {
+        id,
+        logprob: logits
+            .get(id as usize)
+            .map_or(f32::NEG_INFINITY, |l| log_prob(*l)),
+        top: best.into_iter().map(|(i, l)| (i, log_prob(l))).collect(),
     }
 }
 

@@ -182,6 +182,13 @@ impl TextTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// The tokenizer as `tokenizer.json` text.
+    pub(crate) fn to_json(&self) -> std::result::Result<String, String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| format!("cannot write the tokenizer as JSON: {e}"))
+    }
 }
 
 /// Builds the tokenizer.json that transformers' GGUF converter produces for a

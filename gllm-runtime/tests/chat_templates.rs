@@ -78,3 +78,60 @@ fn smollm2_chat_template_from_the_gguf_metadata() {
         json_u32s(&chat["input_ids"])
     );
 }
+
+/// The two tool conversations of `tool-chat-templates.reference.json` (tool definitions;
+/// assistant calls with arguments as an object and as a JSON string; parallel calls;
+/// tool results) render to exactly transformers' text and ids, with Qwen2.5's template
+/// (from the Qwen2.5-Coder GGUF) and Qwen3's (tiny-qwen2's), with and without the
+/// generation prompt.
+#[test]
+fn tool_conversations_render_exactly_as_transformers() {
+    let coder = GgufMetadata::read(&gllm_testkit::coder::coder_gguf()).unwrap();
+    let qwen25 = ChatTemplate::new(
+        coder.str("tokenizer.chat_template").expect("template"),
+        "",
+        "<|im_end|>",
+    )
+    .unwrap();
+    let qwen25_tok = TextTokenizer::from_gguf(&coder).unwrap();
+    let dir = fixture("tiny-qwen2");
+    let cfg = read_json(&dir.join("tokenizer_config.json")).unwrap();
+    let qwen3 =
+        ChatTemplate::new(cfg["chat_template"].as_str().unwrap(), "", "<|im_end|>").unwrap();
+    let qwen3_tok = TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let reference = read_json(&fixtures_dir().join("tool-chat-templates.reference.json")).unwrap();
+    let conversations = reference["conversations"].as_array().unwrap();
+    assert_eq!(conversations.len(), 2);
+    let mut checked = 0;
+    for (n, conv) in conversations.iter().enumerate() {
+        let msgs = messages(&conv["messages"]);
+        let mut kwargs = serde_json::Map::new();
+        kwargs.insert("tools".into(), conv["tools"].clone());
+        for (name, tmpl, tok) in [
+            ("qwen2.5", &qwen25, &qwen25_tok),
+            ("qwen3", &qwen3, &qwen3_tok),
+        ] {
+            for add in [false, true] {
+                let key = if add {
+                    format!("{name}+generation_prompt")
+                } else {
+                    name.to_string()
+                };
+                let want = &conv["rendered"][&key];
+                let text = tmpl.render_with(&msgs, add, &kwargs).unwrap();
+                assert_eq!(
+                    text,
+                    want["text"].as_str().unwrap(),
+                    "conversation {n}, {key}"
+                );
+                assert_eq!(
+                    tok.encode(&text, false).unwrap().ids,
+                    json_u32s(&want["input_ids"]),
+                    "conversation {n}, {key}: ids"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 8);
+}
