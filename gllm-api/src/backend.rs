@@ -60,6 +60,21 @@ pub trait KvCache: Any + Send {
     /// Forgets every position from `len` on, to roll back or to reuse a prefix.
     /// `len` larger than [`KvCache::len`] is invalid input.
     fn truncate(&mut self, len: usize) -> Result<(), BackendError>;
+
+    /// A copy of the cache that shares no state with it (the runtime's prompt cache
+    /// keeps one per prompt prefix). Unsupported by default: a backend or plugin
+    /// without it simply gets no prompt cache.
+    fn try_clone(&self) -> Result<Box<dyn KvCache>, BackendError> {
+        Err(BackendError::unsupported(
+            "this backend's KV cache cannot be copied",
+        ))
+    }
+
+    /// Bytes of memory the cache holds (what a prompt cache's budget counts); 0 when
+    /// the backend does not say.
+    fn bytes(&self) -> usize {
+        0
+    }
 }
 
 /// A loaded model. Weights are immutable and shared: one instance serves many

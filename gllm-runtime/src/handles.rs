@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use gllm_api::{EncodedInput, Task};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -315,6 +315,15 @@ pub enum StreamEvent {
     Done(Generation),
 }
 
+/// An event of one answer of a request for several ([`GeneratorHandle::chat_choices_stream_holding`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoiceEvent {
+    /// Which answer (0-based).
+    pub index: usize,
+    /// Its text or its end.
+    pub event: StreamEvent,
+}
+
 /// Generates text with one decoder model.
 #[derive(Clone)]
 pub struct GeneratorHandle {
@@ -344,11 +353,16 @@ impl GeneratorHandle {
 
     /// Tokenizes a prompt as `generate` does.
     pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.tokenize(prompt, true)
+    }
+
+    /// Tokenizes a text, with the tokenizer's special tokens (BOS) or without.
+    pub fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         Ok(self
             .model
             .text
             .tokenizer
-            .encode(prompt, true)
+            .encode(text, add_special_tokens)
             .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?
             .ids)
     }
@@ -360,6 +374,23 @@ impl GeneratorHandle {
             .tokenizer
             .decode(ids, skip_special_tokens)
             .map_err(|e| RuntimeError::Tokenizer(e.to_string()))
+    }
+
+    /// The raw bytes of a token (a special token's text), as OpenAI's logprobs report them.
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
+        Ok(self.model.grammar()?.token_bytes(id))
+    }
+
+    /// Checks that constrained decoding can follow `grammar` with this model (the
+    /// error names what llguidance refused), without generating.
+    pub fn check_grammar(&self, grammar: &crate::Grammar) -> Result<()> {
+        self.model
+            .grammar()?
+            .constraint(grammar)
+            .map(drop)
+            .map_err(|e| {
+                RuntimeError::InvalidRequest(format!("the grammar or schema cannot be used: {e}"))
+            })
     }
 
     /// Renders a conversation with the model's chat template.
@@ -420,8 +451,9 @@ impl GeneratorHandle {
         params: &SamplingParams,
         on_delta: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        let mut seq = Sequence::default();
-        generate::run(&self.model, &mut seq, prompt, 0, params, on_delta)
+        self.run_choices(prompt, 0, params, 1, &mut |_, d| on_delta(d))?
+            .pop()
+            .ok_or_else(|| RuntimeError::Internal("a generation gave no result".into()))
     }
 
     /// How many leading tokens of a conversation's `ids` are its system turn (0 without
@@ -451,10 +483,52 @@ impl GeneratorHandle {
         params: &SamplingParams,
         on_delta: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
+        self.chat_choices_blocking(messages, kwargs, params, 1, &mut |_, d| on_delta(d))?
+            .pop()
+            .ok_or_else(|| RuntimeError::Internal("a generation gave no result".into()))
+    }
+
+    /// `n` answers to a conversation on the calling thread (one prefill).
+    fn chat_choices_blocking(
+        &self,
+        messages: &[ChatMessage],
+        kwargs: &TemplateKwargs,
+        params: &SamplingParams,
+        n: usize,
+        on_delta: &mut dyn FnMut(usize, &str) -> bool,
+    ) -> Result<Vec<Generation>> {
         let ids = self.encode_chat_with(messages, kwargs)?;
         let keep = self.system_turn_len(messages, kwargs, &ids);
-        let mut seq = Sequence::default();
-        generate::run(&self.model, &mut seq, &ids, keep, params, on_delta)
+        self.run_choices(&ids, keep, params, n, on_delta)
+    }
+
+    /// Runs `n` answers to prompt ids on a sequence from the prompt cache, and leaves
+    /// the sequence there afterwards.
+    fn run_choices(
+        &self,
+        ids: &[u32],
+        keep: usize,
+        params: &SamplingParams,
+        n: usize,
+        on_delta: &mut dyn FnMut(usize, &str) -> bool,
+    ) -> Result<Vec<Generation>> {
+        let mut seq = self.model.sequence_for(ids);
+        let result = generate::run_choices(&self.model, &mut seq, ids, keep, params, n, on_delta);
+        self.model.keep_sequence(seq);
+        result
+    }
+
+    /// Keeps finished generations' KV caches, up to `budget_bytes`, so that a prompt
+    /// beginning as an earlier one did (a chat's next turn) prefills only what is new
+    /// ([`Generation::cached_tokens`] counts what was reused). Outputs do not change.
+    /// The first call sets the budget. A backend whose caches cannot be copied gets none.
+    pub fn enable_prompt_cache(&self, budget_bytes: usize) {
+        self.model.enable_prompt_cache(budget_bytes);
+    }
+
+    /// The prompt cache's counters (`None` until enabled).
+    pub fn prompt_cache_stats(&self) -> Option<crate::PromptCacheStats> {
+        self.model.prompt_cache_stats()
     }
 
     /// Generates the whole text.
@@ -488,6 +562,39 @@ impl GeneratorHandle {
         self.stream_with(guard, move |on_delta| {
             let ids = this.encode_prompt(&request.prompt)?;
             this.generate_ids_blocking(&ids, &request.params, on_delta)
+        })
+    }
+
+    /// [`GeneratorHandle::generate_stream_holding`] for `n` answers to the prompt: it is
+    /// prefilled once, and answer `i` samples with seed `seed + i` (equal to a single
+    /// request with that seed). Each answer's events carry its index; the answers come
+    /// one after another.
+    pub fn generate_choices_stream_holding(
+        &self,
+        request: GenerateRequest,
+        n: usize,
+        guard: impl Send + 'static,
+    ) -> impl Stream<Item = Result<ChoiceEvent>> + Send + 'static {
+        let this = self.clone();
+        self.stream_choices(guard, move |on_delta| {
+            let ids = this.encode_prompt(&request.prompt)?;
+            this.run_choices(&ids, 0, &request.params, n, on_delta)
+        })
+    }
+
+    /// [`GeneratorHandle::chat_stream_holding`] for `n` answers (see
+    /// [`GeneratorHandle::generate_choices_stream_holding`]).
+    pub fn chat_choices_stream_holding(
+        &self,
+        messages: Vec<ChatMessage>,
+        kwargs: TemplateKwargs,
+        params: SamplingParams,
+        n: usize,
+        guard: impl Send + 'static,
+    ) -> impl Stream<Item = Result<ChoiceEvent>> + Send + 'static {
+        let this = self.clone();
+        self.stream_choices(guard, move |on_delta| {
+            this.chat_choices_blocking(&messages, &kwargs, &params, n, on_delta)
         })
     }
 
@@ -546,20 +653,52 @@ impl GeneratorHandle {
         guard: impl Send + 'static,
         work: impl FnOnce(&mut dyn FnMut(&str) -> bool) -> Result<Generation> + Send + 'static,
     ) -> impl Stream<Item = Result<StreamEvent>> + Send + 'static {
+        self.stream_choices(guard, move |on_delta| {
+            work(&mut |d| on_delta(0, d)).map(|g| vec![g])
+        })
+        .map(|e| e.map(|c| c.event))
+    }
+
+    /// [`GeneratorHandle::stream_with`] for work that gives several answers: each
+    /// piece comes with its answer's index, and every answer's `Done` follows the work.
+    fn stream_choices(
+        &self,
+        guard: impl Send + 'static,
+        work: impl FnOnce(&mut dyn FnMut(usize, &str) -> bool) -> Result<Vec<Generation>>
+        + Send
+        + 'static,
+    ) -> impl Stream<Item = Result<ChoiceEvent>> + Send + 'static {
         let (tx, rx) = mpsc::channel(64);
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
             let sender = tx.clone();
-            let mut on_delta = |d: &str| {
+            let mut on_delta = |index: usize, d: &str| {
                 if d.is_empty() {
                     return !sender.is_closed();
                 }
                 sender
-                    .blocking_send(Ok(StreamEvent::Delta(d.to_string())))
+                    .blocking_send(Ok(ChoiceEvent {
+                        index,
+                        event: StreamEvent::Delta(d.to_string()),
+                    }))
                     .is_ok()
             };
-            let end = work(&mut on_delta).map(StreamEvent::Done);
-            let _ = tx.blocking_send(end);
+            match work(&mut on_delta) {
+                Ok(gens) => {
+                    for (index, g) in gens.into_iter().enumerate() {
+                        let done = ChoiceEvent {
+                            index,
+                            event: StreamEvent::Done(g),
+                        };
+                        if tx.blocking_send(Ok(done)).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                }
+            }
         });
         ReceiverStream::new(rx)
     }

@@ -14,6 +14,7 @@ pub mod decoder_rerank;
 mod error;
 mod generate;
 pub mod gguf_meta;
+pub mod grammar;
 mod handles;
 pub mod hub;
 pub mod load_progress;
@@ -21,23 +22,28 @@ pub mod manifest;
 pub mod model_files;
 pub mod model_location;
 pub mod plugin_host;
+mod prompt_cache;
 pub mod registry;
 mod runtime;
 pub mod sampling;
 mod served;
 pub mod stream;
 pub mod tokenizer;
+pub mod tool_calls;
 
 pub use error::{Result, RuntimeError};
 pub use generate::PREFILL_CHUNK;
+pub use grammar::Grammar;
 pub use handles::{
-    ChatMessage, ChatSession, EmbedderHandle, Embedding, FinishReason, GenerateBench,
+    ChatMessage, ChatSession, ChoiceEvent, EmbedderHandle, Embedding, FinishReason, GenerateBench,
     GenerateRequest, Generation, GeneratorHandle, RerankResult, RerankerHandle, StreamEvent,
     TemplateKwargs,
 };
 pub use model_files::Activation;
+pub use prompt_cache::PromptCacheStats;
 pub use runtime::{CandidateReport, ModelPlan, Runtime};
-pub use sampling::{SamplingOverrides, SamplingParams};
+pub use sampling::{MAX_TOP_LOGPROBS, SamplingOverrides, SamplingParams, TokenLogprob};
 pub use served::{ActiveBackend, Attempt};
+pub use tool_calls::{ToolCall, ToolCallParser, ToolOutput, parse_tool_calls, tool_call_grammar};
 
 pub use gllm_api as api;

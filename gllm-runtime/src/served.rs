@@ -8,8 +8,10 @@ use std::sync::{Arc, RwLock};
 use gllm_api::{BackendError, Device, DeviceKind, InferenceBackend, KvCache, ModelInfo};
 
 use crate::error::{Result, RuntimeError};
+use crate::grammar::GrammarEnv;
 use crate::manifest::ModelEntry;
 use crate::model_files::{ModelFiles, TextSide};
+use crate::prompt_cache::{PromptCache, PromptCacheStats};
 use crate::registry::BackendEntry;
 
 mod step_batch;
@@ -56,6 +58,8 @@ pub(crate) struct ServedModel {
     active: RwLock<Active>,
     fallbacks: AtomicU64,
     steps: StepBatcher,
+    /// The prompt cache, once enabled ([`ServedModel::enable_prompt_cache`]).
+    prompt_cache: std::sync::OnceLock<PromptCache>,
 }
 
 /// Why a candidate was skipped or failed, for `gllm models` and errors.
@@ -166,6 +170,7 @@ impl ServedModel {
                 }),
                 fallbacks: AtomicU64::new(0),
                 steps: StepBatcher::default(),
+                prompt_cache: std::sync::OnceLock::new(),
             }),
             Err((e, i)) if stops_fallback(&e) => {
                 let c = &candidates[i];
@@ -261,6 +266,57 @@ impl ServedModel {
             device: c.device.to_string(),
             source: e,
         }
+    }
+
+    /// Keeps finished sequences' KV caches, up to `budget` bytes, for later prompts
+    /// that begin the same way. The first call sets the budget; later calls change nothing.
+    pub(crate) fn enable_prompt_cache(&self, budget: usize) {
+        let _ = self.prompt_cache.get_or_init(|| PromptCache::new(budget));
+    }
+
+    /// The prompt cache's counters, when enabled.
+    pub(crate) fn prompt_cache_stats(&self) -> Option<PromptCacheStats> {
+        self.prompt_cache.get().map(PromptCache::stats)
+    }
+
+    /// A sequence for `prompt`: holding the longest prefix the prompt cache has of it,
+    /// or empty.
+    pub(crate) fn sequence_for(&self, prompt: &[u32]) -> Sequence {
+        let Some(pc) = self.prompt_cache.get() else {
+            return Sequence::default();
+        };
+        let epoch = self.current().1;
+        match pc.lookup(epoch, prompt) {
+            Some((cache, tokens)) => Sequence {
+                cache: Some((epoch, cache)),
+                tokens,
+                member: None,
+            },
+            None => Sequence::default(),
+        }
+    }
+
+    /// Leaves a finished sequence's cache in the prompt cache (when enabled).
+    pub(crate) fn keep_sequence(&self, seq: Sequence) {
+        if let (Some(pc), Some((epoch, cache))) = (self.prompt_cache.get(), seq.cache) {
+            pc.store(epoch, seq.tokens, cache);
+        }
+    }
+
+    /// The model's token table and grammar compiler, built on first use.
+    pub(crate) fn grammar(&self) -> Result<Arc<GrammarEnv>> {
+        self.text
+            .grammar
+            .get_or_init(|| {
+                GrammarEnv::new(
+                    &self.text.tokenizer,
+                    self.active().info.vocab_size,
+                    &self.text.eos_ids,
+                )
+                .map(Arc::new)
+            })
+            .clone()
+            .map_err(RuntimeError::InvalidRequest)
     }
 
     /// Runs a stateless request (embed, rerank); on a device error, moves to the

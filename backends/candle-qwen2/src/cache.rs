@@ -48,6 +48,22 @@ impl LayerKv {
         (&self.host_k[..keys], &self.host_v[..end])
     }
 
+    /// A deep copy (device tensors copied too: appends write into them in place).
+    fn deep_copy(&self) -> Result<Self> {
+        let copy = |t: &Option<Tensor>| t.as_ref().map(Tensor::copy).transpose();
+        Ok(Self {
+            k: copy(&self.k)?,
+            v: copy(&self.v)?,
+            host_k: self.host_k.clone(),
+            host_v: self.host_v.clone(),
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        let tensor = |t: &Option<Tensor>| t.as_ref().map_or(0, |t| t.elem_count() * 4);
+        (self.host_k.capacity() + self.host_v.capacity()) * 4 + tensor(&self.k) + tensor(&self.v)
+    }
+
     fn capacity(&self) -> usize {
         self.k.as_ref().and_then(|k| k.dim(1).ok()).unwrap_or(0)
     }
@@ -120,5 +136,23 @@ impl KvCache for Qwen2Cache {
         // Positions from `len` on are overwritten by the next append.
         self.len = len;
         Ok(())
+    }
+
+    fn try_clone(&self) -> std::result::Result<Box<dyn KvCache>, BackendError> {
+        let layers = self
+            .layers
+            .iter()
+            .map(LayerKv::deep_copy)
+            .collect::<Result<Vec<_>>>()
+            .map_err(BackendError::from)?;
+        Ok(Box::new(Self {
+            model_id: self.model_id,
+            len: self.len,
+            layers,
+        }))
+    }
+
+    fn bytes(&self) -> usize {
+        self.layers.iter().map(LayerKv::bytes).sum()
     }
 }
