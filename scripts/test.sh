@@ -16,10 +16,11 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
   fi
 fi
 
-# The server's client test uses the official `openai` Python package.
-if ! python3 -c "import openai" >/dev/null 2>&1; then
-  echo "installing the openai Python package for the server's client test" >&2
-  python3 -m pip install -q openai
+# The server's client tests use the official `openai` Python package, and check
+# structured outputs with `jsonschema`.
+if ! python3 -c "import openai, jsonschema" >/dev/null 2>&1; then
+  echo "installing the openai and jsonschema Python packages for the server's client tests" >&2
+  python3 -m pip install -q openai jsonschema
 fi
 
 # The wgpu tests run on Mesa's llvmpipe, a software rasterizer, which `gpu` means only when asked for.

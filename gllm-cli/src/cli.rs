@@ -178,6 +178,13 @@ pub struct ServeArgs {
     /// Generations that run at once per model.
     #[arg(long, default_value_t = 8)]
     pub max_concurrent_generations: usize,
+    /// Most answers one chat or completion request may ask for (`n`).
+    #[arg(long, default_value_t = 8)]
+    pub max_choices: usize,
+    /// MiB of KV cache each generation model keeps from finished requests, reused by
+    /// prompts that begin the same way (a chat's next turn); 0 turns it off.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_cache_mib: usize,
 }
 
 #[derive(Subcommand, Debug)]

@@ -138,6 +138,8 @@ async fn run(cli: Cli) -> Result<()> {
                 request_timeout: std::time::Duration::from_secs(args.request_timeout),
                 max_batch_tokens: args.max_batch_tokens,
                 max_concurrent_generations: args.max_concurrent_generations,
+                max_choices: args.max_choices,
+                prompt_cache_bytes: args.prompt_cache_mib.saturating_mul(1024 * 1024),
             };
             let models: Vec<(&str, Option<Task>)> = args
                 .model

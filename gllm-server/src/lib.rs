@@ -30,6 +30,7 @@ mod handlers;
 mod metrics;
 mod router;
 mod state;
+mod types;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,6 +62,11 @@ pub struct ServeOptions {
     /// Generations that run at once per model (each with its own KV cache); more wait
     /// in the queue.
     pub max_concurrent_generations: usize,
+    /// Most answers one chat or completion request may ask for (`n`; 400 above).
+    pub max_choices: usize,
+    /// Bytes of KV cache each generation model keeps from finished requests, so that a
+    /// prompt beginning as an earlier one did prefills only what is new (0: none).
+    pub prompt_cache_bytes: usize,
 }
 
 impl Default for ServeOptions {
@@ -73,6 +79,8 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(300),
             max_batch_tokens: 16384,
             max_concurrent_generations: 8,
+            max_choices: 8,
+            prompt_cache_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -94,6 +102,9 @@ impl ServeOptions {
         }
         if self.max_concurrent_generations == 0 {
             return fail("max_concurrent_generations must be at least 1");
+        }
+        if self.max_choices == 0 {
+            return fail("max_choices must be at least 1");
         }
         if self.api_key.as_deref() == Some("") {
             return fail("the API key must not be empty");

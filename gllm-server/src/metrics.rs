@@ -130,6 +130,8 @@ pub(crate) struct ModelGauges {
     pub queue_depth: usize,
     pub queue_capacity: usize,
     pub active_generations: Option<usize>,
+    /// The prompt cache's counters (generation models with one).
+    pub prompt_cache: Option<gllm_runtime::PromptCacheStats>,
 }
 
 /// Every counter and histogram of the server.
@@ -306,6 +308,53 @@ impl Metrics {
                 g.queue_capacity
             );
         }
+        for (name, kind, help, value) in [
+            (
+                "gllm_prompt_cache_hits_total",
+                "counter",
+                "Prompts that reused a cached prefix.",
+                (|c: &gllm_runtime::PromptCacheStats| c.hits as f64)
+                    as fn(&gllm_runtime::PromptCacheStats) -> f64,
+            ),
+            (
+                "gllm_prompt_cache_misses_total",
+                "counter",
+                "Prompts that found no cached prefix.",
+                |c| c.misses as f64,
+            ),
+            (
+                "gllm_prompt_cache_reused_tokens_total",
+                "counter",
+                "Prompt tokens reused from the cache instead of prefilled.",
+                |c| c.reused_tokens as f64,
+            ),
+            (
+                "gllm_prompt_cache_evictions_total",
+                "counter",
+                "Cached prefixes evicted to stay within the budget.",
+                |c| c.evictions as f64,
+            ),
+            (
+                "gllm_prompt_cache_bytes",
+                "gauge",
+                "Bytes of KV cache the prompt cache holds.",
+                |c| c.bytes as f64,
+            ),
+            (
+                "gllm_prompt_cache_entries",
+                "gauge",
+                "Cached prefixes held.",
+                |c| c.entries as f64,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} {kind}");
+            for g in models {
+                if let Some(c) = &g.prompt_cache {
+                    let _ = writeln!(o, "{name}{{model=\"{}\"}} {}", esc(&g.id), value(c));
+                }
+            }
+        }
         let _ = writeln!(o, "# HELP gllm_generations_active Generations running now.");
         let _ = writeln!(o, "# TYPE gllm_generations_active gauge");
         for g in models {
@@ -450,6 +499,7 @@ mod tests {
                 queue_depth: 2,
                 queue_capacity: 64,
                 active_generations: None,
+                prompt_cache: None,
             }],
         );
         assert!(text.contains(

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 
 use crate::error::ApiError;
-use crate::handlers::{BodyLimit, embed, generate, info, rerank};
+use crate::handlers::{BodyLimit, embed, generate, info, rerank, tokenize};
 use crate::metrics::ModelLabel;
 use crate::state::AppState;
 
@@ -29,6 +29,8 @@ pub(crate) fn build(state: Arc<AppState>) -> Router {
         .route("/rerank", post(rerank::tei))
         .route("/v1/chat/completions", post(generate::chat))
         .route("/v1/completions", post(generate::completions))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), timeout))

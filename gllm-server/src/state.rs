@@ -124,6 +124,10 @@ impl Served {
             queue_depth,
             queue_capacity,
             active_generations,
+            prompt_cache: match self {
+                Self::Generate(m) => m.handle.prompt_cache_stats(),
+                _ => None,
+            },
         }
     }
 }
@@ -210,6 +214,9 @@ impl AppState {
                 }
                 Task::Generate => {
                     let handle = self.runtime.generator(&id).await.map_err(load_err)?;
+                    if self.options.prompt_cache_bytes > 0 {
+                        handle.enable_prompt_cache(self.options.prompt_cache_bytes);
+                    }
                     let max_active = self.options.max_concurrent_generations;
                     let max_total = max_active + self.options.max_queue;
                     Served::Generate(GenModel {

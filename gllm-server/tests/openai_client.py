@@ -115,4 +115,43 @@ try:
 except openai.BadRequestError as e:
     check(e.status_code == 400, "400")
 
+# n = 3 with a seed: choice i is what a single request with seed + i answers.
+hello = [{"role": "user", "content": "Hello"}]
+many = client.chat.completions.create(
+    model="tiny-qwen2", messages=hello, temperature=1, seed=11, n=3, max_tokens=8
+)
+check(len(many.choices) == 3, f"n=3 gave {len(many.choices)} choices")
+for i, c in enumerate(many.choices):
+    alone = client.chat.completions.create(
+        model="tiny-qwen2", messages=hello, temperature=1, seed=11 + i, max_tokens=8
+    )
+    check(c.index == i, "choice index")
+    check(
+        c.message.content == alone.choices[0].message.content,
+        f"choice {i}: {c.message.content!r} vs {alone.choices[0].message.content!r}",
+    )
+check(many.usage.completion_tokens == 24, f"usage {many.usage}")
+
+# logprobs: greedy, so the most likely alternative at each step is the token taken.
+r = client.chat.completions.create(
+    model="tiny-qwen2", messages=hello, temperature=0, max_tokens=6, logprobs=True, top_logprobs=5
+)
+entries = r.choices[0].logprobs.content
+check(len(entries) == 6, f"{len(entries)} logprob entries")
+check(
+    b"".join(bytes(e.bytes) for e in entries).decode("utf-8", "replace") == r.choices[0].message.content,
+    "the tokens make up the answer",
+)
+for e in entries:
+    check(len(e.top_logprobs) == 5, "5 alternatives")
+    check(e.top_logprobs[0].token == e.token and e.top_logprobs[0].logprob == e.logprob, f"top-1 {e}")
+    check(all(a.logprob >= b.logprob for a, b in zip(e.top_logprobs, e.top_logprobs[1:])), "sorted")
+try:
+    client.chat.completions.create(
+        model="tiny-qwen2", messages=hello, max_tokens=1, logprobs=True, top_logprobs=21
+    )
+    check(False, "top_logprobs 21 accepted")
+except openai.BadRequestError as e:
+    check(e.status_code == 400, "400 for top_logprobs 21")
+
 print(f"openai client {openai.__version__}: {checks} passed, 0 failed")

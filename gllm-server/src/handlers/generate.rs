@@ -1,11 +1,16 @@
 //! `POST /v1/chat/completions` and `POST /v1/completions`, with and without
-//! server-sent events.
+//! server-sent events: `n` answers from one prefill, logprobs, structured outputs
+//! (`response_format`) and tool calls (`tools`, `tool_choice`).
 //!
 //! Every generation runs as a runtime stream, also when the answer is sent whole, so
 //! that a request that times out or whose client goes away drops the stream, which
 //! cancels the generation and frees its KV cache. A streamed response starts once
 //! the first event is there, so that errors found before any output (a bad
-//! parameter, a template error, an empty prompt) are ordinary HTTP errors.
+//! parameter, a template error, an empty prompt, a schema llguidance refuses) are
+//! ordinary HTTP errors.
+//!
+//! Streamed logprobs come with each answer's last chunk (the one with its
+//! `finish_reason`): text pieces do not map one-to-one to tokens.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -17,107 +22,27 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use gllm_runtime::{
-    ChatMessage, FinishReason, GenerateRequest, Generation, RuntimeError, SamplingOverrides,
-    SamplingParams, StreamEvent,
+    ChatMessage, ChoiceEvent, FinishReason, GenerateRequest, Generation, GeneratorHandle,
+    RuntimeError, SamplingOverrides, SamplingParams, StreamEvent, ToolCallParser, ToolOutput,
+    parse_tool_calls,
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ApiJson, check, json_for, view};
+use super::tools::{Tools, response_format};
+use super::{ApiJson, blocking, check, json_for};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelLabel};
 use crate::state::{AppState, GenModel, unix_now};
+use crate::types::completions::*;
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, RuntimeError>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<ChoiceEvent, RuntimeError>> + Send>>;
 
 /// Most stop strings in one request.
 const MAX_STOP: usize = 16;
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize, Default)]
-pub(crate) struct StreamOptions {
-    include_usage: Option<bool>,
-}
-
-/// The sampling fields that chat and completions share (plus the common
-/// `top_k`, `min_p` and `repetition_penalty` extensions).
-#[derive(Deserialize, Default)]
-pub(crate) struct Sampling {
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<usize>,
-    min_p: Option<f32>,
-    repetition_penalty: Option<f32>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    seed: Option<i64>,
-    max_tokens: Option<usize>,
-    max_completion_tokens: Option<usize>,
-    stop: Option<Stop>,
-    n: Option<usize>,
-    logprobs: Option<Value>,
-    best_of: Option<usize>,
-    /// gllm's: cut an over-long prompt (keeping the system turn and the end) instead of
-    /// answering 400.
-    truncate_prompt: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Content {
-    Text(String),
-    Parts(Vec<Part>),
-}
-
-#[derive(Deserialize)]
-pub(crate) struct Part {
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct InMessage {
-    role: String,
-    content: Option<Content>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct ChatRequest {
-    model: Option<String>,
-    messages: Vec<InMessage>,
-    stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
-    tools: Option<Value>,
-    /// Extra chat-template variables (e.g. `{"enable_thinking": false}`), as vLLM takes them.
-    chat_template_kwargs: Option<serde_json::Map<String, Value>>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Prompt {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-pub(crate) struct CompletionRequest {
-    model: Option<String>,
-    prompt: Prompt,
-    stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
-    echo: Option<bool>,
-    suffix: Option<String>,
-}
 
 /// The model's defaults overridden by the request, checked.
 fn sampling(
@@ -125,19 +50,10 @@ fn sampling(
     s: Sampling,
     default_max_tokens: Option<usize>,
 ) -> Result<SamplingParams, ApiError> {
-    check(s.n.unwrap_or(1) == 1, "n", "only `n: 1` is supported")?;
     check(
         s.best_of.unwrap_or(1) == 1,
         "best_of",
         "only `best_of: 1` is supported",
-    )?;
-    check(
-        matches!(
-            s.logprobs,
-            None | Some(Value::Null) | Some(Value::Bool(false))
-        ),
-        "logprobs",
-        "`logprobs` is not supported",
     )?;
     if let Some(t) = s.temperature {
         check(
@@ -185,7 +101,59 @@ fn sampling(
     Ok(p)
 }
 
-fn messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+/// `n`, checked against the server's limit.
+fn choice_count(n: Option<usize>, max: usize) -> Result<usize, ApiError> {
+    let n = n.unwrap_or(1);
+    check(
+        (1..=max).contains(&n),
+        "n",
+        format!("`n` must be between 1 and {max} on this server, got {n}"),
+    )?;
+    Ok(n)
+}
+
+/// Chat `logprobs` / `top_logprobs` as the runtime's number of alternatives.
+fn chat_logprobs(logprobs: Option<bool>, top: Option<usize>) -> Result<Option<usize>, ApiError> {
+    let max = gllm_runtime::MAX_TOP_LOGPROBS;
+    if let Some(k) = top {
+        check(
+            k <= max,
+            "top_logprobs",
+            format!("`top_logprobs` may be at most {max}, got {k}"),
+        )?;
+        check(
+            logprobs == Some(true),
+            "top_logprobs",
+            "`top_logprobs` needs `logprobs: true`",
+        )?;
+    }
+    Ok(logprobs.unwrap_or(false).then(|| top.unwrap_or(0)))
+}
+
+fn text_of(i: usize, content: Option<Content>) -> Result<String, ApiError> {
+    Ok(match content {
+        None => String::new(),
+        Some(Content::Text(t)) => t,
+        Some(Content::Parts(parts)) => {
+            let mut text = String::new();
+            for p in parts {
+                match (p.kind.as_str(), p.text) {
+                    ("text", Some(t)) => text.push_str(&t),
+                    _ => {
+                        return Err(ApiError::invalid_param(
+                            &format!("messages[{i}].content"),
+                            format!("only text content parts are supported, got `{}`", p.kind),
+                        ));
+                    }
+                }
+            }
+            text
+        }
+    })
+}
+
+/// The conversation as the chat template takes it (tool calls and tool answers included).
+pub(crate) fn messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
     check(
         !input.is_empty(),
         "messages",
@@ -205,34 +173,49 @@ fn messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError> {
                     ));
                 }
             };
-            let content = match m.content {
-                None => String::new(),
-                Some(Content::Text(t)) => t,
-                Some(Content::Parts(parts)) => {
-                    let mut text = String::new();
-                    for p in parts {
-                        match (p.kind.as_str(), p.text) {
-                            ("text", Some(t)) => text.push_str(&t),
-                            _ => {
-                                return Err(ApiError::invalid_param(
-                                    &format!("messages[{i}].content"),
-                                    format!(
-                                        "only text content parts are supported, got `{}`",
-                                        p.kind
-                                    ),
-                                ));
-                            }
-                        }
-                    }
-                    text
+            let mut msg = ChatMessage::new(role, text_of(i, m.content)?);
+            if let Some(calls) = m.tool_calls {
+                if msg.role != "assistant" {
+                    return Err(ApiError::invalid_param(
+                        &format!("messages[{i}].tool_calls"),
+                        "only assistant messages carry tool calls",
+                    ));
                 }
-            };
-            Ok(ChatMessage::new(role, content))
+                let mut out = Vec::with_capacity(calls.len());
+                for (j, c) in calls.into_iter().enumerate() {
+                    if !(c.function.arguments.is_string() || c.function.arguments.is_object()) {
+                        return Err(ApiError::invalid_param(
+                            &format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                            "`arguments` must be a JSON string or an object",
+                        ));
+                    }
+                    if c.kind.as_deref().is_some_and(|k| k != "function") {
+                        return Err(ApiError::invalid_param(
+                            &format!("messages[{i}].tool_calls[{j}].type"),
+                            "tool calls are of type `function`",
+                        ));
+                    }
+                    let mut call = Map::new();
+                    if let Some(id) = c.id {
+                        call.insert("id".into(), Value::String(id));
+                    }
+                    call.insert("type".into(), json!("function"));
+                    call.insert(
+                        "function".into(),
+                        json!({"name": c.function.name, "arguments": c.function.arguments}),
+                    );
+                    out.push(Value::Object(call));
+                }
+                msg.tool_calls = Some(out);
+            }
+            msg.tool_call_id = m.tool_call_id;
+            msg.name = m.name;
+            Ok(msg)
         })
         .collect()
 }
 
-/// Chat or text completion: the two differ only in the JSON they send.
+/// Chat or text completion, and what to do with each answer's text.
 #[derive(Clone)]
 struct Shape {
     chat: bool,
@@ -240,6 +223,13 @@ struct Shape {
     created: u64,
     model: String,
     include_usage: bool,
+    n: usize,
+    /// The tool names when the answer is read for tool calls.
+    tools: Option<Arc<Vec<String>>>,
+    /// Text before each answer (completions' `echo`).
+    echo: String,
+    /// For the bytes of logprob tokens.
+    handle: Option<GeneratorHandle>,
 }
 
 fn finish_str(f: FinishReason) -> &'static str {
@@ -249,12 +239,17 @@ fn finish_str(f: FinishReason) -> &'static str {
     }
 }
 
-fn usage(g: &Generation) -> Value {
-    json!({
-        "prompt_tokens": g.prompt_tokens,
-        "completion_tokens": g.token_ids.len(),
-        "total_tokens": g.prompt_tokens + g.token_ids.len(),
-    })
+fn usage(gens: &[Generation]) -> Usage {
+    let prompt = gens.first().map_or(0, |g| g.prompt_tokens);
+    let completion: usize = gens.iter().map(|g| g.token_ids.len()).sum();
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+        prompt_tokens_details: PromptTokensDetails {
+            cached_tokens: gens.first().map_or(0, |g| g.cached_tokens),
+        },
+    }
 }
 
 impl Shape {
@@ -266,92 +261,222 @@ impl Shape {
         }
     }
 
-    fn envelope(&self, choices: Value, chunk: bool) -> Value {
-        let mut v = json!({
-            "id": self.id,
-            "object": self.object(chunk),
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": choices,
-        });
-        if chunk && self.include_usage {
-            v["usage"] = Value::Null;
+    fn call_id(&self, choice: usize, k: usize) -> String {
+        format!("call-{}-{choice}-{k}", self.id)
+    }
+
+    fn bytes(&self, id: u32) -> Vec<u8> {
+        self.handle
+            .as_ref()
+            .and_then(|h| h.token_bytes(id).ok())
+            .unwrap_or_default()
+    }
+
+    fn chat_logprobs(&self, g: &Generation) -> Option<ChoiceLogprobs> {
+        if g.logprobs.is_empty() {
+            return None;
         }
-        v
-    }
-
-    fn whole(&self, text: &str, g: &Generation) -> Value {
-        let choice = if self.chat {
-            json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": null,
-                "finish_reason": finish_str(g.finish_reason),
-            })
-        } else {
-            json!({
-                "index": 0,
-                "text": text,
-                "logprobs": null,
-                "finish_reason": finish_str(g.finish_reason),
-            })
-        };
-        let mut v = self.envelope(json!([choice]), false);
-        v["usage"] = usage(g);
-        v
-    }
-
-    fn delta(&self, text: Option<&str>, first: bool, finish: Option<&str>) -> Value {
-        let choice = if self.chat {
-            let mut delta = json!({});
-            if first {
-                delta["role"] = json!("assistant");
+        let entry = |id: u32, logprob: f32| {
+            let bytes = self.bytes(id);
+            TopLogprob {
+                token: String::from_utf8_lossy(&bytes).into_owned(),
+                logprob,
+                bytes,
             }
-            if let Some(t) = text {
-                delta["content"] = json!(t);
-            }
-            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
-        } else {
-            json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish})
         };
-        self.envelope(json!([choice]), true)
+        Some(ChoiceLogprobs {
+            content: g
+                .logprobs
+                .iter()
+                .map(|lp| {
+                    let e = entry(lp.id, lp.logprob);
+                    LogprobEntry {
+                        token: e.token,
+                        logprob: e.logprob,
+                        bytes: e.bytes,
+                        top_logprobs: lp.top.iter().map(|(id, l)| entry(*id, *l)).collect(),
+                    }
+                })
+                .collect(),
+        })
     }
 
-    fn usage_chunk(&self, g: &Generation) -> Value {
-        let mut v = self.envelope(json!([]), true);
-        v["usage"] = usage(g);
-        v
+    fn text_logprobs(&self, g: &Generation) -> Option<TextLogprobs> {
+        if g.logprobs.is_empty() {
+            return None;
+        }
+        let token = |id: u32| String::from_utf8_lossy(&self.bytes(id)).into_owned();
+        let mut offset = self.echo.len();
+        let mut out = TextLogprobs {
+            tokens: Vec::new(),
+            token_logprobs: Vec::new(),
+            top_logprobs: Vec::new(),
+            text_offset: Vec::new(),
+        };
+        for lp in &g.logprobs {
+            let t = token(lp.id);
+            out.text_offset.push(offset);
+            offset += t.len();
+            out.tokens.push(t);
+            out.token_logprobs.push(lp.logprob);
+            out.top_logprobs.push(
+                lp.top
+                    .iter()
+                    .map(|(id, l)| (token(*id), json!(l)))
+                    .collect(),
+            );
+        }
+        Some(out)
     }
+
+    /// The tool calls of a whole answer, with ids.
+    fn calls_of(&self, choice: usize, text: &str) -> Option<(Option<String>, Vec<ToolCallOut>)> {
+        let names = self.tools.as_ref()?;
+        let parsed = parse_tool_calls(text, names);
+        if parsed.calls.is_empty() {
+            return None;
+        }
+        let calls = parsed
+            .calls
+            .into_iter()
+            .enumerate()
+            .map(|(k, c)| ToolCallOut {
+                id: self.call_id(choice, k),
+                kind: "function",
+                function: FunctionCall {
+                    name: c.name,
+                    arguments: c.arguments,
+                },
+            })
+            .collect();
+        let content = (!parsed.content.is_empty()).then_some(parsed.content);
+        Some((content, calls))
+    }
+
+    fn whole(&self, gens: &[Generation]) -> Value {
+        let usage = usage(gens);
+        let v = if self.chat {
+            let choices = gens
+                .iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    let (content, tool_calls, finish) = match self.calls_of(i, &g.text) {
+                        Some((content, calls)) => (content, calls, "tool_calls"),
+                        None => (
+                            Some(g.text.clone()),
+                            Vec::new(),
+                            finish_str(g.finish_reason),
+                        ),
+                    };
+                    ChatChoice {
+                        index: i,
+                        message: AssistantMessage {
+                            role: "assistant",
+                            content,
+                            tool_calls,
+                        },
+                        logprobs: self.chat_logprobs(g),
+                        finish_reason: finish,
+                    }
+                })
+                .collect();
+            serde_json::to_value(self.completion(choices, usage))
+        } else {
+            let choices = gens
+                .iter()
+                .enumerate()
+                .map(|(i, g)| TextChoice {
+                    index: i,
+                    text: format!("{}{}", self.echo, g.text),
+                    logprobs: self.text_logprobs(g),
+                    finish_reason: Some(finish_str(g.finish_reason)),
+                })
+                .collect();
+            serde_json::to_value(self.completion(choices, usage))
+        };
+        v.unwrap_or(Value::Null)
+    }
+
+    fn completion<C>(&self, choices: Vec<C>, usage: Usage) -> Completion<C> {
+        Completion {
+            id: self.id.clone(),
+            object: self.object(false),
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: None,
+            choices,
+            usage,
+        }
+    }
+
+    fn chunk<C: Serialize>(&self, choices: Vec<C>, usage: Option<Usage>) -> Event {
+        let c = Chunk {
+            id: self.id.clone(),
+            object: self.object(true),
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: None,
+            choices,
+            usage: self.include_usage.then_some(usage),
+        };
+        data(&serde_json::to_value(c).unwrap_or(Value::Null))
+    }
+
+    fn chat_delta(&self, index: usize, delta: Delta) -> Event {
+        self.chunk(
+            vec![ChatChunkChoice {
+                index,
+                delta,
+                logprobs: None,
+                finish_reason: None,
+            }],
+            None,
+        )
+    }
+
+    fn text_delta(&self, index: usize, text: &str) -> Event {
+        self.chunk(
+            vec![TextChoice {
+                index,
+                text: text.to_string(),
+                logprobs: None,
+                finish_reason: None,
+            }],
+            None,
+        )
+    }
+}
+
+/// Checks a grammar off the async threads (the first one builds the model's token table).
+async fn check_grammar(
+    handle: &GeneratorHandle,
+    grammar: &gllm_runtime::Grammar,
+    param: &str,
+) -> Result<(), ApiError> {
+    let (h, g) = (handle.clone(), grammar.clone());
+    let param = param.to_string();
+    blocking(move || {
+        h.check_grammar(&g)
+            .map_err(|e| ApiError::from(e).with_param(&param))
+    })
+    .await
 }
 
 pub(crate) async fn chat(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let req: ChatRequest = view(&body)?;
-    let sampling_fields: Sampling = view(&body)?;
     let deadline = Instant::now() + state.options.request_timeout;
     let model = state.generator(req.model.as_deref())?;
     let id = model.id.clone();
     let run = async {
-        if req.tools.as_ref().is_some_and(|t| !t.is_null()) {
-            return Err(ApiError::invalid_param(
-                "tools",
-                "tool calling is not supported",
-            ));
-        }
-        let params = sampling(model.handle.default_params(), sampling_fields, None)?;
+        let n = choice_count(req.sampling.n, state.options.max_choices)?;
+        let mut params = sampling(model.handle.default_params(), req.sampling, None)?;
+        params.logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
+        let tools = Tools::read(req.tools, req.tool_choice, req.parallel_tool_calls)?;
+        let format = response_format(req.response_format)?;
         let messages = messages(req.messages)?;
-        let shape = Shape {
-            chat: true,
-            id: state.new_id("chatcmpl"),
-            created: unix_now(),
-            model: id.clone(),
-            include_usage: stream_usage(req.stream_options),
-        };
-        let permit = model.admit().await?;
-        let kwargs = req.chat_template_kwargs.unwrap_or_default();
+        let mut kwargs = req.chat_template_kwargs.unwrap_or_default();
         // Tools and documents are request fields with checks of their own, not template variables.
         if let Some(k) = kwargs
             .keys()
@@ -362,11 +487,48 @@ pub(crate) async fn chat(
                 format!("`{k}` cannot be set through chat_template_kwargs"),
             ));
         }
+        if tools.active() {
+            kwargs.insert("tools".into(), Value::Array(tools.entries.clone()));
+        }
+        params.grammar = match (tools.grammar(), format) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid_param(
+                    "response_format",
+                    "`response_format` cannot be combined with a `tool_choice` that forces a call",
+                ));
+            }
+            (Some(g), None) => {
+                check_grammar(&model.handle, &g, "tools").await?;
+                Some(g)
+            }
+            (None, Some(g)) => {
+                check_grammar(&model.handle, &g, "response_format").await?;
+                Some(g)
+            }
+            (None, None) => None,
+        };
+        if params.logprobs.is_some() {
+            // Builds the token table off the async threads before the answer needs it.
+            let h = model.handle.clone();
+            blocking(move || h.token_bytes(0).map(drop).map_err(ApiError::from)).await?;
+        }
+        let shape = Shape {
+            chat: true,
+            id: state.new_id("chatcmpl"),
+            created: unix_now(),
+            model: id.clone(),
+            include_usage: stream_usage(req.stream_options),
+            n,
+            tools: tools.active().then(|| Arc::new(tools.names.clone())),
+            echo: String::new(),
+            handle: Some(model.handle.clone()),
+        };
+        let permit = model.admit().await?;
         // The permit covers the generation's work until it has stopped, not only its stream.
         let events: EventStream = Box::pin(
             model
                 .handle
-                .chat_stream_holding(messages, kwargs, params, permit),
+                .chat_choices_stream_holding(messages, kwargs, params, n, permit),
         );
         respond(
             &state,
@@ -374,7 +536,6 @@ pub(crate) async fn chat(
             events,
             shape,
             req.stream.unwrap_or(false),
-            String::new(),
             deadline,
         )
         .await
@@ -384,10 +545,8 @@ pub(crate) async fn chat(
 
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let req: CompletionRequest = view(&body)?;
-    let sampling_fields: Sampling = view(&body)?;
     let deadline = Instant::now() + state.options.request_timeout;
     let model = state.generator(req.model.as_deref())?;
     let id = model.id.clone();
@@ -407,33 +566,51 @@ pub(crate) async fn completions(
             "suffix",
             "`suffix` is not supported",
         )?;
+        let n = choice_count(req.sampling.n, state.options.max_choices)?;
         // OpenAI's default for completions is 16 tokens.
-        let params = sampling(model.handle.default_params(), sampling_fields, Some(16))?;
+        let mut params = sampling(model.handle.default_params(), req.sampling, Some(16))?;
+        if let Some(k) = req.logprobs {
+            let max = gllm_runtime::MAX_TOP_LOGPROBS;
+            check(
+                k <= max,
+                "logprobs",
+                format!("`logprobs` may be at most {max}, got {k}"),
+            )?;
+            params.logprobs = Some(k);
+            let h = model.handle.clone();
+            blocking(move || h.token_bytes(0).map(drop).map_err(ApiError::from)).await?;
+        }
+        if let Some(g) = response_format(req.response_format)? {
+            check_grammar(&model.handle, &g, "response_format").await?;
+            params.grammar = Some(g);
+        }
         let shape = Shape {
             chat: false,
             id: state.new_id("cmpl"),
             created: unix_now(),
             model: id.clone(),
             include_usage: stream_usage(req.stream_options),
-        };
-        let echo = if req.echo.unwrap_or(false) {
-            prompt.clone()
-        } else {
-            String::new()
+            n,
+            tools: None,
+            echo: if req.echo.unwrap_or(false) {
+                prompt.clone()
+            } else {
+                String::new()
+            },
+            handle: Some(model.handle.clone()),
         };
         let permit = model.admit().await?;
-        let events: EventStream = Box::pin(
-            model
-                .handle
-                .generate_stream_holding(GenerateRequest { prompt, params }, permit),
-        );
+        let events: EventStream = Box::pin(model.handle.generate_choices_stream_holding(
+            GenerateRequest { prompt, params },
+            n,
+            permit,
+        ));
         respond(
             &state,
             model,
             events,
             shape,
             req.stream.unwrap_or(false),
-            echo,
             deadline,
         )
         .await
@@ -445,19 +622,27 @@ fn stream_usage(o: Option<StreamOptions>) -> bool {
     o.and_then(|o| o.include_usage).unwrap_or(false)
 }
 
+/// Counts a finished request: the first answer's finish reason, every answer's tokens.
+fn count(metrics: &Metrics, model: &str, gens: &[Generation]) {
+    let finish = gens
+        .first()
+        .map_or("error", |g| finish_str(g.finish_reason));
+    let u = usage(gens);
+    metrics.generation(model, finish, u.prompt_tokens, u.completion_tokens);
+}
+
 /// Waits for the first event; errors before any output are HTTP errors.
-#[allow(clippy::too_many_arguments)]
 async fn respond(
     state: &AppState,
     model: &GenModel,
     mut events: EventStream,
     shape: Shape,
     stream: bool,
-    echo: String,
     deadline: Instant,
 ) -> Result<Response, ApiError> {
     let metrics = state.metrics.clone();
     let id = model.id.clone();
+    let ended = || ApiError::internal("the generation ended without a result");
     let first = match events.next().await {
         Some(Ok(ev)) => ev,
         Some(Err(e)) => {
@@ -466,36 +651,39 @@ async fn respond(
         }
         None => {
             metrics.generation(&id, "error", 0, 0);
-            return Err(ApiError::internal("the generation ended without a result"));
+            return Err(ended());
         }
     };
     if !stream {
-        let mut ev = first;
-        let g = loop {
-            match ev {
-                StreamEvent::Done(g) => break g,
-                StreamEvent::Delta(_) => {}
+        let mut gens: Vec<Option<Generation>> = vec![None; shape.n];
+        let mut ev = Some(first);
+        loop {
+            if let Some(ChoiceEvent {
+                index,
+                event: StreamEvent::Done(g),
+            }) = ev.take()
+                && let Some(slot) = gens.get_mut(index)
+            {
+                *slot = Some(g);
+            }
+            if gens.iter().all(Option::is_some) {
+                break;
             }
             ev = match events.next().await {
-                Some(Ok(ev)) => ev,
+                Some(Ok(ev)) => Some(ev),
                 Some(Err(e)) => {
                     metrics.generation(&id, "error", 0, 0);
                     return Err(e.into());
                 }
                 None => {
                     metrics.generation(&id, "error", 0, 0);
-                    return Err(ApiError::internal("the generation ended without a result"));
+                    return Err(ended());
                 }
             };
-        };
-        metrics.generation(
-            &id,
-            finish_str(g.finish_reason),
-            g.prompt_tokens,
-            g.token_ids.len(),
-        );
-        let text = format!("{echo}{}", g.text);
-        return Ok(json_for(&id, shape.whole(&text, &g)));
+        }
+        let gens: Vec<Generation> = gens.into_iter().flatten().collect();
+        count(&metrics, &id, &gens);
+        return Ok(json_for(&id, shape.whole(&gens)));
     }
 
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(32);
@@ -504,7 +692,6 @@ async fn respond(
         first,
         tx,
         shape,
-        echo,
         metrics,
         deadline,
         state.options.request_timeout,
@@ -546,17 +733,134 @@ async fn send_by(
     }
 }
 
+/// The streaming state of one answer.
+struct Answer {
+    started: bool,
+    tools: Option<ToolCallParser>,
+    calls: usize,
+}
+
+impl Shape {
+    /// The events for a piece of answer `index`'s text (or, with `done`, its end).
+    fn events_for(
+        &self,
+        a: &mut Answer,
+        index: usize,
+        piece: &str,
+        done: Option<&Generation>,
+    ) -> Vec<Event> {
+        let mut out = Vec::new();
+        if !a.started {
+            a.started = true;
+            if self.chat {
+                let opening = Delta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                    tool_calls: Vec::new(),
+                };
+                out.push(self.chat_delta(index, opening));
+            } else if !self.echo.is_empty() {
+                out.push(self.text_delta(index, &self.echo));
+            }
+        }
+        let outputs = match a.tools.as_mut() {
+            Some(p) => {
+                let mut o = p.push(piece);
+                if done.is_some()
+                    && let Some(p) = a.tools.take()
+                {
+                    o.extend(p.finish());
+                }
+                o
+            }
+            None if piece.is_empty() => Vec::new(),
+            None => vec![ToolOutput::Content(piece.to_string())],
+        };
+        for o in outputs {
+            match o {
+                ToolOutput::Content(t) if t.is_empty() => {}
+                ToolOutput::Content(t) if self.chat => out.push(self.chat_delta(
+                    index,
+                    Delta {
+                        content: Some(t),
+                        ..Delta::default()
+                    },
+                )),
+                ToolOutput::Content(t) => out.push(self.text_delta(index, &t)),
+                ToolOutput::Call(c) => {
+                    let k = a.calls;
+                    a.calls += 1;
+                    let first = ToolCallDelta {
+                        index: k,
+                        id: Some(self.call_id(index, k)),
+                        kind: Some("function"),
+                        function: FunctionDelta {
+                            name: Some(c.name),
+                            arguments: String::new(),
+                        },
+                    };
+                    let args = ToolCallDelta {
+                        index: k,
+                        id: None,
+                        kind: None,
+                        function: FunctionDelta {
+                            name: None,
+                            arguments: c.arguments,
+                        },
+                    };
+                    for call in [first, args] {
+                        out.push(self.chat_delta(
+                            index,
+                            Delta {
+                                tool_calls: vec![call],
+                                ..Delta::default()
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(g) = done {
+            let finish = if a.calls > 0 {
+                "tool_calls"
+            } else {
+                finish_str(g.finish_reason)
+            };
+            out.push(if self.chat {
+                self.chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta: Delta::default(),
+                        logprobs: self.chat_logprobs(g),
+                        finish_reason: Some(finish),
+                    }],
+                    None,
+                )
+            } else {
+                self.chunk(
+                    vec![TextChoice {
+                        index,
+                        text: String::new(),
+                        logprobs: self.text_logprobs(g),
+                        finish_reason: Some(finish),
+                    }],
+                    None,
+                )
+            });
+        }
+        out
+    }
+}
+
 /// Sends the events of one stream until it ends, the client goes away, or the
 /// deadline passes (also while a send waits on a client that does not read).
 /// Returning drops `events`, which cancels the generation (its work holds the
 /// admission permit until it has stopped).
-#[allow(clippy::too_many_arguments)]
 async fn pump(
     mut events: EventStream,
-    first: StreamEvent,
+    first: ChoiceEvent,
     tx: mpsc::Sender<Result<Event, Infallible>>,
     shape: Shape,
-    echo: String,
     metrics: Arc<Metrics>,
     deadline: Instant,
     limit: Duration,
@@ -568,20 +872,17 @@ async fn pump(
         let _ = tx.try_send(Ok(data(&ApiError::timeout(limit).body())));
         metrics.generation(&model, "timeout", 0, 0)
     };
-    let opening = if shape.chat {
-        Some(shape.delta(Some(""), true, None))
-    } else if !echo.is_empty() {
-        Some(shape.delta(Some(&echo), true, None))
-    } else {
-        None
-    };
-    if let Some(v) = opening {
-        match send_by(&tx, data(&v), deadline).await {
-            Sent::Ok => {}
-            Sent::Gone => return cancelled(&metrics),
-            Sent::Late => return timed_out(&metrics),
-        }
-    }
+    let mut answers: Vec<Answer> = (0..shape.n)
+        .map(|_| Answer {
+            started: false,
+            tools: shape
+                .tools
+                .as_ref()
+                .map(|t| ToolCallParser::new(t.to_vec())),
+            calls: 0,
+        })
+        .collect();
+    let mut done: Vec<Option<Generation>> = vec![None; shape.n];
     let mut next = Some(Ok(first));
     loop {
         let ev = match next.take() {
@@ -592,28 +893,19 @@ async fn pump(
                 _ = tx.closed() => return cancelled(&metrics),
             },
         };
-        match ev {
-            Some(Ok(StreamEvent::Delta(d))) => {
-                match send_by(&tx, data(&shape.delta(Some(&d), false, None)), deadline).await {
-                    Sent::Ok => {}
-                    Sent::Gone => return cancelled(&metrics),
-                    Sent::Late => return timed_out(&metrics),
-                }
-            }
-            Some(Ok(StreamEvent::Done(g))) => {
-                let finish = finish_str(g.finish_reason);
-                metrics.generation(&model, finish, g.prompt_tokens, g.token_ids.len());
-                let mut out = vec![data(&shape.delta(None, false, Some(finish)))];
-                if shape.include_usage {
-                    out.push(data(&shape.usage_chunk(&g)));
-                }
-                out.push(Event::default().data("[DONE]"));
-                for e in out {
-                    if !matches!(send_by(&tx, e, deadline).await, Sent::Ok) {
-                        return;
+        let (index, out) = match ev {
+            Some(Ok(ChoiceEvent { index, event })) => {
+                let Some(a) = answers.get_mut(index) else {
+                    continue;
+                };
+                match event {
+                    StreamEvent::Delta(d) => (index, shape.events_for(a, index, &d, None)),
+                    StreamEvent::Done(g) => {
+                        let out = shape.events_for(a, index, "", Some(&g));
+                        done[index] = Some(g);
+                        (index, out)
                     }
                 }
-                return;
             }
             Some(Err(e)) => {
                 metrics.generation(&model, "error", 0, 0);
@@ -626,6 +918,29 @@ async fn pump(
                 let _ = send_by(&tx, data(&e.body()), deadline).await;
                 return;
             }
+        };
+        let _ = index;
+        for e in out {
+            match send_by(&tx, e, deadline).await {
+                Sent::Ok => {}
+                Sent::Gone => return cancelled(&metrics),
+                Sent::Late => return timed_out(&metrics),
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            let gens: Vec<Generation> = done.into_iter().flatten().collect();
+            count(&metrics, &model, &gens);
+            let mut out = Vec::new();
+            if shape.include_usage {
+                out.push(shape.chunk(Vec::<ChatChunkChoice>::new(), Some(usage(&gens))));
+            }
+            out.push(Event::default().data("[DONE]"));
+            for e in out {
+                if !matches!(send_by(&tx, e, deadline).await, Sent::Ok) {
+                    return;
+                }
+            }
+            return;
         }
     }
 }
@@ -645,9 +960,13 @@ mod tests {
             }
         }
         let flag = Flag(dropped.clone());
+        let delta = || ChoiceEvent {
+            index: 0,
+            event: StreamEvent::Delta("x".into()),
+        };
         let events: EventStream = Box::pin(futures::stream::repeat_with(move || {
             let _ = &flag;
-            Ok(StreamEvent::Delta("x".into()))
+            Ok(delta())
         }));
         let (tx, rx) = mpsc::channel(1);
         let metrics = Arc::new(Metrics::default());
@@ -657,14 +976,17 @@ mod tests {
             created: 0,
             model: "m".into(),
             include_usage: false,
+            n: 1,
+            tools: None,
+            echo: String::new(),
+            handle: None,
         };
         let limit = Duration::from_millis(200);
         let pumped = pump(
             events,
-            StreamEvent::Delta("x".into()),
+            delta(),
             tx,
             shape,
-            String::new(),
             metrics.clone(),
             Instant::now() + limit,
             limit,
@@ -709,8 +1031,21 @@ mod tests {
         let bad: Sampling = serde_json::from_value(json!({"temperature": 3})).expect("parses");
         let e = sampling(defaults.clone(), bad, None).expect_err("temperature 3");
         assert_eq!(e.param.as_deref(), Some("temperature"));
-        let bad: Sampling = serde_json::from_value(json!({"n": 2})).expect("parses");
-        assert!(sampling(defaults, bad, None).is_err());
+        assert_eq!(choice_count(Some(3), 8).expect("n 3"), 3);
+        assert_eq!(
+            choice_count(Some(9), 8).expect_err("n 9").param.as_deref(),
+            Some("n")
+        );
+        assert!(choice_count(Some(0), 8).is_err());
+        assert_eq!(chat_logprobs(Some(true), Some(5)).expect("top 5"), Some(5));
+        assert_eq!(chat_logprobs(Some(true), None).expect("logprobs"), Some(0));
+        assert_eq!(chat_logprobs(None, None).expect("none"), None);
+        let e = chat_logprobs(Some(true), Some(21)).expect_err("top 21");
+        assert_eq!(e.param.as_deref(), Some("top_logprobs"));
+        assert!(
+            chat_logprobs(None, Some(2)).is_err(),
+            "top_logprobs needs logprobs"
+        );
     }
 
     #[test]
@@ -723,6 +1058,28 @@ mod tests {
         .expect("parses");
         let m = messages(m).expect("valid");
         assert_eq!(m[0], ChatMessage::new("system", "be brief"));
+        let calls: Vec<InMessage> = serde_json::from_value(json!([
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "2"},
+        ]))
+        .expect("parses");
+        let calls = messages(calls).expect("valid");
+        assert_eq!(
+            calls[0].tool_calls,
+            Some(vec![
+                json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}})
+            ])
+        );
+        assert_eq!(calls[1].tool_call_id.as_deref(), Some("c1"));
+        let bad: Vec<InMessage> = serde_json::from_value(json!([
+            {"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f", "arguments": {}}}]}
+        ]))
+        .expect("parses");
+        assert_eq!(
+            messages(bad).expect_err("user calls").param.as_deref(),
+            Some("messages[0].tool_calls")
+        );
         assert_eq!(m[1], ChatMessage::new("user", "ab"));
         assert_eq!(m[2], ChatMessage::new("assistant", ""));
         let bad: Vec<InMessage> =

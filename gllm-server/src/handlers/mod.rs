@@ -6,6 +6,8 @@ pub(crate) mod embed;
 pub(crate) mod generate;
 pub(crate) mod info;
 pub(crate) mod rerank;
+pub(crate) mod tokenize;
+pub(crate) mod tools;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -66,11 +68,6 @@ fn deserialize_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiErr
     } else {
         err.with_param(&path)
     }
-}
-
-/// Reads a typed view of an already parsed body (several views may share one body).
-pub(crate) fn view<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(body).map_err(deserialize_error)
 }
 
 /// The body limit in force, for the 413 message (set by the router).
