@@ -152,7 +152,8 @@ async fn bad_requests_get_their_status_and_the_server_keeps_serving() -> Result<
         ("max_tokens", json!(0)),
         ("presence_penalty", json!(3)),
         ("frequency_penalty", json!(-3)),
-        ("n", json!(2)),
+        ("n", json!(9)),
+        ("top_logprobs", json!(21)),
     ] {
         let mut body = json!({"messages": msgs});
         body[field] = value;

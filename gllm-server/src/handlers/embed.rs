@@ -7,54 +7,16 @@ use axum::response::Response;
 use base64::Engine;
 use gllm_runtime::api::EncodedInput;
 use gllm_runtime::{Embedding, RuntimeError};
-use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::{ApiJson, blocking, check, json_for};
 use crate::batching::EmbedJob;
 use crate::error::ApiError;
 use crate::state::{AppState, EmbedModel};
+use crate::types::embeddings::*;
 
 /// Most inputs in one request (OpenAI's limit).
 pub(crate) const MAX_INPUTS: usize = 2048;
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum EmbedInput {
-    One(String),
-    Many(Vec<String>),
-    Tokens(Vec<u32>),
-    TokenLists(Vec<Vec<u32>>),
-}
-
-#[derive(Deserialize)]
-pub(crate) struct EmbeddingsRequest {
-    model: Option<String>,
-    input: EmbedInput,
-    encoding_format: Option<String>,
-    dimensions: Option<usize>,
-    /// One of the model's prompts (sentence-transformers' `prompt_name`), prepended to each text.
-    prompt_name: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum TeiInputs {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-pub(crate) struct TeiEmbedRequest {
-    model: Option<String>,
-    inputs: TeiInputs,
-    normalize: Option<bool>,
-    #[allow(dead_code)]
-    truncate: Option<bool>,
-    dimensions: Option<usize>,
-    prompt_name: Option<String>,
-}
 
 /// Texts or token ids, as the request gave them.
 enum Inputs {
@@ -204,7 +166,7 @@ pub(crate) async fn openai(
     check_dims(req.dimensions, model, Some(&rows)).map_err(|e| e.for_model(id))?;
     let tokens: usize = rows.iter().map(|r| r.tokens).sum();
     state.metrics.embedded(id, rows.len());
-    let data: Vec<serde_json::Value> = rows
+    let data: Vec<EmbeddingData> = rows
         .iter_mut()
         .enumerate()
         .map(|(index, row)| {
@@ -212,21 +174,28 @@ pub(crate) async fn openai(
                 truncate_dims(&mut row.embedding, d);
             }
             let embedding = if base64 {
-                json!(to_base64(&row.embedding))
+                EmbeddingValue::Base64(to_base64(&row.embedding))
             } else {
-                json!(row.embedding)
+                EmbeddingValue::Floats(std::mem::take(&mut row.embedding))
             };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
+            EmbeddingData {
+                object: "embedding",
+                index,
+                embedding,
+            }
         })
         .collect();
     Ok(json_for(
         id,
-        json!({
-            "object": "list",
-            "data": data,
-            "model": id,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }),
+        EmbeddingsResponse {
+            object: "list",
+            data,
+            model: id.to_string(),
+            usage: EmbeddingUsage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+            },
+        },
     ))
 }
 

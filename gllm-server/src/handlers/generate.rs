@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::tools::{Tools, response_format};
-use super::{ApiJson, blocking, check, json_for};
+use super::{ApiJson, blocking, check, json_for, view};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelLabel};
 use crate::state::{AppState, GenModel, unix_now};
@@ -464,14 +464,16 @@ async fn check_grammar(
 
 pub(crate) async fn chat(
     State(state): State<Arc<AppState>>,
-    ApiJson(req): ApiJson<ChatRequest>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
+    let req: ChatRequest = view(&body)?;
+    let fields: Sampling = view(&body)?;
     let deadline = Instant::now() + state.options.request_timeout;
     let model = state.generator(req.model.as_deref())?;
     let id = model.id.clone();
     let run = async {
-        let n = choice_count(req.sampling.n, state.options.max_choices)?;
-        let mut params = sampling(model.handle.default_params(), req.sampling, None)?;
+        let n = choice_count(fields.n, state.options.max_choices)?;
+        let mut params = sampling(model.handle.default_params(), fields, None)?;
         params.logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
         let tools = Tools::read(req.tools, req.tool_choice, req.parallel_tool_calls)?;
         let format = response_format(req.response_format)?;
@@ -545,8 +547,10 @@ pub(crate) async fn chat(
 
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
-    ApiJson(req): ApiJson<CompletionRequest>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
+    let req: CompletionRequest = view(&body)?;
+    let fields: Sampling = view(&body)?;
     let deadline = Instant::now() + state.options.request_timeout;
     let model = state.generator(req.model.as_deref())?;
     let id = model.id.clone();
@@ -566,9 +570,9 @@ pub(crate) async fn completions(
             "suffix",
             "`suffix` is not supported",
         )?;
-        let n = choice_count(req.sampling.n, state.options.max_choices)?;
+        let n = choice_count(fields.n, state.options.max_choices)?;
         // OpenAI's default for completions is 16 tokens.
-        let mut params = sampling(model.handle.default_params(), req.sampling, Some(16))?;
+        let mut params = sampling(model.handle.default_params(), fields, Some(16))?;
         if let Some(k) = req.logprobs {
             let max = gllm_runtime::MAX_TOP_LOGPROBS;
             check(

@@ -70,6 +70,11 @@ fn deserialize_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiErr
     }
 }
 
+/// Reads a typed view of an already parsed body (several views may share one body).
+pub(crate) fn view<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(deserialize_error)
+}
+
 /// The body limit in force, for the 413 message (set by the router).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BodyLimit(pub usize);

@@ -4,44 +4,16 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::{ApiJson, blocking, check, json_for};
 use crate::batching::RerankJob;
 use crate::error::ApiError;
 use crate::state::{AppState, RerankModel};
+use crate::types::rerank::*;
 
 /// Most documents in one request.
 pub(crate) const MAX_DOCUMENTS: usize = 4096;
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Document {
-    Text(String),
-    Object { text: String },
-}
-
-#[derive(Deserialize)]
-pub(crate) struct RerankRequest {
-    model: Option<String>,
-    query: String,
-    documents: Vec<Document>,
-    top_n: Option<usize>,
-    return_documents: Option<bool>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct TeiRerankRequest {
-    model: Option<String>,
-    query: String,
-    texts: Vec<String>,
-    raw_scores: Option<bool>,
-    return_text: Option<bool>,
-    #[allow(dead_code)]
-    truncate: Option<bool>,
-}
 
 /// `(logit, score)` per document in request order, and the tokens of every pair.
 async fn score(
@@ -108,25 +80,27 @@ pub(crate) async fn openai(
     state.metrics.reranked(id, rows.len());
     let return_documents = req.return_documents.unwrap_or(false);
     let top_n = req.top_n.unwrap_or(rows.len());
-    let results: Vec<serde_json::Value> = ranking(&rows)
+    let results: Vec<RerankResult> = ranking(&rows)
         .into_iter()
         .take(top_n)
-        .map(|i| {
-            let mut r = json!({"index": i, "relevance_score": rows[i].1});
-            if return_documents {
-                r["document"] = json!({"text": documents[i]});
-            }
-            r
+        .map(|i| RerankResult {
+            index: i,
+            relevance_score: rows[i].1,
+            document: return_documents.then(|| DocumentText {
+                text: documents[i].clone(),
+            }),
         })
         .collect();
     Ok(json_for(
         id,
-        json!({
-            "id": state.new_id("rerank"),
-            "model": id,
-            "results": results,
-            "usage": {"total_tokens": tokens},
-        }),
+        RerankResponse {
+            id: state.new_id("rerank"),
+            model: id.to_string(),
+            results,
+            usage: RerankUsage {
+                total_tokens: tokens,
+            },
+        },
     ))
 }
 
@@ -145,15 +119,12 @@ pub(crate) async fn tei(
     state.metrics.reranked(id, rows.len());
     let raw = req.raw_scores.unwrap_or(false);
     let return_text = req.return_text.unwrap_or(false);
-    let results: Vec<serde_json::Value> = ranking(&rows)
+    let results: Vec<TeiRank> = ranking(&rows)
         .into_iter()
-        .map(|i| {
-            let score = if raw { rows[i].0 } else { rows[i].1 };
-            let mut r = json!({"index": i, "score": score});
-            if return_text {
-                r["text"] = json!(texts[i]);
-            }
-            r
+        .map(|i| TeiRank {
+            index: i,
+            score: if raw { rows[i].0 } else { rows[i].1 },
+            text: return_text.then(|| texts[i].clone()),
         })
         .collect();
     Ok(json_for(id, results))

@@ -17,7 +17,9 @@ pub(crate) struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
-/// The sampling fields that chat and completions share.
+/// The sampling fields that chat and completions share, read from the same body as
+/// the request itself (a second typed view, not `serde(flatten)`, which would lose
+/// the field names of errors).
 #[derive(Deserialize, Default)]
 pub(crate) struct Sampling {
     pub temperature: Option<f32>,
@@ -93,8 +95,6 @@ pub(crate) struct ChatRequest {
     pub top_logprobs: Option<usize>,
     /// Extra chat-template variables (e.g. `{"enable_thinking": false}`), as vLLM takes them.
     pub chat_template_kwargs: Option<Map<String, Value>>,
-    #[serde(flatten)]
-    pub sampling: Sampling,
 }
 
 #[derive(Deserialize)]
@@ -115,8 +115,6 @@ pub(crate) struct CompletionRequest {
     /// Alternatives per token to report (the legacy completions field is a number).
     pub logprobs: Option<usize>,
     pub response_format: Option<Value>,
-    #[serde(flatten)]
-    pub sampling: Sampling,
 }
 
 /// Token counts of a response.
