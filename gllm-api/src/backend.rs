@@ -134,6 +134,12 @@ pub trait InferenceBackend: Send + Sync {
     fn batches_steps(&self) -> bool {
         false
     }
+
+    /// Bytes of KV cache one position of one sequence takes (what a server's KV
+    /// memory budget counts); `None` when the backend does not say.
+    fn kv_bytes_per_token(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Downcasts a cache to the backend's own type, or reports that it came from another model.

@@ -74,7 +74,7 @@ pub enum Command {
         model: String,
         #[command(flatten)]
         sampling: SamplingArgs,
-        /// Print {"text", "token_ids", "finish_reason"} at the end instead of streaming text.
+        /// Print {"text", "token_ids", "finish_reason", "prompt_tokens"} at the end instead of streaming text.
         #[arg(long)]
         json: bool,
         /// The prompt.
@@ -91,7 +91,7 @@ pub enum Command {
         /// A system message.
         #[arg(long)]
         system: Option<String>,
-        /// Print {"text", "token_ids", "finish_reason"} per answer instead of streaming text.
+        /// Print {"text", "token_ids", "finish_reason", "prompt_tokens"} per answer instead of streaming text.
         #[arg(long)]
         json: bool,
         /// One message to answer; without it, read messages from standard input.
@@ -185,6 +185,18 @@ pub struct ServeArgs {
     /// prompts that begin the same way (a chat's next turn); 0 turns it off.
     #[arg(long, default_value_t = 512)]
     pub prompt_cache_mib: usize,
+    /// Connections served at once (more wait in the listen backlog).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request's headers (also how long a kept-alive
+    /// connection may sit idle) before it is closed.
+    #[arg(long, default_value_t = 30)]
+    pub header_timeout: u64,
+    /// MiB of KV cache all running generations may hold together (each counted for its
+    /// prompt plus max_tokens; 429 when full); 0 for no budget. Default: half of the
+    /// memory available at startup.
+    #[arg(long)]
+    pub kv_budget_mib: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -140,6 +140,13 @@ async fn run(cli: Cli) -> Result<()> {
                 max_concurrent_generations: args.max_concurrent_generations,
                 max_choices: args.max_choices,
                 prompt_cache_bytes: args.prompt_cache_mib.saturating_mul(1024 * 1024),
+                max_connections: args.max_connections,
+                header_timeout: std::time::Duration::from_secs(args.header_timeout),
+                kv_budget_bytes: args
+                    .kv_budget_mib
+                    .map_or_else(gllm_server::default_kv_budget, |m| {
+                        m.saturating_mul(1024 * 1024)
+                    }),
             };
             let models: Vec<(&str, Option<Task>)> = args
                 .model

@@ -315,6 +315,17 @@ pub enum StreamEvent {
     Done(Generation),
 }
 
+/// A prompt tokenized for generation, before any work is admitted: a server can size
+/// the request (its KV memory) from `ids` first, then run it with
+/// [`GeneratorHandle::prepared_stream_holding`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedPrompt {
+    /// The prompt's token ids.
+    pub ids: Vec<u32>,
+    /// Leading tokens a truncation keeps (a chat's system turn).
+    keep: usize,
+}
+
 /// An event of one answer of a request for several ([`GeneratorHandle::chat_choices_stream_holding`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChoiceEvent {
@@ -563,6 +574,47 @@ impl GeneratorHandle {
             let ids = this.encode_prompt(&request.prompt)?;
             this.generate_ids_blocking(&ids, &request.params, on_delta)
         })
+    }
+
+    /// Tokenizes a conversation (rendered with the chat template) for
+    /// [`GeneratorHandle::prepared_stream_holding`].
+    pub fn prepare_chat(
+        &self,
+        messages: &[ChatMessage],
+        kwargs: &TemplateKwargs,
+    ) -> Result<PreparedPrompt> {
+        let ids = self.encode_chat_with(messages, kwargs)?;
+        let keep = self.system_turn_len(messages, kwargs, &ids);
+        Ok(PreparedPrompt { ids, keep })
+    }
+
+    /// Tokenizes a raw prompt (with the tokenizer's special tokens) for
+    /// [`GeneratorHandle::prepared_stream_holding`].
+    pub fn prepare_prompt(&self, prompt: &str) -> Result<PreparedPrompt> {
+        Ok(PreparedPrompt {
+            ids: self.encode_prompt(prompt)?,
+            keep: 0,
+        })
+    }
+
+    /// [`GeneratorHandle::chat_choices_stream_holding`] on a prompt tokenized beforehand.
+    pub fn prepared_stream_holding(
+        &self,
+        prompt: PreparedPrompt,
+        params: SamplingParams,
+        n: usize,
+        guard: impl Send + 'static,
+    ) -> impl Stream<Item = Result<ChoiceEvent>> + Send + 'static {
+        let this = self.clone();
+        self.stream_choices(guard, move |on_delta| {
+            this.run_choices(&prompt.ids, prompt.keep, &params, n, on_delta)
+        })
+    }
+
+    /// Bytes of KV cache one position of a sequence takes on the backend in use
+    /// (`None` when the backend does not say).
+    pub fn kv_bytes_per_token(&self) -> Option<usize> {
+        self.model.kv_bytes_per_token()
     }
 
     /// [`GeneratorHandle::generate_stream_holding`] for `n` answers to the prompt: it is

@@ -36,8 +36,8 @@ pub use generate::PREFILL_CHUNK;
 pub use grammar::Grammar;
 pub use handles::{
     ChatMessage, ChatSession, ChoiceEvent, EmbedderHandle, Embedding, FinishReason, GenerateBench,
-    GenerateRequest, Generation, GeneratorHandle, RerankResult, RerankerHandle, StreamEvent,
-    TemplateKwargs,
+    GenerateRequest, Generation, GeneratorHandle, PreparedPrompt, RerankResult, RerankerHandle,
+    StreamEvent, TemplateKwargs,
 };
 pub use model_files::Activation;
 pub use prompt_cache::PromptCacheStats;

@@ -147,6 +147,21 @@ impl ApiError {
         e
     }
 
+    /// 429: the KV cache memory budget has no room for this generation now.
+    pub fn kv_full(model: &str, need_mib: f64, budget_mib: f64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
+                "The server's KV cache budget ({budget_mib:.1} MiB) has no room for this generation \
+                 ({need_mib:.1} MiB for its prompt and max_tokens) until others finish; retry later"
+            ),
+        );
+        e.code = Some("kv_budget_full");
+        e.model = Some(model.to_string());
+        e
+    }
+
     /// 503: models are still loading.
     pub fn loading() -> Self {
         let mut e = Self::new(

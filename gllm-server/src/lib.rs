@@ -24,6 +24,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod accept;
 mod batching;
 mod error;
 mod handlers;
@@ -67,6 +68,16 @@ pub struct ServeOptions {
     /// Bytes of KV cache each generation model keeps from finished requests, so that a
     /// prompt beginning as an earlier one did prefills only what is new (0: none).
     pub prompt_cache_bytes: usize,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers (also the idle time of a
+    /// kept-alive connection) before its connection is closed.
+    pub header_timeout: Duration,
+    /// Bytes of KV cache all running generations may hold together, each counted for
+    /// its prompt plus `max_tokens` (capped at the context); a generation that does not
+    /// fit now is a 429, one larger than the whole budget a 400. 0: no budget. The
+    /// default is half of the memory available at startup.
+    pub kv_budget_bytes: usize,
 }
 
 impl Default for ServeOptions {
@@ -81,8 +92,22 @@ impl Default for ServeOptions {
             max_concurrent_generations: 8,
             max_choices: 8,
             prompt_cache_bytes: 512 * 1024 * 1024,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(30),
+            kv_budget_bytes: default_kv_budget(),
         }
     }
+}
+
+/// Half of `MemAvailable` (Linux), or no budget where that is unknown.
+pub fn default_kv_budget() -> usize {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace().nth(1)?.parse::<usize>().ok()
+        })
+        .map_or(0, |kib| kib.saturating_mul(1024) / 2)
 }
 
 impl ServeOptions {
@@ -102,6 +127,12 @@ impl ServeOptions {
         }
         if self.max_concurrent_generations == 0 {
             return fail("max_concurrent_generations must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return fail("max_connections must be at least 1");
+        }
+        if self.header_timeout.is_zero() {
+            return fail("header_timeout must be positive");
         }
         if self.max_choices == 0 {
             return fail("max_choices must be at least 1");
@@ -156,6 +187,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let addr = self.local_addr()?;
+        let limits = (self.options.max_connections, self.options.header_timeout);
         let state = Arc::new(state::AppState::new(self.runtime, self.options));
         let app = router::build(state.clone());
         // `gllm serve` tests read the bound port from this line: keep its form.
@@ -190,9 +222,7 @@ impl Server {
             }
             eprintln!("gllm serve: shutting down, finishing requests in flight");
         };
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(stop)
-            .await?;
+        accept::serve(self.listener, app, limits.0, limits.1, stop).await;
         drop(state);
         let failed = failure.lock().ok().and_then(|mut f| f.take());
         match failed {

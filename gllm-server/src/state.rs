@@ -29,10 +29,50 @@ pub(crate) struct RerankModel {
     pub queue: BatchQueue<RerankJob>,
 }
 
+/// The server's KV cache memory budget, in KiB permits.
+pub(crate) struct KvBudget {
+    kib: Arc<Semaphore>,
+    total_kib: usize,
+    bytes_per_token: usize,
+}
+
+impl KvBudget {
+    /// Takes room for `tokens` positions (a generation's prompt plus `max_tokens`).
+    fn take(&self, model: &str, tokens: usize) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        let need = tokens
+            .saturating_mul(self.bytes_per_token)
+            .div_ceil(1024)
+            .max(1);
+        let mib = |kib: usize| kib as f64 / 1024.0;
+        if need > self.total_kib {
+            return Err(ApiError::invalid_param(
+                "max_tokens",
+                format!(
+                    "this generation needs {:.1} MiB of KV cache for its prompt and max_tokens, \
+                     more than the server's whole budget ({:.1} MiB): lower max_tokens or shorten the prompt",
+                    mib(need),
+                    mib(self.total_kib)
+                ),
+            )
+            .for_model(model));
+        }
+        let n = u32::try_from(need)
+            .map_err(|_| ApiError::kv_full(model, mib(need), mib(self.total_kib)))?;
+        self.kib
+            .clone()
+            .try_acquire_many_owned(n)
+            .map(Some)
+            .map_err(|_| ApiError::kv_full(model, mib(need), mib(self.total_kib)))
+    }
+}
+
 /// A decoder: `slots` generations run at once, `admission` bounds running + waiting.
 pub(crate) struct GenModel {
     pub id: String,
     pub handle: GeneratorHandle,
+    /// The KV budget this model's generations draw from (none when the server has no
+    /// budget or the backend does not report its KV size).
+    pub kv: Option<KvBudget>,
     admission: Arc<Semaphore>,
     slots: Arc<Semaphore>,
     max_active: usize,
@@ -43,11 +83,18 @@ pub(crate) struct GenModel {
 pub(crate) struct GenPermit {
     _admission: OwnedSemaphorePermit,
     _slot: OwnedSemaphorePermit,
+    /// Its share of the KV cache budget (KiB), when there is one.
+    _kv: Option<OwnedSemaphorePermit>,
 }
 
 impl GenModel {
-    /// Takes a place in the queue (429 when full), then waits for a slot.
-    pub async fn admit(&self) -> Result<GenPermit, ApiError> {
+    /// Takes `kv_kib` of the KV budget (429 when it has no room now, 400 when it never
+    /// would), a place in the queue (429 when full), then waits for a slot.
+    pub async fn admit(&self, kv: Option<(&KvBudget, usize)>) -> Result<GenPermit, ApiError> {
+        let kv = match kv {
+            Some((budget, tokens)) => budget.take(&self.id, tokens)?,
+            None => None,
+        };
         let admission = self
             .admission
             .clone()
@@ -59,6 +106,7 @@ impl GenModel {
         Ok(GenPermit {
             _admission: admission,
             _slot: slot,
+            _kv: kv,
         })
     }
 
@@ -141,6 +189,8 @@ pub(crate) struct AppState {
     /// Unix time the server started (the `created` of `/v1/models`).
     pub started: u64,
     next_id: AtomicU64,
+    /// The KV cache budget shared by every generation model, in KiB permits.
+    kv_budget: Option<Arc<Semaphore>>,
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -152,6 +202,7 @@ pub(crate) fn unix_now() -> u64 {
 
 impl AppState {
     pub fn new(runtime: Runtime, options: ServeOptions) -> Self {
+        let options_kv_kib = (options.kv_budget_bytes / 1024).min(Semaphore::MAX_PERMITS);
         Self {
             runtime,
             options,
@@ -159,6 +210,7 @@ impl AppState {
             models: OnceLock::new(),
             started: unix_now(),
             next_id: AtomicU64::new(1),
+            kv_budget: (options_kv_kib > 0).then(|| Arc::new(Semaphore::new(options_kv_kib))),
         }
     }
 
@@ -219,8 +271,19 @@ impl AppState {
                     }
                     let max_active = self.options.max_concurrent_generations;
                     let max_total = max_active + self.options.max_queue;
+                    let kv = match (self.kv_budget.as_ref(), handle.kv_bytes_per_token()) {
+                        (Some(kib), Some(bytes_per_token)) if bytes_per_token > 0 => {
+                            Some(KvBudget {
+                                kib: kib.clone(),
+                                total_kib: self.options.kv_budget_bytes / 1024,
+                                bytes_per_token,
+                            })
+                        }
+                        _ => None,
+                    };
                     Served::Generate(GenModel {
                         id: id.clone(),
+                        kv,
                         handle,
                         admission: Arc::new(Semaphore::new(max_total)),
                         slots: Arc::new(Semaphore::new(max_active)),

@@ -503,3 +503,57 @@ async fn the_prompt_cache_reuses_earlier_turns_without_changing_answers() -> Res
     );
     tight.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn generations_are_admitted_against_the_kv_budget() -> Result<()> {
+    // tiny-qwen2 on candle keeps 256 bytes of KV per position (2 layers x 2 KV heads x 8 x
+    // keys and values x f32): 3000 positions' worth of budget.
+    let server = TestServer::start(|o| o.kv_budget_bytes = 3000 * 256).await?;
+    let ask = |max_tokens: usize| {
+        json!({"model": "tiny-qwen2", "messages": user("Hello"), "max_tokens": max_tokens,
+            "temperature": 0})
+    };
+    // Larger than the whole budget: never admitted.
+    let r = post(server.addr, "/v1/chat/completions", &ask(5000)).await?;
+    ensure!(r.status == 400, "{}: {}", r.status, r.text());
+    ensure!(r.json()?["error"]["param"] == "max_tokens", "{}", r.text());
+
+    // A long generation holds about 2000 positions while it runs...
+    let addr = server.addr;
+    let long = tokio::spawn(async move { post(addr, "/v1/chat/completions", &ask(2000)).await });
+    let mut refused = None;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let m = get(server.addr, "/metrics").await?.text();
+        if metric(&m, "gllm_generations_active{model=\"tiny-qwen2\"}") == Some(1.0) {
+            // ...so a second one of that size does not fit, and a small one does.
+            refused = Some(post(server.addr, "/v1/chat/completions", &ask(2000)).await?);
+            let small = post(server.addr, "/v1/chat/completions", &ask(50)).await?;
+            ensure!(small.status == 200, "{}: {}", small.status, small.text());
+            break;
+        }
+    }
+    let refused = refused.context("the long generation was never seen running")?;
+    let finished = long.await??;
+    ensure!(finished.status == 200, "{}", finished.text());
+    let usage = &finished.json()?["usage"];
+    ensure!(
+        usage["completion_tokens"].as_u64().unwrap_or(0) > 200,
+        "the long generation ended early, so the check proves little: {usage}"
+    );
+    ensure!(
+        refused.status == 429,
+        "{}: {}",
+        refused.status,
+        refused.text()
+    );
+    ensure!(
+        refused.json()?["error"]["code"] == "kv_budget_full",
+        "{}",
+        refused.text()
+    );
+    // Once it has finished, the budget is free again.
+    let again = post(server.addr, "/v1/chat/completions", &ask(2000)).await?;
+    ensure!(again.status == 200, "{}: {}", again.status, again.text());
+    server.stop().await
+}

@@ -492,3 +492,154 @@ async fn a_bad_input_fails_only_its_own_request_in_a_shared_batch() -> Result<()
     still_serving(addr).await?;
     server.stop().await
 }
+
+/// Opens `n` connections that send nothing (or, with `partial`, half a request line).
+async fn idle_connections(
+    addr: std::net::SocketAddr,
+    n: usize,
+    partial: bool,
+) -> Result<Vec<tokio::net::TcpStream>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        if partial {
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await?;
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// True once the server has closed the connection (EOF or reset) within `within`.
+async fn closed_by_server(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(within, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // hyper may answer 408 before closing: keep reading to the end.
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_block_no_one_and_are_closed_by_the_header_timeout() -> Result<()> {
+    let server = TestServer::start(|o| o.header_timeout = Duration::from_secs(1)).await?;
+    let mut idle = idle_connections(server.addr, 200, false).await?;
+    idle.extend(idle_connections(server.addr, 20, true).await?);
+    // A new client is served at once.
+    let started = std::time::Instant::now();
+    let r = get(server.addr, "/health").await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Every idle or trickling connection is closed once the timeout passes.
+    let mut closed = 0;
+    for s in &mut idle {
+        if closed_by_server(s, Duration::from_secs(5)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed,
+        idle.len(),
+        "connections closed by the header timeout"
+    );
+    let r = get(server.addr, "/health").await?;
+    assert_eq!(r.status, 200);
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_past_the_cap_wait_for_a_free_one() -> Result<()> {
+    let server = TestServer::start(|o| {
+        o.max_connections = 2;
+        o.header_timeout = Duration::from_secs(1);
+    })
+    .await?;
+    // Two silent connections hold both places; the next client waits until the
+    // header timeout frees one, then is served.
+    let _idle = idle_connections(server.addr, 2, false).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), get(server.addr, "/health"))
+        .await
+        .context("the waiting client was never served")??;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "served before a place was free: {:?}",
+        started.elapsed()
+    );
+    server.stop().await
+}
+
+/// Resident memory of this process (the in-process server), in bytes.
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_connect_send_close_requests_leave_the_server_healthy() -> Result<()> {
+    let server = TestServer::start(|_| {}).await?;
+    let addr = server.addr;
+    // A long prompt (about 1500 tokens: three prefill chunks), sent and abandoned at once.
+    let body = serde_json::to_vec(&json!({
+        "messages": [{"role": "user", "content": "word ".repeat(1500)}],
+        "max_tokens": 2000, "stream": true}))?;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // Warm up (allocator pools, the step batcher) before the baseline.
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(&body).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss();
+    for _ in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(&body).await?;
+        drop(s);
+    }
+    // Every generation stops: none left running, the queue empty.
+    let started = std::time::Instant::now();
+    loop {
+        let text = get(addr, "/metrics").await?.text();
+        let active = metric(&text, "gllm_generations_active{model=\"tiny-qwen2\"}");
+        let waiting = metric(&text, "gllm_queue_depth{model=\"tiny-qwen2\"}");
+        if active == Some(0.0) && waiting == Some(0.0) {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "generations still running: {active:?}, waiting {waiting:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = rss();
+    println!(
+        "RSS before {:.0} MiB, after 1000 abandoned requests {:.0} MiB",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+    ensure!(
+        after < before + 256 * 1024 * 1024,
+        "RSS grew from {before} to {after} bytes"
+    );
+    still_serving(addr).await?;
+    server.stop().await
+}

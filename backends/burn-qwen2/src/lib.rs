@@ -282,6 +282,16 @@ impl InferenceBackend for BurnQwen2 {
         Ok(Box::new(self.cache()))
     }
 
+    /// Keys and values in the compute dtype, per layer and KV head.
+    fn kv_bytes_per_token(&self) -> Option<usize> {
+        let c = self.model.config();
+        let size = match self.dtype {
+            gllm_api::DType::F16 | gllm_api::DType::Bf16 => 2,
+            gllm_api::DType::F32 => 4,
+        };
+        Some(c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2 * size)
+    }
+
     fn forward(&self, cache: &mut dyn KvCache, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
         let cache = gllm_api::downcast_cache::<Qwen2Cache>(cache)?;
         self.run(cache, tokens, Output::LastLogits)

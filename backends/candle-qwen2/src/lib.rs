@@ -273,6 +273,12 @@ impl InferenceBackend for Qwen2Backend {
         Ok(Box::new(self.new_qwen2_cache()))
     }
 
+    /// Keys and values in f32, per layer and KV head.
+    fn kv_bytes_per_token(&self) -> Option<usize> {
+        let c = &self.model.cfg;
+        Some(c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2 * 4)
+    }
+
     fn forward(&self, cache: &mut dyn KvCache, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
         let c = self.own_cache(cache)?;
         // The whole step runs on a worker of the thread pool, so each of its ~100

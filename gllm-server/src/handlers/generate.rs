@@ -22,7 +22,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use gllm_runtime::{
-    ChatMessage, ChoiceEvent, FinishReason, GenerateRequest, Generation, GeneratorHandle,
+    ChatMessage, ChoiceEvent, FinishReason, Generation, GeneratorHandle, PreparedPrompt,
     RuntimeError, SamplingOverrides, SamplingParams, StreamEvent, ToolCallParser, ToolOutput,
     parse_tool_calls,
 };
@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::tools::{Tools, response_format};
-use super::{ApiJson, blocking, check, json_for, view};
+use super::{RawJson, blocking, check, json_for, parse};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelLabel};
 use crate::state::{AppState, GenModel, unix_now};
@@ -464,10 +464,12 @@ async fn check_grammar(
 
 pub(crate) async fn chat(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<Value>,
+    RawJson(body): RawJson,
 ) -> Result<Response, ApiError> {
-    let req: ChatRequest = view(&body)?;
-    let fields: Sampling = view(&body)?;
+    // Two typed views of the same bytes (serde's flatten would lose the field names of
+    // errors); no untyped JSON tree is built before admission.
+    let req: ChatRequest = parse(&body)?;
+    let fields: Sampling = parse(&body)?;
     let deadline = Instant::now() + state.options.request_timeout;
     let model = state.generator(req.model.as_deref())?;
     let id = model.id.clone();
@@ -525,12 +527,15 @@ pub(crate) async fn chat(
             echo: String::new(),
             handle: Some(model.handle.clone()),
         };
-        let permit = model.admit().await?;
+        let h = model.handle.clone();
+        let prompt =
+            blocking(move || h.prepare_chat(&messages, &kwargs).map_err(ApiError::from)).await?;
+        let permit = model.admit(kv_need(model, &prompt, &params)).await?;
         // The permit covers the generation's work until it has stopped, not only its stream.
         let events: EventStream = Box::pin(
             model
                 .handle
-                .chat_choices_stream_holding(messages, kwargs, params, n, permit),
+                .prepared_stream_holding(prompt, params, n, permit),
         );
         respond(
             &state,
@@ -547,10 +552,12 @@ pub(crate) async fn chat(
 
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<Value>,
+    RawJson(body): RawJson,
 ) -> Result<Response, ApiError> {
-    let req: CompletionRequest = view(&body)?;
-    let fields: Sampling = view(&body)?;
+    // Two typed views of the same bytes (serde's flatten would lose the field names of
+    // errors); no untyped JSON tree is built before admission.
+    let req: CompletionRequest = parse(&body)?;
+    let fields: Sampling = parse(&body)?;
     let deadline = Instant::now() + state.options.request_timeout;
     let model = state.generator(req.model.as_deref())?;
     let id = model.id.clone();
@@ -603,12 +610,14 @@ pub(crate) async fn completions(
             },
             handle: Some(model.handle.clone()),
         };
-        let permit = model.admit().await?;
-        let events: EventStream = Box::pin(model.handle.generate_choices_stream_holding(
-            GenerateRequest { prompt, params },
-            n,
-            permit,
-        ));
+        let h = model.handle.clone();
+        let prompt = blocking(move || h.prepare_prompt(&prompt).map_err(ApiError::from)).await?;
+        let permit = model.admit(kv_need(model, &prompt, &params)).await?;
+        let events: EventStream = Box::pin(
+            model
+                .handle
+                .prepared_stream_holding(prompt, params, n, permit),
+        );
         respond(
             &state,
             model,
@@ -620,6 +629,22 @@ pub(crate) async fn completions(
         .await
     };
     run.await.map_err(|e| e.for_model(&id))
+}
+
+/// What a generation asks of the KV budget: positions for its prompt and `max_tokens`,
+/// at most the context (answers of one request share one sequence, one at a time).
+fn kv_need<'a>(
+    model: &'a GenModel,
+    prompt: &PreparedPrompt,
+    params: &SamplingParams,
+) -> Option<(&'a crate::state::KvBudget, usize)> {
+    let context = model.handle.active().info.max_positions;
+    let tokens = prompt
+        .ids
+        .len()
+        .saturating_add(params.max_tokens)
+        .min(context.max(1));
+    model.kv.as_ref().map(|b| (b, tokens))
 }
 
 fn stream_usage(o: Option<StreamOptions>) -> bool {

@@ -22,31 +22,50 @@ use crate::metrics::ModelLabel;
 /// the limit is 413. The content type is not checked (curl's `-d` sends a form type).
 pub(crate) struct ApiJson<T>(pub T);
 
+/// A request body read whole (limit and emptiness checked), for handlers that read
+/// several typed views of it with [`parse`]: no untyped JSON tree is ever built.
+pub(crate) struct RawJson(pub Bytes);
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let limit = req
+        .extensions()
+        .get::<BodyLimit>()
+        .map(|l| l.0)
+        .unwrap_or(0);
+    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::invalid(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::invalid(
+            "the request body is empty: send a JSON object",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Reads a typed view of a JSON body.
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(deserialize_error)
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req
-            .extensions()
-            .get::<BodyLimit>()
-            .map(|l| l.0)
-            .unwrap_or(0);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::invalid(format!("cannot read the request body: {e}"))
-            }
-        })?;
-        if bytes.is_empty() {
-            return Err(ApiError::invalid(
-                "the request body is empty: send a JSON object",
-            ));
-        }
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
-            .map(ApiJson)
-            .map_err(deserialize_error)
+        parse(&read_body(req, state).await?).map(ApiJson)
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for RawJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        read_body(req, state).await.map(RawJson)
     }
 }
 
@@ -68,11 +87,6 @@ fn deserialize_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiErr
     } else {
         err.with_param(&path)
     }
-}
-
-/// Reads a typed view of an already parsed body (several views may share one body).
-pub(crate) fn view<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(body).map_err(deserialize_error)
 }
 
 /// The body limit in force, for the 413 message (set by the router).
