@@ -2,8 +2,9 @@
 //! the backend in use, and GPU → CPU fallback at load and in the middle of a request.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use gllm_api::{BackendError, Device, DeviceKind, InferenceBackend, KvCache, ModelInfo};
 
@@ -33,6 +34,9 @@ pub struct ActiveBackend {
     pub device: Device,
     /// How many times this model fell back to another device since it was loaded.
     pub fallbacks: u64,
+    /// How many times it went back to a preferred device after a fallback (see the
+    /// `failback_after` option).
+    pub failbacks: u64,
     /// Batches of concurrent decode steps run since the model was loaded (where the
     /// backend batches steps; see [`gllm_api::InferenceBackend::batches_steps`]).
     pub step_batches: u64,
@@ -47,7 +51,15 @@ struct Active {
     backend: Arc<dyn InferenceBackend>,
     candidate: usize,
     epoch: u64,
+    /// After a fallback: when to try the devices before this one again, and the wait
+    /// that doubles after each failed try.
+    retry: Option<(Instant, Duration)>,
 }
+
+/// The first wait before a model that fell back tries its preferred device again.
+pub const FAILBACK_AFTER: Duration = Duration::from_secs(60);
+/// The longest wait between two tries.
+const FAILBACK_MAX: Duration = Duration::from_secs(30 * 60);
 
 /// A loaded model with its text side.
 pub(crate) struct ServedModel {
@@ -57,9 +69,17 @@ pub(crate) struct ServedModel {
     candidates: Vec<Candidate>,
     active: RwLock<Active>,
     fallbacks: AtomicU64,
+    /// Returns to a preferred device after a fallback.
+    failbacks: AtomicU64,
     steps: StepBatcher,
     /// The prompt cache, once enabled ([`ServedModel::enable_prompt_cache`]).
     prompt_cache: std::sync::OnceLock<PromptCache>,
+    /// The candidate loaded at startup: where a model that fell back returns.
+    preferred: usize,
+    /// The first wait before trying it again (`failback_after` option, seconds).
+    failback_after: Duration,
+    /// Set while one request tries the preferred device again.
+    failing_back: AtomicBool,
 }
 
 /// Why a candidate was skipped or failed, for `gllm models` and errors.
@@ -148,6 +168,25 @@ fn load_first(
     Err((last, candidates.len()))
 }
 
+/// The `failback_after` option: seconds before a model that fell back tries its
+/// preferred device again (default [`FAILBACK_AFTER`]).
+fn failback_after(entry: &ModelEntry) -> Result<Duration> {
+    match entry.options.get("failback_after") {
+        None => Ok(FAILBACK_AFTER),
+        Some(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| RuntimeError::ModelFiles {
+                id: entry.id.clone(),
+                message: format!(
+                    "option `failback_after` = `{v}` is not a number of seconds (0 to 86400)"
+                ),
+            }),
+    }
+}
+
 impl ServedModel {
     /// Loads the model on the first candidate that works.
     pub fn load(
@@ -159,6 +198,9 @@ impl ServedModel {
     ) -> Result<Self> {
         match load_first(&files, &candidates, 0, None, attempts) {
             Ok((candidate, backend)) => Ok(Self {
+                preferred: candidate,
+                failback_after: failback_after(&entry)?,
+                failing_back: AtomicBool::new(false),
                 entry,
                 files,
                 text,
@@ -167,8 +209,10 @@ impl ServedModel {
                     backend,
                     candidate,
                     epoch: 0,
+                    retry: None,
                 }),
                 fallbacks: AtomicU64::new(0),
+                failbacks: AtomicU64::new(0),
                 steps: StepBatcher::default(),
                 prompt_cache: std::sync::OnceLock::new(),
             }),
@@ -202,10 +246,67 @@ impl ServedModel {
             backend: c.backend.name().to_string(),
             device: c.device,
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            failbacks: self.failbacks.load(Ordering::Relaxed),
             step_batches,
             batched_steps,
             info: backend.info(),
         }
+    }
+
+    /// After a fallback, once the wait has passed, loads the model on the devices before
+    /// the current one again (one request tries; the others go on meanwhile). Success
+    /// moves the model back (sequences re-prefill there, as after a fallback); failure
+    /// doubles the wait.
+    fn maybe_fail_back(&self) {
+        let (cur, due) = {
+            let a = self.active.read().unwrap_or_else(|p| p.into_inner());
+            let due =
+                a.candidate > self.preferred && a.retry.is_some_and(|(at, _)| Instant::now() >= at);
+            (a.candidate, due)
+        };
+        if !due || self.failing_back.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let mut attempts = Vec::new();
+        let loaded = load_first(
+            &self.files,
+            &self.candidates[..cur],
+            self.preferred,
+            None,
+            &mut attempts,
+        );
+        {
+            let mut a = self.active.write().unwrap_or_else(|p| p.into_inner());
+            match loaded {
+                Ok((candidate, backend)) if a.candidate == cur => {
+                    let c = &self.candidates[candidate];
+                    eprintln!(
+                        "gllm: model `{}`: back on {} on {}",
+                        self.entry.id,
+                        c.backend.name(),
+                        c.device
+                    );
+                    // The wait is kept: if the device fails again, the next one doubles.
+                    let w = a.retry.map_or(self.failback_after, |(_, w)| w);
+                    let retry = Some((Instant::now() + w, w));
+                    *a = Active {
+                        backend,
+                        candidate,
+                        epoch: a.epoch + 1,
+                        retry,
+                    };
+                    self.failbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    if let Some((_, w)) = a.retry {
+                        let w = (w * 2).min(FAILBACK_MAX);
+                        a.retry = Some((Instant::now() + w, w));
+                    }
+                }
+            }
+        }
+        self.failing_back.store(false, Ordering::SeqCst);
     }
 
     /// Moves to the next device after a device error seen at `epoch` (no-op when
@@ -234,10 +335,17 @@ impl ServedModel {
                     next.backend.name(),
                     next.device
                 );
+                // A transient error (one request out of memory, a device reset) should not
+                // keep the model off its preferred device for good: try it again later.
+                let wait = match a.retry {
+                    Some((_, w)) => (w * 2).min(FAILBACK_MAX),
+                    None => self.failback_after,
+                };
                 *a = Active {
                     backend,
                     candidate,
                     epoch: epoch + 1,
+                    retry: Some((Instant::now() + wait, wait)),
                 };
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -303,6 +411,11 @@ impl ServedModel {
         }
     }
 
+    /// Bytes of KV cache per position on the backend in use.
+    pub(crate) fn kv_bytes_per_token(&self) -> Option<usize> {
+        self.current().0.kv_bytes_per_token()
+    }
+
     /// The model's token table and grammar compiler, built on first use.
     pub(crate) fn grammar(&self) -> Result<Arc<GrammarEnv>> {
         self.text
@@ -325,6 +438,7 @@ impl ServedModel {
         &self,
         f: impl Fn(&dyn InferenceBackend) -> std::result::Result<T, BackendError>,
     ) -> Result<T> {
+        self.maybe_fail_back();
         loop {
             let (backend, epoch, idx) = self.current();
             let device = self.candidates[idx].device;
@@ -342,6 +456,7 @@ impl ServedModel {
     /// steps of concurrent sequences run as one batch where the backend batches
     /// (see [`step_batch`]).
     pub fn feed(&self, seq: &mut Sequence, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.maybe_fail_back();
         loop {
             let (backend, epoch, idx) = self.current();
             let device = self.candidates[idx].device;

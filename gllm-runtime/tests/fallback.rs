@@ -218,3 +218,46 @@ async fn request_errors_are_not_retried() {
     assert_eq!(h.active().fallbacks, 0);
     assert!(matches!(err, RuntimeError::Backend { .. }));
 }
+
+#[tokio::test]
+async fn a_model_that_fell_back_returns_to_the_gpu_after_a_doubling_wait() {
+    let id = "failback";
+    let rt = runtime(&embed_manifest(
+        id,
+        "gpu_fail_call = \"2\"\nfailback_after = \"0.5\"",
+    ));
+    let h = rt.embedder(id).await.unwrap();
+    let want = expected_embeddings(&rt, id).await;
+    let embed = || async {
+        let rows = h.embed(texts()).await.expect("answered");
+        let got: Vec<_> = rows.into_iter().map(|r| r.embedding).collect();
+        assert_eq!(got, want, "the same answer on every device");
+        h.active()
+    };
+    // The GPU instance's second call runs out of memory: answered from the CPU.
+    assert_eq!(embed().await.device, Device::gpu(0));
+    let a = embed().await;
+    assert_eq!((a.device, a.fallbacks, a.failbacks), (Device::CPU, 1, 0));
+    // Before the wait has passed the model stays on the CPU.
+    assert_eq!(embed().await.device, Device::CPU);
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let a = embed().await;
+    assert_eq!((a.device, a.fallbacks, a.failbacks), (Device::gpu(0), 1, 1));
+    // It fails again: back to the CPU, and the next wait is twice as long (1 s).
+    let a = embed().await;
+    assert_eq!((a.device, a.fallbacks), (Device::CPU, 2));
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(embed().await.device, Device::CPU, "the wait doubled");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let a = embed().await;
+    assert_eq!((a.device, a.failbacks), (Device::gpu(0), 2));
+}
+
+#[tokio::test]
+async fn a_bad_failback_option_is_an_error_naming_it() {
+    let rt = runtime(&embed_manifest("badfailback", "failback_after = \"soon\""));
+    match rt.embedder("badfailback").await {
+        Err(e) => assert!(e.to_string().contains("failback_after"), "{e}"),
+        Ok(_) => panic!("a bad failback_after was accepted"),
+    }
+}
