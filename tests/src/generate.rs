@@ -472,6 +472,47 @@ pub fn check_truncate_refeed(backend: &dyn InferenceBackend, fx: DecoderFixture)
     Ok(())
 }
 
+/// A copy of a cache ([`KvCache::try_clone`], used by the runtime's prompt cache)
+/// continues exactly as the original would, and the two share nothing: feeding one
+/// leaves the other as it was. A backend may answer `Unsupported` instead (it then
+/// gets no prompt cache); any other error fails.
+pub fn check_cache_copy(backend: &dyn InferenceBackend, fx: DecoderFixture) -> Result<()> {
+    for (i, c) in fx.cases()?.iter().enumerate() {
+        let mut cache = backend.new_cache()?;
+        backend.forward(cache.as_mut(), &c.input_ids)?;
+        let mut copy = match cache.try_clone() {
+            Ok(copy) => copy,
+            Err(e) if e.kind == ErrorKind::Unsupported => return Ok(()),
+            Err(e) => bail!("try_clone failed: {e}"),
+        };
+        ensure!(copy.len() == cache.len(), "case {i}: copy len");
+        ensure!(
+            cache.bytes() > 0 && copy.bytes() > 0,
+            "case {i}: a copyable cache reports its bytes"
+        );
+        // The copy goes one way, the original another; each equals a fresh prefill.
+        let (a, b) = (c.greedy_new_ids[0], c.greedy_new_ids[3]);
+        let from_copy = backend.forward(copy.as_mut(), &[a, b])?;
+        let from_original = backend.forward(cache.as_mut(), &[b])?;
+        for (name, got, tail) in [
+            ("copy", &from_copy, vec![a, b]),
+            ("original", &from_original, vec![b]),
+        ] {
+            let mut seq = c.input_ids.clone();
+            seq.extend(&tail);
+            let mut fresh = backend.new_cache()?;
+            let want = backend.forward(fresh.as_mut(), &seq)?;
+            assert_close(
+                &format!("case {i}: {name} after the copy"),
+                got,
+                &want,
+                SELF_TOL,
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Out-of-vocabulary ids and empty input are invalid input, and leave the cache usable.
 pub fn check_invalid_input(backend: &dyn InferenceBackend, fx: DecoderFixture) -> Result<()> {
     let vocab = backend.info().vocab_size as u32;
@@ -535,6 +576,7 @@ pub fn run_all(backend: &dyn InferenceBackend, fx: DecoderFixture) -> Result<()>
     check_batched_greedy_8(backend, fx).context("batched_greedy_8")?;
     check_batch_equals_alone(backend, fx).context("forward_batch equals each alone")?;
     check_truncate_refeed(backend, fx).context("truncate + re-feed")?;
+    check_cache_copy(backend, fx).context("cache copy")?;
     check_invalid_input(backend, fx).context("invalid input")?;
     Ok(())
 }

@@ -13,6 +13,7 @@ use gllm_api::{BackendError, KvCache};
 pub const MIN_CHUNK: usize = 256;
 
 /// Keys and values of one layer.
+#[derive(Clone)]
 pub(crate) struct LayerKv {
     pub k: Tensor<4>,
     pub v: Tensor<4>,
@@ -95,6 +96,26 @@ impl Qwen2Cache {
 impl KvCache for Qwen2Cache {
     fn len(&self) -> usize {
         self.len
+    }
+
+    /// Burn's tensors are values (an operation on a shared one writes a new one), so
+    /// cloning the handles gives a copy that shares no state.
+    fn try_clone(&self) -> Result<Box<dyn KvCache>, BackendError> {
+        Ok(Box::new(Self {
+            model_id: self.model_id,
+            len: self.len,
+            capacity: self.capacity,
+            layers: self.layers.clone(),
+            max_positions: self.max_positions,
+        }))
+    }
+
+    fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|l| (l.k.shape().num_elements() + l.v.shape().num_elements()) * l.k.dtype().size())
+            .sum()
     }
 
     fn truncate(&mut self, len: usize) -> Result<(), BackendError> {
