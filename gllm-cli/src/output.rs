@@ -107,5 +107,6 @@ pub fn print_generation(g: &Generation) -> Result<()> {
         "text": g.text,
         "token_ids": g.token_ids,
         "finish_reason": g.finish_reason.as_str(),
+        "prompt_tokens": g.prompt_tokens,
     }))
 }

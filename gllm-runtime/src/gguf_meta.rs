@@ -77,8 +77,9 @@ pub struct GgufError {
 impl GgufMetadata {
     /// Reads the metadata of the GGUF file at `path`.
     pub fn read(path: &Path) -> Result<Self, GgufError> {
+        let label = path.display().to_string();
         let err = |message: String| GgufError {
-            path: path.display().to_string(),
+            path: label.clone(),
             message,
         };
         let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
@@ -86,10 +87,22 @@ impl GgufMetadata {
             .metadata()
             .map_err(|e| err(format!("cannot read its size: {e}")))?
             .len();
-        let mut r = Reader {
-            inner: BufReader::with_capacity(1 << 20, file),
-            remaining,
+        Self::parse(BufReader::with_capacity(1 << 20, file), remaining, &label)
+    }
+
+    /// Reads GGUF metadata from bytes in memory (`label` names them in errors).
+    pub fn from_bytes(bytes: &[u8], label: &str) -> Result<Self, GgufError> {
+        Self::parse(bytes, bytes.len() as u64, label)
+    }
+
+    /// Reads the metadata from `inner`, which holds `remaining` bytes: no count read
+    /// from it may promise more.
+    fn parse(inner: impl Read, remaining: u64, label: &str) -> Result<Self, GgufError> {
+        let err = |message: String| GgufError {
+            path: label.to_string(),
+            message,
         };
+        let mut r = Reader { inner, remaining };
         let magic = r.bytes::<4>().map_err(&err)?;
         if &magic != b"GGUF" {
             return Err(err("not a GGUF file (bad magic)".into()));
