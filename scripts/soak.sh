@@ -9,7 +9,8 @@ minutes="${1:-30}"
 clients="${2:-6}"
 fixtures="$(cd ../shared/fixtures && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gllm-ci-target}"
-cargo build --release -p gllm-cli --bin gllm >&2
+# The same build as the tests (one profile, the workspace's features): no rebuild.
+cargo test --release --workspace --no-run >&2
 dir="$(mktemp -d)"
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
 cat >"$dir/models.toml" <<TOML
