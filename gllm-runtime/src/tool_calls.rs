@@ -128,7 +128,9 @@ impl ToolCallParser {
             match self.state {
                 State::Start => {
                     let t = self.held.trim_start();
-                    if t.is_empty() {
+                    // Undecided until the first non-space text says which form this is
+                    // (a piece may end inside the opening fence).
+                    if t.is_empty() || (t.len() < 3 && "```".starts_with(t)) {
                         return out;
                     }
                     self.state = if t.starts_with('{') || t.starts_with('[') || t.starts_with("```")
@@ -179,7 +181,8 @@ impl ToolCallParser {
         let mut out = Vec::new();
         let held = std::mem::take(&mut self.held);
         match self.state {
-            State::Start => {}
+            // Only space, or the start of a fence that never came.
+            State::Start => self.text(&held, &mut out),
             State::Bare => match bare_calls(&held, &self.known) {
                 Some(calls) => {
                     for c in calls {
@@ -367,12 +370,30 @@ mod tests {
     }
 
     #[test]
+    fn a_fence_cut_between_pieces_is_still_a_fence() {
+        // Found by the tool_calls fuzz target: "`" then "`" then "`..." went the way of
+        // plain text, where the whole answer went the way of a fenced JSON call.
+        let text = "```json\n{\"name\": \"get_time\", \"arguments\": {}}\n```";
+        let mut p = ToolCallParser::new(known());
+        let mut out = Vec::new();
+        for (i, c) in text.char_indices() {
+            out.extend(p.push(&text[i..i + c.len_utf8()]));
+        }
+        out.extend(p.finish());
+        let whole = parse_tool_calls(text, &known());
+        assert_eq!(whole.calls.len(), 1);
+        assert_eq!(out, vec![ToolOutput::Call(whole.calls[0].clone())]);
+    }
+
+    #[test]
     fn a_block_that_does_not_parse_is_content_as_written() {
         let a = parse_tool_calls("<tool_call>\nnot json\n</tool_call>", &known());
         assert!(a.calls.is_empty());
         assert_eq!(a.content, "<tool_call>\nnot json\n</tool_call>");
         let a = parse_tool_calls("plain answer < with a bracket", &known());
         assert_eq!(a.content, "plain answer < with a bracket");
+        let a = parse_tool_calls("``", &known());
+        assert_eq!(a.content, "``", "an answer that is only backticks is kept");
     }
 
     #[test]

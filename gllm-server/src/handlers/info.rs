@@ -6,27 +6,31 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::error::ApiError;
 use crate::state::{AppState, Served};
+use crate::types::models::*;
 
 /// The readiness probe: 200 once every model is loaded, 503 before.
 pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let models = state.models()?;
-    let list: Vec<serde_json::Value> = models
+    let models = models
         .iter()
         .map(|m| {
             let a = m.active();
-            json!({
-                "id": m.id(),
-                "task": m.task().as_str(),
-                "backend": a.backend,
-                "device": a.device.to_string(),
-            })
+            HealthModel {
+                id: m.id().to_string(),
+                task: m.task().as_str(),
+                backend: a.backend,
+                device: a.device.to_string(),
+            }
         })
         .collect();
-    Ok(Json(json!({"status": "ok", "models": list})).into_response())
+    Ok(Json(Health {
+        status: "ok",
+        models,
+    })
+    .into_response())
 }
 
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -37,26 +41,30 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-fn describe(state: &AppState, m: &Served) -> serde_json::Value {
+fn describe(state: &AppState, m: &Served) -> ModelCard {
     let a = m.active();
-    json!({
-        "id": m.id(),
-        "object": "model",
-        "created": state.started,
-        "owned_by": "gllm",
-        "task": m.task().as_str(),
-        "backend": a.backend,
-        "device": a.device.to_string(),
-    })
+    ModelCard {
+        id: m.id().to_string(),
+        object: "model",
+        created: state.started,
+        owned_by: "gllm",
+        task: m.task().as_str(),
+        backend: a.backend,
+        device: a.device.to_string(),
+    }
 }
 
 pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let data: Vec<serde_json::Value> = state
+    let data = state
         .models()?
         .iter()
         .map(|m| describe(&state, m))
         .collect();
-    Ok(Json(json!({"object": "list", "data": data})).into_response())
+    Ok(Json(ModelList {
+        object: "list",
+        data,
+    })
+    .into_response())
 }
 
 pub(crate) async fn model(
