@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::tools::{Tools, response_format};
+use super::tools::{Tools, response_format, template_kwargs};
 use super::{RawJson, blocking, check, json_for, parse};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelLabel};
@@ -480,20 +480,7 @@ pub(crate) async fn chat(
         let tools = Tools::read(req.tools, req.tool_choice, req.parallel_tool_calls)?;
         let format = response_format(req.response_format)?;
         let messages = messages(req.messages)?;
-        let mut kwargs = req.chat_template_kwargs.unwrap_or_default();
-        // Tools and documents are request fields with checks of their own, not template variables.
-        if let Some(k) = kwargs
-            .keys()
-            .find(|k| matches!(k.as_str(), "tools" | "documents"))
-        {
-            return Err(ApiError::invalid_param(
-                "chat_template_kwargs",
-                format!("`{k}` cannot be set through chat_template_kwargs"),
-            ));
-        }
-        if tools.active() {
-            kwargs.insert("tools".into(), Value::Array(tools.entries.clone()));
-        }
+        let kwargs = template_kwargs(req.chat_template_kwargs, &tools)?;
         params.grammar = match (tools.grammar(), format) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::invalid_param(

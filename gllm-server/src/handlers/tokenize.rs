@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::Response;
 
 use super::generate::messages;
-use super::tools::Tools;
+use super::tools::{Tools, template_kwargs};
 use super::{ApiJson, blocking, json_for};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -42,19 +42,7 @@ pub(crate) async fn tokenize(
             (None, Some(m)) => {
                 let messages = messages(m)?;
                 let tools = Tools::read(req.tools, None, None)?;
-                let mut kwargs = req.chat_template_kwargs.unwrap_or_default();
-                if let Some(k) = kwargs
-                    .keys()
-                    .find(|k| matches!(k.as_str(), "tools" | "documents"))
-                {
-                    return Err(ApiError::invalid_param(
-                        "chat_template_kwargs",
-                        format!("`{k}` cannot be set through chat_template_kwargs"),
-                    ));
-                }
-                if tools.active() {
-                    kwargs.insert("tools".into(), serde_json::Value::Array(tools.entries));
-                }
+                let kwargs = template_kwargs(req.chat_template_kwargs, &tools)?;
                 let open = req.add_generation_prompt.unwrap_or(true);
                 blocking(move || {
                     let text = handle.render_chat_with(&messages, open, &kwargs)?;

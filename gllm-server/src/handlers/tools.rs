@@ -3,7 +3,7 @@
 //! field and turned into template variables and a decoding grammar.
 
 use gllm_runtime::{Grammar, tool_call_grammar};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
@@ -176,6 +176,29 @@ impl Tools {
             Choice::None | Choice::Auto => None,
         }
     }
+}
+
+/// The chat template's variables: the request's `chat_template_kwargs` (which may not
+/// set `tools` or `documents`: those are request fields with checks of their own),
+/// plus the tools when the model is offered them.
+pub(crate) fn template_kwargs(
+    kwargs: Option<Map<String, Value>>,
+    tools: &Tools,
+) -> Result<Map<String, Value>, ApiError> {
+    let mut kwargs = kwargs.unwrap_or_default();
+    if let Some(k) = kwargs
+        .keys()
+        .find(|k| matches!(k.as_str(), "tools" | "documents"))
+    {
+        return Err(ApiError::invalid_param(
+            "chat_template_kwargs",
+            format!("`{k}` cannot be set through chat_template_kwargs"),
+        ));
+    }
+    if tools.active() {
+        kwargs.insert("tools".into(), Value::Array(tools.entries.clone()));
+    }
+    Ok(kwargs)
 }
 
 /// `response_format`: `text` (none), `json_object`, or `json_schema` with its schema.
