@@ -36,6 +36,9 @@ pub enum ServerError {
     /// The options are inconsistent (a zero queue, a zero budget, ...).
     #[error("invalid server option: {0}")]
     Options(String),
+    /// An in-process request ([`crate::InProcess::request`]) could not be built or read.
+    #[error("in-process request: {0}")]
+    Request(String),
 }
 
 /// An error answer: status, OpenAI error type, message, the offending parameter and a code.

@@ -28,6 +28,7 @@ mod accept;
 mod batching;
 mod error;
 mod handlers;
+mod in_process;
 mod metrics;
 mod router;
 mod state;
@@ -42,6 +43,7 @@ use gllm_runtime::Runtime;
 use tokio::net::TcpListener;
 
 pub use error::{ApiError, ServerError};
+pub use in_process::{Answer, InProcess};
 
 /// How the server listens and protects itself. Plain data, no CLI parser attached.
 #[derive(Debug, Clone)]

@@ -504,3 +504,43 @@ async fn models_health_metrics_and_api_key() -> Result<()> {
     );
     server.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_routes_answer_in_process_as_over_a_socket() -> Result<()> {
+    gllm::link_builtin_backends();
+    let runtime = gllm_runtime::Runtime::from_manifest_file(&write_manifest())?;
+    let server = gllm_server::InProcess::load(runtime, Default::default()).await?;
+    // Every model is loaded before `load` returns: no 503 phase.
+    let health = server.request("GET", "/health", Vec::new()).await?;
+    assert_eq!(
+        health.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&health.body)
+    );
+    let (text, want) = bert_cases().swap_remove(0);
+    let body = serde_json::to_vec(&json!({"input": text}))?;
+    let r = server.request("POST", "/v1/embeddings", body).await?;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v: serde_json::Value = serde_json::from_slice(&r.body)?;
+    let got = floats(&v["data"][0]["embedding"]);
+    assert!(max_abs_diff(&got, &want) <= 1e-5, "embedding differs");
+    // A streamed chat is read to its end: the reference's greedy text, then [DONE].
+    let case = chat_cases().swap_remove(0);
+    let body = serde_json::to_vec(
+        &json!({"messages": case.messages, "chat_template_kwargs": case.kwargs,
+        "temperature": 0, "max_tokens": case.greedy_ids.len(), "stream": true}),
+    )?;
+    let r = server.request("POST", "/v1/chat/completions", body).await?;
+    assert_eq!(r.status, 200);
+    let (streamed, _, _) = chat_stream_text(&sse_data(&String::from_utf8(r.body)?))?;
+    assert_eq!(streamed, case.text);
+    // Errors keep their status and shape.
+    let e = server
+        .request("POST", "/v1/embeddings", b"{".to_vec())
+        .await?;
+    assert_eq!(e.status, 400);
+    let v: serde_json::Value = serde_json::from_slice(&e.body)?;
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    Ok(())
+}
