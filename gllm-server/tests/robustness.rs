@@ -254,6 +254,95 @@ async fn start_stream_and_hang_up(
     Ok(String::from_utf8_lossy(&seen).to_string())
 }
 
+/// A metric of the server's `/metrics`, or `None` while the series is absent.
+async fn metric_now(addr: std::net::SocketAddr, series: &str) -> Result<Option<f64>> {
+    Ok(metric(&get(addr, "/metrics").await?.text(), series))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_stops_reading_blocks_no_one_and_is_cut_off_by_the_timeout() -> Result<()> {
+    let timeout = Duration::from_secs(3);
+    let server = TestServer::start(|o| o.request_timeout = timeout).await?;
+    let addr = server.addr;
+    // A streaming client with a 4 KiB receive buffer that reads nothing for 10 s, asking
+    // for 30000 tokens (about 240 bytes of SSE each). On loopback the server's send
+    // buffers absorb the first few MB (about 2600 events in 3 s here), so whether its
+    // stream is blocked on a full buffer or still producing when the deadline passes
+    // depends on the machine; the blocked case alone is `pump`'s unit test in
+    // handlers/generate.rs. Either way the deadline must end it.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut silent = socket.connect(addr).await?;
+    let body = serde_json::to_vec(&json!({
+        "messages": [{"role": "user", "content": "Tell me everything."}],
+        "temperature": 0, "max_tokens": 30000, "stream": true}))?;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    silent.write_all(head.as_bytes()).await?;
+    silent.write_all(&body).await?;
+    let started = std::time::Instant::now();
+    let active = "gllm_generations_active{model=\"tiny-qwen2\"}";
+    while metric_now(addr, active).await? != Some(1.0) {
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "the silent client's generation never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Meanwhile another client is served at once, embeddings and chat alike.
+    still_serving(addr).await?;
+    let r = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Hi there!"}], "temperature": 0, "max_tokens": 8}),
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()?["choices"][0]["message"]["content"],
+        chat_cases()[0].text.as_str()
+    );
+    assert!(
+        started.elapsed() < timeout,
+        "the other client waited for the silent one: {:?}",
+        started.elapsed()
+    );
+    // The silent client's generation ends at its deadline although it still reads nothing.
+    let timed_out = "gllm_generations_total{model=\"tiny-qwen2\",finish_reason=\"timeout\"}";
+    loop {
+        let text = get(addr, "/metrics").await?.text();
+        if metric(&text, timed_out) == Some(1.0) && metric(&text, active) == Some(0.0) {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "the generation of a client that reads nothing was not cut off by the {timeout:?} timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+    // It did get some of its answer (and far from all 30000 tokens) before it stalled.
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(started.elapsed())).await;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), silent.read(&mut buf)).await
+    {
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
+    let events = text.matches("\"content\"").count();
+    assert!(events > 0 && events < 30000, "{events} content events");
+    still_serving(addr).await?;
+    server.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_disconnects_mid_stream_cancels_its_generation() -> Result<()> {
     let server = TestServer::start(|_| {}).await?;
