@@ -22,6 +22,9 @@ fuzz_target!(|data: &[u8]| {
         call,
     ];
     let mut kwargs = serde_json::Map::new();
-    kwargs.insert("tools".into(), serde_json::json!([{"type": "function", "function": {"name": "f"}}]));
+    kwargs.insert(
+        "tools".into(),
+        serde_json::json!([{"type": "function", "function": {"name": "f"}}]),
+    );
     let _ = t.render_with(&messages, true, &kwargs);
 });
