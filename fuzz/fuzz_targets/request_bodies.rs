@@ -75,6 +75,10 @@ fuzz_target!(|data: &[u8]| {
     let answer = rt
         .block_on(server.request(method, path, body.to_vec()))
         .expect("in-process request");
+    // GLLM_FUZZ_DEBUG=1 shows each answer's status (to check that the seeds get through).
+    if std::env::var_os("GLLM_FUZZ_DEBUG").is_some() {
+        eprintln!("{path}: {}", answer.status);
+    }
     assert_ne!(
         answer.status,
         500,
