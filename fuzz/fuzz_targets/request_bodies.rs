@@ -1,6 +1,6 @@
 //! Request bodies for every POST endpoint of the server (the first byte picks the
 //! endpoint), answered in-process by the real routes over the fixture models
-//! (tiny-bert, tiny-cross-encoder, tiny-qwen2): parsing, validation, admission and,
+//! (`gllm_testkit::fixture_manifest`: tiny-bert, tiny-cross-encoder, tiny-qwen2): parsing, validation, admission and,
 //! for a body that passes, the work itself (bounded by a 2 s request timeout). Any
 //! status but 500 is fine, and every error body must be OpenAI's JSON shape; a panic
 //! or a 500 is a finding.
@@ -25,19 +25,8 @@ const ENDPOINTS: [&str; 9] = [
 ];
 
 fn manifest() -> std::path::PathBuf {
-    let dir = gllm_fuzz::scratch_dir();
-    let f = |name: &str| gllm_testkit::fixture(name).display().to_string();
-    let text = format!(
-        "[defaults]\ndevices = [\"cpu\"]\n\n\
-         [[models]]\nid = \"tiny-bert\"\ntask = \"embed\"\npath = \"{}\"\nbackends = [\"burn-bert\"]\n\n\
-         [[models]]\nid = \"tiny-cross-encoder\"\ntask = \"rerank\"\npath = \"{}\"\nbackends = [\"burn-bert\"]\n\n\
-         [[models]]\nid = \"tiny-qwen2\"\ntask = \"generate\"\npath = \"{}\"\nbackends = [\"candle-qwen2\"]\n",
-        f("tiny-bert"),
-        f("tiny-cross-encoder"),
-        f("tiny-qwen2"),
-    );
-    let path = dir.join("models.toml");
-    std::fs::write(&path, text).expect("manifest");
+    let path = gllm_fuzz::scratch_dir().join("models.toml");
+    std::fs::write(&path, gllm_testkit::fixture_manifest()).expect("manifest");
     path
 }
 
@@ -75,10 +64,7 @@ fuzz_target!(|data: &[u8]| {
     let answer = rt
         .block_on(server.request(method, path, body.to_vec()))
         .expect("in-process request");
-    // GLLM_FUZZ_DEBUG=1 shows each answer's status (to check that the seeds get through).
-    if std::env::var_os("GLLM_FUZZ_DEBUG").is_some() {
-        eprintln!("{path}: {}", answer.status);
-    }
+    gllm_fuzz::debug(|| format!("{path}: {}", answer.status));
     assert_ne!(
         answer.status,
         500,

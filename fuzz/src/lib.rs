@@ -19,6 +19,14 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
+/// Prints `message()` when `GLLM_FUZZ_DEBUG` is set: why an input did not load, or
+/// what an endpoint answered, to check that the seeds get through.
+pub fn debug(message: impl FnOnce() -> String) {
+    if std::env::var_os("GLLM_FUZZ_DEBUG").is_some() {
+        eprintln!("{}", message());
+    }
+}
+
 /// A spec for `task` on the CPU, with no options.
 pub fn spec(task: Task, path: PathBuf, format: WeightFormat, architecture: &str) -> ModelSpec {
     ModelSpec {
@@ -39,10 +47,7 @@ pub fn load_and_run(factory: &dyn BackendFactory, spec: &ModelSpec) {
     let model = match factory.load(spec, Device::CPU) {
         Ok(m) => m,
         Err(e) => {
-            // GLLM_FUZZ_DEBUG=1 shows why an input does not load (to check the seeds do).
-            if std::env::var_os("GLLM_FUZZ_DEBUG").is_some() {
-                eprintln!("load: {e}");
-            }
+            debug(|| format!("load: {e}"));
             return;
         }
     };

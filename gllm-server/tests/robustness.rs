@@ -228,19 +228,36 @@ async fn bad_requests_get_their_status_and_the_server_keeps_serving() -> Result<
     server.stop().await
 }
 
+/// The bytes of an HTTP/1.1 `POST /v1/chat/completions` with `body`, for clients that
+/// misbehave on the raw socket.
+fn chat_request(body: &serde_json::Value) -> Result<Vec<u8>> {
+    let body = serde_json::to_vec(body)?;
+    let mut out = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Waits (at most `within`) until a generation of tiny-qwen2 is running.
+async fn until_generating(addr: std::net::SocketAddr, within: Duration) -> Result<()> {
+    let started = std::time::Instant::now();
+    while metric_now(addr, "gllm_generations_active{model=\"tiny-qwen2\"}").await? != Some(1.0) {
+        ensure!(started.elapsed() < within, "the generation never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 /// Reads the response head and the first SSE event, then hangs up.
 async fn start_stream_and_hang_up(
     addr: std::net::SocketAddr,
     body: &serde_json::Value,
 ) -> Result<String> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let bytes = serde_json::to_vec(body)?;
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        bytes.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(&bytes).await?;
+    s.write_all(&chat_request(body)?).await?;
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&seen).contains("\"content\"") {
@@ -290,24 +307,12 @@ async fn a_client_that_stops_reading_blocks_no_one_and_is_cut_off_by_the_timeout
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
     let mut silent = socket.connect(addr).await?;
-    let body = serde_json::to_vec(&json!({
+    let request = chat_request(&json!({
         "messages": [{"role": "user", "content": "Tell me everything."}],
         "temperature": 0, "max_tokens": 30000, "stream": true}))?;
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    silent.write_all(head.as_bytes()).await?;
-    silent.write_all(&body).await?;
+    silent.write_all(&request).await?;
     let started = std::time::Instant::now();
-    let active = "gllm_generations_active{model=\"tiny-qwen2\"}";
-    while metric_now(addr, active).await? != Some(1.0) {
-        ensure!(
-            started.elapsed() < Duration::from_secs(5),
-            "the silent client's generation never started"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_generating(addr, Duration::from_secs(5)).await?;
     // Meanwhile another client is served at once, embeddings and chat alike.
     still_serving(addr).await?;
     greedy_chat_still_works(addr).await?;
@@ -320,7 +325,8 @@ async fn a_client_that_stops_reading_blocks_no_one_and_is_cut_off_by_the_timeout
     let timed_out = "gllm_generations_total{model=\"tiny-qwen2\",finish_reason=\"timeout\"}";
     loop {
         let text = get(addr, "/metrics").await?.text();
-        if metric(&text, timed_out) == Some(1.0) && metric(&text, active) == Some(0.0) {
+        let active = metric(&text, "gllm_generations_active{model=\"tiny-qwen2\"}");
+        if metric(&text, timed_out) == Some(1.0) && active == Some(0.0) {
             break;
         }
         ensure!(
@@ -477,18 +483,7 @@ async fn shutdown_finishes_the_requests_in_flight() -> Result<()> {
     let body = json!({"messages": case.messages, "chat_template_kwargs": case.kwargs, "temperature": 0, "max_tokens": 1500, "stream": true});
     let stream = tokio::spawn(async move { post(addr, "/v1/chat/completions", &body).await });
     // Wait until the generation runs, then ask the server to stop.
-    let started = std::time::Instant::now();
-    loop {
-        let text = get(addr, "/metrics").await?.text();
-        if metric(&text, "gllm_generations_active{model=\"tiny-qwen2\"}") == Some(1.0) {
-            break;
-        }
-        ensure!(
-            started.elapsed() < Duration::from_secs(20),
-            "generation never started"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_generating(addr, Duration::from_secs(20)).await?;
     server.begin_stop();
     let r = stream.await??;
     assert_eq!(r.status, 200);
@@ -680,25 +675,19 @@ async fn a_thousand_connect_send_close_requests_leave_the_server_healthy() -> Re
     let server = TestServer::start(|_| {}).await?;
     let addr = server.addr;
     // A long prompt (about 1500 tokens: three prefill chunks), sent and abandoned at once.
-    let body = serde_json::to_vec(&json!({
+    let request = chat_request(&json!({
         "messages": [{"role": "user", "content": "word ".repeat(1500)}],
         "max_tokens": 2000, "stream": true}))?;
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
     // Warm up (allocator pools, the step batcher) before the baseline.
     for _ in 0..20 {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(head.as_bytes()).await?;
-        s.write_all(&body).await?;
+        s.write_all(&request).await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = rss();
     for _ in 0..1000 {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(head.as_bytes()).await?;
-        s.write_all(&body).await?;
+        s.write_all(&request).await?;
         drop(s);
     }
     // Every generation stops: none left running, the queue empty.

@@ -18,6 +18,40 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+/// A manifest (`models.toml` text) serving three fixture models on the CPU, one per
+/// task: `tiny-bert` (embed, burn-bert), `tiny-cross-encoder` (rerank, burn-bert) and
+/// `tiny-qwen2` (generate, candle-qwen2). The server's tests and its fuzz target run on it.
+pub fn fixture_manifest() -> String {
+    let f = |name: &str| fixture(name).display().to_string();
+    format!(
+        r#"[defaults]
+devices = ["cpu"]
+
+[[models]]
+id = "tiny-bert"
+task = "embed"
+path = "{bert}"
+backends = ["burn-bert"]
+
+[[models]]
+id = "tiny-cross-encoder"
+task = "rerank"
+path = "{ce}"
+backends = ["burn-bert"]
+
+[[models]]
+id = "tiny-qwen2"
+task = "generate"
+path = "{qwen}"
+backends = ["candle-qwen2"]
+devices = ["cpu"]
+"#,
+        bert = f("tiny-bert"),
+        ce = f("tiny-cross-encoder"),
+        qwen = f("tiny-qwen2"),
+    )
+}
+
 /// `../shared/fixtures` beside the workspace (override: `GLLM_FIXTURES`).
 pub fn fixtures_dir() -> PathBuf {
     let dir = match std::env::var_os("GLLM_FIXTURES") {

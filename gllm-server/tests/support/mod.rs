@@ -26,34 +26,7 @@ pub fn write_manifest() -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("models.toml");
-    let f = |name: &str| gllm_testkit::fixture(name).display().to_string();
-    let text = format!(
-        r#"[defaults]
-devices = ["cpu"]
-
-[[models]]
-id = "tiny-bert"
-task = "embed"
-path = "{bert}"
-backends = ["burn-bert"]
-
-[[models]]
-id = "tiny-cross-encoder"
-task = "rerank"
-path = "{ce}"
-backends = ["burn-bert"]
-
-[[models]]
-id = "tiny-qwen2"
-task = "generate"
-path = "{qwen}"
-backends = ["candle-qwen2"]
-devices = ["cpu"]
-"#,
-        bert = f("tiny-bert"),
-        ce = f("tiny-cross-encoder"),
-        qwen = f("tiny-qwen2"),
-    );
+    let text = gllm_testkit::fixture_manifest();
     std::fs::write(&path, text).expect("write manifest");
     path
 }
