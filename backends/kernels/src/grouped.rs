@@ -75,23 +75,59 @@ pub fn par_groups(
     min_groups: usize,
     kernel: impl Fn(usize, &mut GroupOut) + Sync + Send,
 ) {
+    par_units::<1>(out, rows, m, min_groups, |g, outs| {
+        if let [o] = outs {
+            kernel(g, o)
+        }
+    });
+}
+
+/// [`par_groups`] over pairs of groups: `kernel(2p, first, second)` for every pair
+/// `p`, `second` being `None` for the last pair of an odd number of groups. For
+/// kernels that fill sixteen rows (two groups) per instruction.
+pub fn par_group_pairs(
+    out: &mut [f32],
+    rows: usize,
+    m: usize,
+    min_pairs: usize,
+    kernel: impl Fn(usize, &mut GroupOut, Option<&mut GroupOut>) + Sync + Send,
+) {
+    par_units::<2>(out, rows, m, min_pairs, |g, outs| match outs {
+        [a, b] => kernel(g, a, Some(b)),
+        [a] => kernel(g, a, None),
+        _ => {}
+    });
+}
+
+/// Runs `kernel(first group, its outputs)` over units of `N` consecutive groups
+/// (fewer in a last partial unit), in parallel tasks of at least `min_units`.
+fn par_units<const N: usize>(
+    out: &mut [f32],
+    rows: usize,
+    m: usize,
+    min_units: usize,
+    kernel: impl Fn(usize, &mut [GroupOut]) + Sync + Send,
+) {
     assert_eq!(out.len(), rows * m, "output is not [m, rows]");
     let groups = rows.div_ceil(GROUP);
+    let units = groups.div_ceil(N);
     let tasks = 8 * rayon::current_num_threads();
-    let per_task = groups.div_ceil(tasks).max(min_groups).max(1);
+    let per_task = units.div_ceil(tasks).max(min_units).max(1);
     let base = out.as_mut_ptr() as usize;
-    (0..groups.div_ceil(per_task))
+    (0..units.div_ceil(per_task))
         .into_par_iter()
         .for_each(|task| {
-            for g in task * per_task..((task + 1) * per_task).min(groups) {
-                let mut o = GroupOut {
+            for u in task * per_task..((task + 1) * per_task).min(units) {
+                let first = u * N;
+                let mut outs: [GroupOut; N] = std::array::from_fn(|j| GroupOut {
                     ptr: base as *mut f32,
                     rows,
-                    col: g * GROUP,
+                    col: (first + j) * GROUP,
                     m,
-                    lanes: (rows - g * GROUP).min(GROUP),
-                };
-                kernel(g, &mut o);
+                    lanes: rows.saturating_sub((first + j) * GROUP).min(GROUP),
+                });
+                let real = N.min(groups - first);
+                kernel(first, &mut outs[..real]);
             }
         });
 }
@@ -124,5 +160,29 @@ mod tests {
             }
         });
         assert!(out.iter().enumerate().all(|(j, v)| *v == j as f32));
+    }
+
+    #[test]
+    fn every_pair_of_groups_writes_its_own_columns_and_an_odd_last_group_comes_alone() {
+        let (rows, m): (usize, usize) = (8 * 36 + 3, 2);
+        let mut out = vec![-1f32; rows * m];
+        let fill = |g: usize, o: &mut GroupOut| {
+            for i in 0..m {
+                for lane in 0..o.lanes {
+                    o.set(i, lane, (i * rows + g * GROUP + lane) as f32);
+                }
+            }
+        };
+        let alone = std::sync::atomic::AtomicUsize::new(usize::MAX);
+        par_group_pairs(&mut out, rows, m, 1, |g, a, b| {
+            assert!(g.is_multiple_of(2));
+            fill(g, a);
+            match b {
+                Some(b) => fill(g + 1, b),
+                None => alone.store(g, std::sync::atomic::Ordering::Relaxed),
+            }
+        });
+        assert!(out.iter().enumerate().all(|(j, v)| *v == j as f32));
+        assert_eq!(alone.into_inner(), 36, "37 groups: the last comes alone");
     }
 }

@@ -15,7 +15,7 @@
 use crate::act::Q8K;
 use crate::error::KernelError;
 use crate::format::{BlockFormat, BlockType, Layout, Scales, decode_blocks, f16};
-use crate::grouped::{GROUP, GroupOut, concat, par_groups, stackable};
+use crate::grouped::{GROUP, GroupOut, concat, par_group_pairs, par_groups, stackable};
 use crate::isa::Isa;
 use crate::planes::{self, CHUNK, chunk_bytes};
 
@@ -199,6 +199,24 @@ impl KMatrix {
         let act = Q8K::quantize(x, m, self.nb, self.layout.sub());
         let kernel = self.kernel(isa);
         let min_groups = 512 / (self.nb * m).max(1);
+        // Several activation rows on AVX-512: sixteen weight rows per instruction.
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Vnni && m > 1 {
+            let l = self.layout;
+            if let Some(pair) = x86::pick_vnni_pair(l.low_bits, l.high_bits, l.sub()) {
+                par_group_pairs(
+                    out,
+                    self.rows,
+                    m,
+                    min_groups.div_ceil(2),
+                    |g, a, b| match b {
+                        Some(b) => pair(self, &act, g, a, b),
+                        None => kernel(self, &act, g, a),
+                    },
+                );
+                return;
+            }
+        }
         par_groups(out, self.rows, m, min_groups, |g, o| {
             kernel(self, &act, g, o)
         });
@@ -260,11 +278,15 @@ impl KMatrix {
 /// A kernel for one group: `(matrix, activations, group, out [rows of the group, m])`.
 type GroupKernel = fn(&KMatrix, &Q8K, usize, &mut GroupOut);
 
+/// A kernel for groups `g` and `g + 1`, with an output each.
+#[cfg(target_arch = "x86_64")]
+type PairKernel = fn(&KMatrix, &Q8K, usize, &mut GroupOut, &mut GroupOut);
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{GROUP, GroupKernel, GroupOut, KMatrix, QK_K};
+    use super::{GROUP, GroupKernel, GroupOut, KMatrix, PairKernel, QK_K};
     use crate::act::Q8K;
     use crate::legacy::x86::{dot, prefetch};
     use crate::planes::x86::unpack;
@@ -383,6 +405,167 @@ mod x86 {
                 }
                 i0 += tile;
             }
+        }
+    }
+
+    /// Two 256-bit halves as one 512-bit register (`a` low).
+    #[inline(always)]
+    unsafe fn join(a: __m256i, b: __m256i) -> __m512i {
+        unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b) }
+    }
+
+    /// [`group`] for two groups at once (`g` and `g + 1`) on 512-bit registers: each
+    /// word of the two groups' chunks becomes one register of sixteen rows. The same
+    /// integer sums and the same f32 operations per output as [`group`].
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn group_pair<const LO: u32, const HI: u32, const SUB: usize, const T: usize>(
+        p: &KMatrix,
+        act: &Q8K,
+        g: usize,
+        out0: &mut GroupOut,
+        out1: &mut GroupOut,
+    ) {
+        unsafe {
+            let (nb, m) = (p.nb, act.m);
+            let nsub = QK_K / SUB;
+            let offset = p.layout.offset();
+            let cell = chunk_bytes(LO, HI);
+            // Group g + 1's data follows group g's in each array.
+            let (dn, sn, qn) = (nb * GROUP, nb * nsub * GROUP, nb * 8 * cell);
+            let dp = p.d.as_ptr().add(g * dn);
+            let dminp = p.dmin.as_ptr().add(g * dn);
+            let scp = p.sc.as_ptr().add(g * sn);
+            let mp = p.m.as_ptr().add(g * sn);
+            let qp = p.quants.as_ptr().add(g * qn);
+            // Eight i8 scales of each group, widened to sixteen i32.
+            let scales = |at: *const i8| {
+                let a = _mm_loadl_epi64(at as *const __m128i);
+                let b = _mm_loadl_epi64(at.add(sn) as *const __m128i);
+                _mm512_cvtepi8_epi32(_mm_unpacklo_epi64(a, b))
+            };
+            let floats = |at: *const f32| {
+                let a = _mm256_castps_pd(_mm256_loadu_ps(at));
+                let b = _mm256_castps_pd(_mm256_loadu_ps(at.add(dn)));
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(a), b))
+            };
+            let mut i0 = 0;
+            while i0 < m {
+                let tile = (m - i0).min(T);
+                let mut acc = [_mm512_setzero_ps(); T];
+                for b in 0..nb {
+                    let mut sumi = [_mm512_setzero_si512(); T];
+                    for c in 0..8 {
+                        let ch0 = qp.add((b * 8 + c) * cell);
+                        let ch1 = ch0.add(qn);
+                        prefetch(ch0, cell);
+                        prefetch(ch1, cell);
+                        let (w0, w1) = (unpack::<LO, HI>(ch0), unpack::<LO, HI>(ch1));
+                        let w: [__m512i; 8] = std::array::from_fn(|k| join(w0[k], w1[k]));
+                        let sc_at = scp.add((b * nsub + c * (CHUNK / SUB)) * GROUP);
+                        let sc0 = scales(sc_at);
+                        let sc1 = if SUB == 16 {
+                            scales(sc_at.add(GROUP))
+                        } else {
+                            sc0
+                        };
+                        for t in 0..tile {
+                            let blk = (i0 + t) * nb + b;
+                            let a = act.qs.as_ptr().add(blk * QK_K + c * CHUNK) as *const i32;
+                            let mut s = [_mm512_setzero_si512(); 4];
+                            for k in 0..8 {
+                                let ak = _mm512_set1_epi32(a.add(k).read_unaligned());
+                                let j = k % 2 + 2 * (k / 4);
+                                s[j] = _mm512_dpbusd_epi32(s[j], w[k], ak);
+                            }
+                            let [s0, s1, s2, s3] = s;
+                            let (lo, hi) = (_mm512_add_epi32(s0, s1), _mm512_add_epi32(s2, s3));
+                            sumi[t] = if SUB == 16 {
+                                _mm512_add_epi32(
+                                    sumi[t],
+                                    _mm512_add_epi32(
+                                        _mm512_mullo_epi32(lo, sc0),
+                                        _mm512_mullo_epi32(hi, sc1),
+                                    ),
+                                )
+                            } else {
+                                _mm512_add_epi32(
+                                    sumi[t],
+                                    _mm512_mullo_epi32(_mm512_add_epi32(lo, hi), sc0),
+                                )
+                            };
+                        }
+                    }
+                    let d16 = floats(dp.add(b * GROUP));
+                    let dmin16 = floats(dminp.add(b * GROUP));
+                    let m_at = mp.add(b * nsub * GROUP);
+                    for t in 0..tile {
+                        let blk = (i0 + t) * nb + b;
+                        let sums = act.sums.as_ptr().add(blk * nsub) as *const i32;
+                        let mut summ = _mm512_setzero_si512();
+                        for j in 0..nsub / 2 {
+                            let at = m_at.add(j * 2 * GROUP);
+                            let mins = join(
+                                _mm256_loadu_si256(at as *const __m256i),
+                                _mm256_loadu_si256(at.add(sn) as *const __m256i),
+                            );
+                            let pair = _mm512_set1_epi32(sums.add(j).read_unaligned());
+                            summ = _mm512_add_epi32(summ, _mm512_madd_epi16(mins, pair));
+                        }
+                        let da = _mm512_set1_ps(*act.d.get_unchecked(blk));
+                        if offset != 0 {
+                            let off = _mm512_mullo_epi32(summ, _mm512_set1_epi32(offset));
+                            let s = _mm512_sub_epi32(sumi[t], off);
+                            acc[t] = _mm512_fmadd_ps(
+                                _mm512_cvtepi32_ps(s),
+                                _mm512_mul_ps(d16, da),
+                                acc[t],
+                            );
+                        } else {
+                            let dm = _mm512_mul_ps(dmin16, da);
+                            acc[t] = _mm512_fmadd_ps(
+                                _mm512_cvtepi32_ps(sumi[t]),
+                                _mm512_mul_ps(d16, da),
+                                acc[t],
+                            );
+                            acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(summ), dm, acc[t]);
+                        }
+                    }
+                }
+                for (t, a) in acc.iter().enumerate().take(tile) {
+                    let mut v = [0f32; 2 * GROUP];
+                    _mm512_storeu_ps(v.as_mut_ptr(), *a);
+                    let (lo, hi) = v.split_at(GROUP);
+                    out0.store(i0 + t, &std::array::from_fn(|j| lo[j]));
+                    out1.store(i0 + t, &std::array::from_fn(|j| hi[j]));
+                }
+                i0 += tile;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn vnni_pair<const LO: u32, const HI: u32, const SUB: usize>(
+        p: &KMatrix,
+        a: &Q8K,
+        g: usize,
+        o0: &mut GroupOut,
+        o1: &mut GroupOut,
+    ) {
+        unsafe { group_pair::<LO, HI, SUB, 8>(p, a, g, o0, o1) }
+    }
+
+    /// The two-group kernel for a layout, where there is one.
+    pub(super) fn pick_vnni_pair(lo: u32, hi: u32, sub: usize) -> Option<PairKernel> {
+        // SAFETY (each closure): as in `picker!`; it reads groups `g` and `g + 1`,
+        // which `par_group_pairs` hands over only when both exist.
+        match (lo, hi, sub) {
+            (2, 0, 16) => Some(|p, a, g, o0, o1| unsafe { vnni_pair::<2, 0, 16>(p, a, g, o0, o1) }),
+            (2, 1, 16) => Some(|p, a, g, o0, o1| unsafe { vnni_pair::<2, 1, 16>(p, a, g, o0, o1) }),
+            (4, 0, 32) => Some(|p, a, g, o0, o1| unsafe { vnni_pair::<4, 0, 32>(p, a, g, o0, o1) }),
+            (4, 1, 32) => Some(|p, a, g, o0, o1| unsafe { vnni_pair::<4, 1, 32>(p, a, g, o0, o1) }),
+            (4, 2, 16) => Some(|p, a, g, o0, o1| unsafe { vnni_pair::<4, 2, 16>(p, a, g, o0, o1) }),
+            _ => None,
         }
     }
 

@@ -10,7 +10,7 @@
 use crate::act::Q8Blocks;
 use crate::error::KernelError;
 use crate::format::{BlockFormat, Layout, Scales, decode_blocks, f16};
-use crate::grouped::{GROUP, GroupOut, concat, par_groups, stackable};
+use crate::grouped::{GROUP, GroupOut, concat, par_group_pairs, par_groups, stackable};
 use crate::isa::Isa;
 use crate::planes::{self, CHUNK, chunk_bytes};
 
@@ -160,6 +160,24 @@ impl LegacyMatrix {
         let act = Q8Blocks::quantize(x, m, self.nb);
         let kernel = self.kernel(isa);
         let min_groups = 4096 / (self.nb * m).max(1);
+        // Several activation rows on AVX-512: sixteen weight rows per instruction.
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Vnni && m > 1 {
+            let (lo, hi) = (self.layout.low_bits, self.layout.high_bits);
+            if let Some(pair) = x86::pick_vnni_pair(lo, hi) {
+                par_group_pairs(
+                    out,
+                    self.rows,
+                    m,
+                    min_groups.div_ceil(2),
+                    |g, a, b| match b {
+                        Some(b) => pair(self, &act, g, a, b),
+                        None => kernel(self, &act, g, a),
+                    },
+                );
+                return;
+            }
+        }
         par_groups(out, self.rows, m, min_groups, |g, o| {
             kernel(self, &act, g, o)
         });
@@ -206,11 +224,15 @@ impl LegacyMatrix {
 /// A kernel for one group: `(matrix, activations, group, out [rows of the group, m])`.
 type GroupKernel = fn(&LegacyMatrix, &Q8Blocks, usize, &mut GroupOut);
 
+/// A kernel for groups `g` and `g + 1`, with an output each.
+#[cfg(target_arch = "x86_64")]
+type PairKernel = fn(&LegacyMatrix, &Q8Blocks, usize, &mut GroupOut, &mut GroupOut);
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{GROUP, GroupKernel, GroupOut, LegacyMatrix, Scales};
+    use super::{GROUP, GroupKernel, GroupOut, LegacyMatrix, PairKernel, Scales};
     use crate::act::Q8Blocks;
     use crate::planes::x86::unpack;
     use crate::planes::{CHUNK, chunk_bytes};
@@ -329,6 +351,112 @@ pub(crate) mod x86 {
                 }
                 i0 += tile;
             }
+        }
+    }
+
+    /// [`group`] for two groups at once (`g` and `g + 1`) on 512-bit registers: each
+    /// word of the two groups' chunks becomes one register of sixteen rows, so one
+    /// `vpdpbusd` advances sixteen weight rows against a broadcast activation word.
+    /// The same integer sums and the same f32 operations per output as [`group`].
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn group_pair<const LO: u32, const HI: u32, const T: usize>(
+        p: &LegacyMatrix,
+        act: &Q8Blocks,
+        g: usize,
+        out0: &mut GroupOut,
+        out1: &mut GroupOut,
+    ) {
+        unsafe {
+            let (nb, m) = (p.nb, act.m);
+            let with_min = p.layout.scales == Scales::Min;
+            let off = p.layout.offset();
+            let cell = chunk_bytes(LO, HI);
+            let sp0 = p.scales.as_ptr().add(g * nb * GROUP);
+            let sp1 = sp0.add(nb * GROUP);
+            let mp0 = p.mins.as_ptr().wrapping_add(g * nb * GROUP);
+            let mp1 = mp0.wrapping_add(nb * GROUP);
+            let qp0 = p.quants.as_ptr().add(g * nb * cell);
+            let qp1 = qp0.add(nb * cell);
+            // Sixteen f16 values, eight from each group, as f32.
+            let halves = |a: *const u16, b: *const u16| {
+                let lo = _mm256_castsi128_si256(_mm_loadu_si128(a as *const __m128i));
+                let both = _mm256_inserti128_si256::<1>(lo, _mm_loadu_si128(b as *const __m128i));
+                _mm512_cvtph_ps(both)
+            };
+            let mut i0 = 0;
+            while i0 < m {
+                let tile = (m - i0).min(T);
+                let mut acc = [_mm512_setzero_ps(); T];
+                for b in 0..nb {
+                    let (c0, c1) = (qp0.add(b * cell), qp1.add(b * cell));
+                    prefetch(c0, cell);
+                    prefetch(c1, cell);
+                    let (w0, w1) = (unpack::<LO, HI>(c0), unpack::<LO, HI>(c1));
+                    let w: [__m512i; 8] = std::array::from_fn(|k| {
+                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0[k]), w1[k])
+                    });
+                    let dw = halves(sp0.add(b * GROUP), sp1.add(b * GROUP));
+                    let mw = if with_min {
+                        halves(mp0.add(b * GROUP), mp1.add(b * GROUP))
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    for t in 0..tile {
+                        let blk = (i0 + t) * nb + b;
+                        let a = act.qs.as_ptr().add(blk * CHUNK) as *const i32;
+                        let sum_a = *act.sums.get_unchecked(blk);
+                        // The offset's share, `off · Σ q_a`, taken out from the start.
+                        let mut s0 = _mm512_set1_epi32(-off * sum_a);
+                        let mut s1 = _mm512_setzero_si512();
+                        for k in (0..8).step_by(2) {
+                            let a0 = _mm512_set1_epi32(a.add(k).read_unaligned());
+                            let a1 = _mm512_set1_epi32(a.add(k + 1).read_unaligned());
+                            s0 = _mm512_dpbusd_epi32(s0, w[k], a0);
+                            s1 = _mm512_dpbusd_epi32(s1, w[k + 1], a1);
+                        }
+                        let isum = _mm512_add_epi32(s0, s1);
+                        let da = *act.d.get_unchecked(blk);
+                        let ds = _mm512_mul_ps(dw, _mm512_set1_ps(da));
+                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), ds, acc[t]);
+                        if with_min {
+                            let s = da * sum_a as f32;
+                            acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(s), acc[t]);
+                        }
+                    }
+                }
+                for (t, a) in acc.iter().enumerate().take(tile) {
+                    let mut v = [0f32; 2 * GROUP];
+                    _mm512_storeu_ps(v.as_mut_ptr(), *a);
+                    let (lo, hi) = v.split_at(GROUP);
+                    out0.store(i0 + t, &std::array::from_fn(|j| lo[j]));
+                    out1.store(i0 + t, &std::array::from_fn(|j| hi[j]));
+                }
+                i0 += tile;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn vnni_pair<const LO: u32, const HI: u32>(
+        p: &LegacyMatrix,
+        a: &Q8Blocks,
+        g: usize,
+        o0: &mut GroupOut,
+        o1: &mut GroupOut,
+    ) {
+        unsafe { group_pair::<LO, HI, 8>(p, a, g, o0, o1) }
+    }
+
+    /// The two-group kernel for a layout, where there is one.
+    pub(super) fn pick_vnni_pair(lo: u32, hi: u32) -> Option<PairKernel> {
+        // SAFETY (each closure): as in `picker!`; it reads groups `g` and `g + 1`,
+        // which `par_group_pairs` hands over only when both exist.
+        match (lo, hi) {
+            (4, 0) => Some(|p, a, g, o0, o1| unsafe { vnni_pair::<4, 0>(p, a, g, o0, o1) }),
+            (4, 1) => Some(|p, a, g, o0, o1| unsafe { vnni_pair::<4, 1>(p, a, g, o0, o1) }),
+            (8, 0) => Some(|p, a, g, o0, o1| unsafe { vnni_pair::<8, 0>(p, a, g, o0, o1) }),
+            _ => None,
         }
     }
 
