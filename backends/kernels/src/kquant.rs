@@ -288,7 +288,7 @@ mod x86 {
 
     use super::{GROUP, GroupKernel, GroupOut, KMatrix, PairKernel, QK_K};
     use crate::act::Q8K;
-    use crate::legacy::x86::{dot, prefetch};
+    use crate::legacy::x86::{dot, join, prefetch, store_pair};
     use crate::planes::x86::unpack;
     use crate::planes::{CHUNK, chunk_bytes};
 
@@ -406,12 +406,6 @@ mod x86 {
                 i0 += tile;
             }
         }
-    }
-
-    /// Two 256-bit halves as one 512-bit register (`a` low).
-    #[inline(always)]
-    unsafe fn join(a: __m256i, b: __m256i) -> __m512i {
-        unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b) }
     }
 
     /// [`group`] for two groups at once (`g` and `g + 1`) on 512-bit registers: each
@@ -533,11 +527,7 @@ mod x86 {
                     }
                 }
                 for (t, a) in acc.iter().enumerate().take(tile) {
-                    let mut v = [0f32; 2 * GROUP];
-                    _mm512_storeu_ps(v.as_mut_ptr(), *a);
-                    let (lo, hi) = v.split_at(GROUP);
-                    out0.store(i0 + t, &std::array::from_fn(|j| lo[j]));
-                    out1.store(i0 + t, &std::array::from_fn(|j| hi[j]));
+                    store_pair(out0, out1, i0 + t, *a);
                 }
                 i0 += tile;
             }

@@ -354,6 +354,23 @@ pub(crate) mod x86 {
         }
     }
 
+    /// Two 256-bit halves as one 512-bit register (`a` low).
+    #[inline(always)]
+    pub(crate) unsafe fn join(a: __m256i, b: __m256i) -> __m512i {
+        unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b) }
+    }
+
+    /// Stores sixteen outputs of activation row `i`: the low eight to the first
+    /// group's output, the high eight to the second's.
+    #[inline(always)]
+    pub(crate) unsafe fn store_pair(out0: &mut GroupOut, out1: &mut GroupOut, i: usize, v: __m512) {
+        let mut lanes = [0f32; 2 * GROUP];
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
+        let (lo, hi) = lanes.split_at(GROUP);
+        out0.store(i, &std::array::from_fn(|j| lo[j]));
+        out1.store(i, &std::array::from_fn(|j| hi[j]));
+    }
+
     /// [`group`] for two groups at once (`g` and `g + 1`) on 512-bit registers: each
     /// word of the two groups' chunks becomes one register of sixteen rows, so one
     /// `vpdpbusd` advances sixteen weight rows against a broadcast activation word.
@@ -393,9 +410,7 @@ pub(crate) mod x86 {
                     prefetch(c0, cell);
                     prefetch(c1, cell);
                     let (w0, w1) = (unpack::<LO, HI>(c0), unpack::<LO, HI>(c1));
-                    let w: [__m512i; 8] = std::array::from_fn(|k| {
-                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0[k]), w1[k])
-                    });
+                    let w: [__m512i; 8] = std::array::from_fn(|k| join(w0[k], w1[k]));
                     let dw = halves(sp0.add(b * GROUP), sp1.add(b * GROUP));
                     let mw = if with_min {
                         halves(mp0.add(b * GROUP), mp1.add(b * GROUP))
@@ -426,11 +441,7 @@ pub(crate) mod x86 {
                     }
                 }
                 for (t, a) in acc.iter().enumerate().take(tile) {
-                    let mut v = [0f32; 2 * GROUP];
-                    _mm512_storeu_ps(v.as_mut_ptr(), *a);
-                    let (lo, hi) = v.split_at(GROUP);
-                    out0.store(i0 + t, &std::array::from_fn(|j| lo[j]));
-                    out1.store(i0 + t, &std::array::from_fn(|j| hi[j]));
+                    store_pair(out0, out1, i0 + t, *a);
                 }
                 i0 += tile;
             }
