@@ -82,21 +82,25 @@ pub fn par_groups(
     });
 }
 
-/// [`par_groups`] over pairs of groups: `kernel(2p, first, second)` for every pair
-/// `p`, `second` being `None` for the last pair of an odd number of groups. For
-/// kernels that fill sixteen rows (two groups) per instruction.
-pub fn par_group_pairs(
+/// [`par_groups`] with `single` for each group, or, where `pair` is given, `pair(2p,
+/// first, second)` for each pair `p` of groups (kernels that fill sixteen rows, two
+/// groups, per instruction) and `single` for the last group of an odd number.
+pub fn par_groups_or_pairs(
     out: &mut [f32],
     rows: usize,
     m: usize,
-    min_pairs: usize,
-    kernel: impl Fn(usize, &mut GroupOut, Option<&mut GroupOut>) + Sync + Send,
+    min_groups: usize,
+    single: impl Fn(usize, &mut GroupOut) + Sync + Send,
+    pair: Option<impl Fn(usize, &mut GroupOut, &mut GroupOut) + Sync + Send>,
 ) {
-    par_units::<2>(out, rows, m, min_pairs, |g, outs| match outs {
-        [a, b] => kernel(g, a, Some(b)),
-        [a] => kernel(g, a, None),
-        _ => {}
-    });
+    match pair {
+        Some(pair) => par_units::<2>(out, rows, m, min_groups.div_ceil(2), |g, outs| match outs {
+            [a, b] => pair(g, a, b),
+            [a] => single(g, a),
+            _ => {}
+        }),
+        None => par_groups(out, rows, m, min_groups, single),
+    }
 }
 
 /// Runs `kernel(first group, its outputs)` over units of `N` consecutive groups
@@ -174,14 +178,16 @@ mod tests {
             }
         };
         let alone = std::sync::atomic::AtomicUsize::new(usize::MAX);
-        par_group_pairs(&mut out, rows, m, 1, |g, a, b| {
+        let single = |g: usize, o: &mut GroupOut| {
+            fill(g, o);
+            alone.store(g, std::sync::atomic::Ordering::Relaxed);
+        };
+        let pair = |g: usize, a: &mut GroupOut, b: &mut GroupOut| {
             assert!(g.is_multiple_of(2));
             fill(g, a);
-            match b {
-                Some(b) => fill(g + 1, b),
-                None => alone.store(g, std::sync::atomic::Ordering::Relaxed),
-            }
-        });
+            fill(g + 1, b);
+        };
+        par_groups_or_pairs(&mut out, rows, m, 1, single, Some(pair));
         assert!(out.iter().enumerate().all(|(j, v)| *v == j as f32));
         assert_eq!(alone.into_inner(), 36, "37 groups: the last comes alone");
     }

@@ -15,7 +15,7 @@
 use crate::act::Q8K;
 use crate::error::KernelError;
 use crate::format::{BlockFormat, BlockType, Layout, Scales, decode_blocks, f16};
-use crate::grouped::{GROUP, GroupOut, concat, par_group_pairs, par_groups, stackable};
+use crate::grouped::{GROUP, GroupOut, concat, par_groups_or_pairs, stackable};
 use crate::isa::Isa;
 use crate::planes::{self, CHUNK, chunk_bytes};
 
@@ -196,30 +196,35 @@ impl KMatrix {
         if m == 0 || self.rows == 0 {
             return;
         }
-        let act = Q8K::quantize(x, m, self.nb, self.layout.sub());
+        let act = &Q8K::quantize(x, m, self.nb, self.layout.sub());
         let kernel = self.kernel(isa);
         let min_groups = 512 / (self.nb * m).max(1);
-        // Several activation rows on AVX-512: sixteen weight rows per instruction.
+        let pair = self
+            .pair_kernel(isa, m)
+            .map(|pair| move |g, a: &mut GroupOut, b: &mut GroupOut| pair(self, act, g, a, b));
+        par_groups_or_pairs(
+            out,
+            self.rows,
+            m,
+            min_groups,
+            |g, o| kernel(self, act, g, o),
+            pair,
+        );
+    }
+
+    /// The two-group kernel of `isa` for `m` activation rows, where there is one:
+    /// on AVX-512 for several rows, sixteen weight rows per instruction.
+    fn pair_kernel(&self, isa: Isa, m: usize) -> Option<PairKernel> {
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Vnni && m > 1 {
-            let l = self.layout;
-            if let Some(pair) = x86::pick_vnni_pair(l.low_bits, l.high_bits, l.sub()) {
-                par_group_pairs(
-                    out,
-                    self.rows,
-                    m,
-                    min_groups.div_ceil(2),
-                    |g, a, b| match b {
-                        Some(b) => pair(self, &act, g, a, b),
-                        None => kernel(self, &act, g, a),
-                    },
-                );
-                return;
-            }
+            return x86::pick_vnni_pair(
+                self.layout.low_bits,
+                self.layout.high_bits,
+                self.layout.sub(),
+            );
         }
-        par_groups(out, self.rows, m, min_groups, |g, o| {
-            kernel(self, &act, g, o)
-        });
+        let _ = (isa, m);
+        None
     }
 
     fn kernel(&self, isa: Isa) -> GroupKernel {
@@ -279,7 +284,6 @@ impl KMatrix {
 type GroupKernel = fn(&KMatrix, &Q8K, usize, &mut GroupOut);
 
 /// A kernel for groups `g` and `g + 1`, with an output each.
-#[cfg(target_arch = "x86_64")]
 type PairKernel = fn(&KMatrix, &Q8K, usize, &mut GroupOut, &mut GroupOut);
 
 #[cfg(target_arch = "x86_64")]

@@ -10,7 +10,7 @@
 use crate::act::Q8Blocks;
 use crate::error::KernelError;
 use crate::format::{BlockFormat, Layout, Scales, decode_blocks, f16};
-use crate::grouped::{GROUP, GroupOut, concat, par_group_pairs, par_groups, stackable};
+use crate::grouped::{GROUP, GroupOut, concat, par_groups_or_pairs, stackable};
 use crate::isa::Isa;
 use crate::planes::{self, CHUNK, chunk_bytes};
 
@@ -157,30 +157,31 @@ impl LegacyMatrix {
         if m == 0 || self.rows == 0 {
             return;
         }
-        let act = Q8Blocks::quantize(x, m, self.nb);
+        let act = &Q8Blocks::quantize(x, m, self.nb);
         let kernel = self.kernel(isa);
         let min_groups = 4096 / (self.nb * m).max(1);
-        // Several activation rows on AVX-512: sixteen weight rows per instruction.
+        let pair = self
+            .pair_kernel(isa, m)
+            .map(|pair| move |g, a: &mut GroupOut, b: &mut GroupOut| pair(self, act, g, a, b));
+        par_groups_or_pairs(
+            out,
+            self.rows,
+            m,
+            min_groups,
+            |g, o| kernel(self, act, g, o),
+            pair,
+        );
+    }
+
+    /// The two-group kernel of `isa` for `m` activation rows, where there is one:
+    /// on AVX-512 for several rows, sixteen weight rows per instruction.
+    fn pair_kernel(&self, isa: Isa, m: usize) -> Option<PairKernel> {
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Vnni && m > 1 {
-            let (lo, hi) = (self.layout.low_bits, self.layout.high_bits);
-            if let Some(pair) = x86::pick_vnni_pair(lo, hi) {
-                par_group_pairs(
-                    out,
-                    self.rows,
-                    m,
-                    min_groups.div_ceil(2),
-                    |g, a, b| match b {
-                        Some(b) => pair(self, &act, g, a, b),
-                        None => kernel(self, &act, g, a),
-                    },
-                );
-                return;
-            }
+            return x86::pick_vnni_pair(self.layout.low_bits, self.layout.high_bits);
         }
-        par_groups(out, self.rows, m, min_groups, |g, o| {
-            kernel(self, &act, g, o)
-        });
+        let _ = (isa, m);
+        None
     }
 
     /// The group kernel of `isa` for this layout.
@@ -225,7 +226,6 @@ impl LegacyMatrix {
 type GroupKernel = fn(&LegacyMatrix, &Q8Blocks, usize, &mut GroupOut);
 
 /// A kernel for groups `g` and `g + 1`, with an output each.
-#[cfg(target_arch = "x86_64")]
 type PairKernel = fn(&LegacyMatrix, &Q8Blocks, usize, &mut GroupOut, &mut GroupOut);
 
 #[cfg(target_arch = "x86_64")]
