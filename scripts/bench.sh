@@ -5,8 +5,7 @@
 #   scripts/bench.sh --gllm     gllm alone: embeddings, the Qwen2-0.5B shape in each format, SmolLM2,
 #                               eight concurrent streams
 #   scripts/bench.sh --encoders gllm f32 and int8 beside onnxruntime f32 and int8 on all-MiniLM-L6-v2
-#                               (bench/compare-encoders.py; torch, transformers, onnx and onnxruntime in
-#                               a venv under ~/.cache/gllm-peers, made on first use from the package index)
+#                               (bench/compare-encoders.py, in the peers' Python venv below)
 #   scripts/bench.sh --peers    gllm beside llama.cpp on the same GGUF files, one run per file
 #                               (../shared/bench/compare-llama-cpp.sh): the Qwen2-0.5B shape quantized by
 #                               llama.cpp's llama-quantize to Q4_0, Q8_0, Q4_K_M, Q5_K_M, Q6_K, Q3_K_M and
@@ -17,9 +16,12 @@
 # taken from LLAMA_CPP_DIR. On an Intel CPU that lists AMX but whose kernel does not grant AMX tiles to
 # processes, that native build dies with SIGILL in ggml's AMX kernels: build it with
 # CMAKE_C_FLAGS/CMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" and point LLAMA_CPP_DIR at it.
-# The source model is converted with llama.cpp's convert_hf_to_gguf.py when its Python needs
-# (torch, transformers) are importable; otherwise gllm synth writes the F16 GGUF that
-# llama-quantize starts from (the same weights; say which in a report).
+# The source model (the synthesized safetensors) is converted to F16 GGUF with llama.cpp's
+# convert_hf_to_gguf.py, then quantized by llama-quantize.
+#
+# The peers' Python (torch, transformers, onnx, onnxruntime, sentencepiece) is one venv,
+# ~/.cache/gllm-peers/ort-venv, made on first use from the package index (a few GiB: PyPI's
+# torch brings its CUDA libraries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part="${1:-all}"
@@ -27,6 +29,17 @@ export GLLM_TEST_MODELS="${GLLM_TEST_MODELS:-$HOME/.cache/gllm-test-models}"
 export GLLM_BENCH_DIR="${GLLM_BENCH_DIR:-/tmp/gllm-bench-qwen05}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 scripts/fetch-models.sh "$GLLM_TEST_MODELS" >/dev/null
+
+# Prints the peers' venv Python, making the venv first if it lacks a package.
+peer_python() {
+  local venv="$HOME/.cache/gllm-peers/ort-venv"
+  if ! "$venv/bin/python" -c "import torch, transformers, onnx, onnxruntime, sentencepiece" 2>/dev/null; then
+    echo "bench: installing the peers' Python packages into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q torch transformers onnx onnxruntime sentencepiece safetensors numpy >&2
+  fi
+  echo "$venv/bin/python"
+}
 cargo build --release --bin gllm
 gllm="${CARGO_TARGET_DIR:-target}/release/gllm"
 tokenizer=../shared/fixtures/tiny-qwen2/tokenizer.json
@@ -47,12 +60,7 @@ if [ "$part" = all ] || [ "$part" = --gllm ]; then
 fi
 
 if [ "$part" = all ] || [ "$part" = --encoders ]; then
-  venv="$HOME/.cache/gllm-peers/ort-venv"
-  if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q torch transformers onnx onnxruntime
-  fi
-  "$venv/bin/python" bench/compare-encoders.py "$gllm" bench/models.toml \
+  "$(peer_python)" bench/compare-encoders.py "$gllm" bench/models.toml \
     "$GLLM_TEST_MODELS/all-MiniLM-L6-v2" ../shared/bench/corpus.txt "$HOME/.cache/gllm-peers/onnx-minilm"
 fi
 
@@ -64,13 +72,8 @@ if [ "$part" = all ] || [ "$part" = --peers ]; then
   mkdir -p "$peers"
   src="$peers/source-f16.gguf"
   if [ ! -f "$src" ]; then
-    if python3 -c "import torch, transformers" >/dev/null 2>&1; then
-      cp "$tokenizer" ../shared/fixtures/tiny-qwen2/tokenizer_config.json "$GLLM_BENCH_DIR/"
-      python3 "$llama/convert_hf_to_gguf.py" "$GLLM_BENCH_DIR" --outtype f16 --outfile "$src"
-    else
-      echo "bench: torch/transformers are not importable; quantizing gllm synth's F16 GGUF instead" >&2
-      cp "$GLLM_BENCH_DIR/model-f16.gguf" "$src"
-    fi
+    cp "$tokenizer" ../shared/fixtures/tiny-qwen2/tokenizer_config.json "$GLLM_BENCH_DIR/"
+    "$(peer_python)" "$llama/convert_hf_to_gguf.py" "$GLLM_BENCH_DIR" --outtype f16 --outfile "$src"
   fi
   files=()
   for q in Q4_0 Q8_0 Q4_K_M Q5_K_M Q6_K Q3_K_M F16; do

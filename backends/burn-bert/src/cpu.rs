@@ -1,12 +1,12 @@
 //! Host kernels for the CPU path: the element-wise work between Burn's
 //! matmuls, fused into one pass each over buffers that Burn's `flex` backend
 //! hands over without copying (bias + GELU; bias + residual + LayerNorm;
-//! bias + head split into the attention layout; heads merged back).
+//! attention in [`crate::attention`]).
 //!
 //! The CPU path keeps hidden states *packed*: the real tokens of every input
 //! of a batch, one after the other, with no padding, so the matmuls (nearly
-//! all of the work) never compute a padding row. Only attention sees the
-//! batch padded, with padded keys masked.
+//! all of the work) never compute a padding row, and attention runs over each
+//! input's own tokens.
 
 use std::f32::consts::FRAC_1_SQRT_2;
 
@@ -129,62 +129,6 @@ pub struct Packing<'a> {
     pub lens: &'a [usize],
     /// First packed row of each input.
     pub starts: &'a [usize],
-    /// Longest input (the padded length of attention).
-    pub max_len: usize,
-}
-
-/// Splits packed `qkv` rows (`[tokens, 3 * hidden]`, bias not yet added) into
-/// query, key and value, each `[batch, heads, max_len, head_dim]` with zeros at padding.
-pub fn split_heads(
-    qkv: &[f32],
-    bias: &[f32],
-    p: &Packing,
-    heads: usize,
-    head_dim: usize,
-) -> [Vec<f32>; 3] {
-    let h = heads * head_dim;
-    let s = p.max_len;
-    let size = p.lens.len() * heads * s * head_dim;
-    let mut out = [vec![0.0f32; size], vec![0.0f32; size], vec![0.0f32; size]];
-    for (b, (&len, &start)) in p.lens.iter().zip(p.starts).enumerate() {
-        for t in 0..len {
-            let row = &qkv[(start + t) * 3 * h..(start + t + 1) * 3 * h];
-            for (part, dst) in out.iter_mut().enumerate() {
-                for head in 0..heads {
-                    let src = &row[part * h + head * head_dim..part * h + (head + 1) * head_dim];
-                    let bias = &bias[part * h + head * head_dim..part * h + (head + 1) * head_dim];
-                    let at = ((b * heads + head) * s + t) * head_dim;
-                    for ((d, x), c) in dst[at..at + head_dim].iter_mut().zip(src).zip(bias) {
-                        *d = x + c;
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Gathers attention output `[batch, heads, max_len, head_dim]` back into packed rows `[tokens, hidden]`.
-pub fn merge_heads(ctx: &[f32], p: &Packing, heads: usize, head_dim: usize) -> Vec<f32> {
-    let h = heads * head_dim;
-    let s = p.max_len;
-    let tokens: usize = p.lens.iter().sum();
-    let mut out = vec![0.0f32; tokens * h];
-    for (b, (&len, &start)) in p.lens.iter().zip(p.starts).enumerate() {
-        for t in 0..len {
-            let row = &mut out[(start + t) * h..(start + t + 1) * h];
-            for head in 0..heads {
-                let at = ((b * heads + head) * s + t) * head_dim;
-                for (d, v) in row[head * head_dim..(head + 1) * head_dim]
-                    .iter_mut()
-                    .zip(&ctx[at..at + head_dim])
-                {
-                    *d = *v;
-                }
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -215,26 +159,5 @@ mod tests {
             worst = worst.max((erf(x as f32) as f64 - want).abs());
         }
         assert!(worst < 5e-7, "max |erf error| {worst:e}");
-    }
-
-    #[test]
-    fn heads_round_trip() {
-        let (heads, hd) = (2, 3);
-        let lens = [2, 1];
-        let starts = [0, 2];
-        let p = Packing {
-            lens: &lens,
-            starts: &starts,
-            max_len: 2,
-        };
-        let qkv: Vec<f32> = (0..3 * 18).map(|v| v as f32).collect();
-        let [q, _, v] = split_heads(&qkv, &[0.0; 18], &p, heads, hd);
-        assert_eq!(&q[..3], &[0.0, 1.0, 2.0]);
-        assert_eq!(&q[3..6], &[18.0, 19.0, 20.0]); // token 1, head 0
-        assert_eq!(merge_heads(&v, &p, heads, hd)[..6], qkv[12..18]);
-        assert_eq!(
-            merge_heads(&v, &p, heads, hd)[12..18],
-            qkv[2 * 18 + 12..2 * 18 + 18]
-        );
     }
 }

@@ -17,6 +17,7 @@
 //! pads each batch to its longest input, masks the padding, and spreads the
 //! batches over the CPU's cores, so a row never depends on its batch.
 
+pub mod attention;
 mod batch;
 pub mod config;
 pub mod cpu;

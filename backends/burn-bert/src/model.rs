@@ -13,6 +13,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use gllm_api::BackendError;
 use gllm_kernels::{BlockType, KernelError, QuantMatrix, q8_0};
 
+use crate::attention;
 use crate::config::{Activation, BertConfig, Family};
 use crate::cpu;
 use crate::weights::WeightStore;
@@ -530,10 +531,11 @@ impl BertEncoder {
 
     /// Runs the encoder on a batch on the CPU path: hidden states stay packed
     /// (`[tokens, hidden]`, real tokens only) and the element-wise work runs
-    /// in the fused host kernels of [`crate::cpu`]; Burn does the matmuls and attention.
+    /// in the fused host kernels of [`crate::cpu`] and attention in
+    /// [`crate::attention`]; Burn does the matmuls.
     fn encode_packed(&self, batch: &Batch) -> Result<Tensor<2>, BackendError> {
         let c = &self.config;
-        let (b, s, h) = (batch.ids.len(), batch.max_len(), c.hidden_size);
+        let h = c.hidden_size;
         let (heads, hd) = (c.num_attention_heads, c.head_dim());
         let eps = c.layer_norm_eps as f32;
         let first = c.first_position() as i64;
@@ -550,7 +552,6 @@ impl BertEncoder {
         let packing = cpu::Packing {
             lens: &lens,
             starts: &starts,
-            max_len: s,
         };
         let mut ids = Vec::with_capacity(n);
         let mut types = Vec::with_capacity(n);
@@ -571,21 +572,12 @@ impl BertEncoder {
         let x = x + self.position.clone().select(0, index(positions));
         let mut x = norm(x, &self.embed_norm, c.layer_norm_eps);
 
-        let mask = attention_mask(batch, heads, &self.device);
-        let options = AttentionModuleOptions {
-            scale: Some(1.0 / (hd as f64).sqrt()),
-            softcap: None,
-            is_causal: false,
-        };
-        let tensor4 = |v: Vec<f32>| {
-            Tensor::<4>::from_data(TensorData::new(v, [b, heads, s, hd]), &self.device)
-        };
         // Buffers go to the host and back as `TensorData`, which `flex`
         // moves without copying (a `Vec` would need a copy to change alignment).
         let back = |d: TensorData| Tensor::<2>::from_data(d, &self.device);
         for layer in &self.layers {
             let qkv = layer.qkv.product(x.clone())?;
-            let [q, k, v] = cpu::split_heads(
+            let ctx = attention::packed_attention(
                 qkv.as_slice::<f32>().map_err(internal)?,
                 &layer.qkv.bias_host,
                 &packing,
@@ -593,21 +585,6 @@ impl BertEncoder {
                 hd,
             );
             drop(qkv);
-            let ctx = attention(
-                tensor4(q),
-                tensor4(k),
-                tensor4(v),
-                mask.clone(),
-                None,
-                options,
-            );
-            let ctx = data(ctx)?;
-            let ctx = cpu::merge_heads(
-                ctx.as_slice::<f32>().map_err(internal)?,
-                &packing,
-                heads,
-                hd,
-            );
             let ctx = Tensor::<2>::from_data(TensorData::new(ctx, [n, h]), &self.device);
 
             let mut a = layer.attn_out.product(ctx)?;

@@ -21,7 +21,6 @@ pub mod attention;
 pub mod cache;
 pub mod embedding;
 pub mod error;
-pub mod exp;
 pub mod gguf;
 pub mod gguf_scan;
 pub mod hf;

@@ -422,7 +422,7 @@ fn swiglu_host(y: &Tensor, w: usize) -> Result<Tensor> {
     crate::linear::on_host(y, |ys| {
         for (row, o) in ys.chunks_exact(cols).zip(out.chunks_exact_mut(w)) {
             let (gate, up) = row.split_at(w);
-            crate::exp::silu_mul(gate, up, o);
+            gllm_kernels::exp::silu_mul(gate, up, o);
         }
     })?;
     Ok(Tensor::from_vec(out, (m, w), y.device())?)

@@ -34,6 +34,7 @@
 
 pub mod act;
 pub mod error;
+pub mod exp;
 pub mod format;
 pub mod grouped;
 pub mod half;

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use gllm_kernels::Isa;
 
-use crate::exp;
+use gllm_kernels::exp;
 
 mod tile;
 

@@ -1,4 +1,4 @@
-//! The exponential of attention's softmax and of the MLP's SiLU: `exp(x)` for `x ≤ 0`
+//! The exponential of attention's softmax (decoders and encoders) and of the MLP's SiLU: `exp(x)` for `x ≤ 0`
 //! as a polynomial evaluated in eight SIMD lanes where the build has AVX2 and FMA and
 //! in scalar code otherwise, giving the same bits either way (about one ulp from
 //! `expf`).
