@@ -292,9 +292,19 @@ mod x86 {
 
     use super::{GROUP, GroupKernel, GroupOut, KMatrix, PairKernel, QK_K};
     use crate::act::Q8K;
-    use crate::legacy::x86::{dot, join, prefetch, store_pair};
+    use crate::legacy::x86::{dot, join, maddubs_run, prefetch, store_pair, words_in_i16};
     use crate::planes::x86::unpack;
     use crate::planes::{CHUNK, chunk_bytes};
+
+    /// The eight rows' i8 scales at `at` as sixteen i16, each row's twice (the two
+    /// halves of its 32-bit lane), the operand `vpmaddwd` scales pair sums by.
+    #[inline(always)]
+    unsafe fn scale_pairs(at: *const i8) -> __m256i {
+        unsafe {
+            let v = _mm_loadl_epi64(at as *const __m128i);
+            _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v))
+        }
+    }
 
     /// For each tile of `T` activation rows, walks the group's super-blocks; each chunk
     /// of eight weight words is unpacked once and dotted with every row of the tile.
@@ -334,17 +344,36 @@ mod x86 {
                         prefetch(ch, cell);
                         let w = unpack::<LO, HI>(ch);
                         let sc_at = scp.add((b * nsub + c * (CHUNK / SUB)) * GROUP);
-                        let sc0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(sc_at as *const __m128i));
+                        // The sub-block scales of the chunk's two halves: i32 lanes for
+                        // `vpmulld` (VNNI), or on AVX2 i16 pairs, so that one `vpmaddwd`
+                        // widens the 16-bit product sums and scales them.
+                        let load = |at: *const i8| {
+                            if VNNI {
+                                _mm256_cvtepi8_epi32(_mm_loadl_epi64(at as *const __m128i))
+                            } else {
+                                scale_pairs(at)
+                            }
+                        };
+                        let sc0 = load(sc_at);
                         let sc1 = if SUB == 16 {
-                            _mm256_cvtepi8_epi32(
-                                _mm_loadl_epi64(sc_at.add(GROUP) as *const __m128i),
-                            )
+                            load(sc_at.add(GROUP))
                         } else {
                             sc0
                         };
                         for t in 0..tile {
                             let blk = (i0 + t) * nb + b;
                             let a = act.qs.as_ptr().add(blk * QK_K + c * CHUNK) as *const i32;
+                            if !VNNI {
+                                // Runs of words summed in 16 bits, none straddling a sub-block.
+                                let run = words_in_i16(LO + HI).min(SUB / 4);
+                                for from in (0..8).step_by(run) {
+                                    let scale = if from < 4 { sc0 } else { sc1 };
+                                    let p = maddubs_run(&w, a, from, run);
+                                    sumi[t] =
+                                        _mm256_add_epi32(sumi[t], _mm256_madd_epi16(p, scale));
+                                }
+                                continue;
+                            }
                             let mut s = [_mm256_setzero_si256(); 4];
                             for k in 0..8 {
                                 let ak = _mm256_set1_epi32(a.add(k).read_unaligned());
@@ -573,6 +602,9 @@ mod x86 {
         unsafe { group::<LO, HI, SUB, true, 8>(p, a, g, o) }
     }
 
+    /// Activation rows per tile of the AVX2 kernel.
+    const AVX2_TILE: usize = 4;
+
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn avx2<const LO: u32, const HI: u32, const SUB: usize>(
         p: &KMatrix,
@@ -580,7 +612,7 @@ mod x86 {
         g: usize,
         o: &mut GroupOut,
     ) {
-        unsafe { group::<LO, HI, SUB, false, 1>(p, a, g, o) }
+        unsafe { group::<LO, HI, SUB, false, AVX2_TILE>(p, a, g, o) }
     }
 
     macro_rules! picker {

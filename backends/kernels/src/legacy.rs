@@ -264,6 +264,61 @@ pub(crate) mod x86 {
         }
     }
 
+    /// How many words' `vpmaddubsw` products add up in 16 bits without overflow, for
+    /// unsigned weights of `bits` bits: each i16 lane of one product is `u·a + u·a` with
+    /// `|a| ≤ 127` (both activation quantizations stay in ±127), so at most
+    /// `2 · (2^bits − 1) · 127`. 8 for 2-4 bits, 4 for 5, 2 for 6.
+    pub(crate) const fn words_in_i16(bits: u32) -> usize {
+        let per_word = 2 * ((1 << bits) - 1) * 127;
+        let n = i16::MAX as usize / per_word;
+        if n >= 8 {
+            8
+        } else if n >= 4 {
+            4
+        } else if n >= 2 {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The 16-bit pair sums of words `from..from + n` of `w` (unsigned weights, at most
+    /// [`words_in_i16`] of them) against the activation words at `a`, broadcast: AVX2's
+    /// dot product without VNNI, widened to 32 bits once per run rather than per word.
+    #[inline(always)]
+    pub(crate) unsafe fn maddubs_run(
+        w: &[__m256i; 8],
+        a: *const i32,
+        from: usize,
+        n: usize,
+    ) -> __m256i {
+        unsafe {
+            let word =
+                |k: usize| _mm256_maddubs_epi16(w[k], _mm256_set1_epi32(a.add(k).read_unaligned()));
+            let mut p = word(from);
+            for k in from + 1..from + n {
+                p = _mm256_add_epi16(p, word(k));
+            }
+            p
+        }
+    }
+
+    /// Σ u·a over one 32-value block for each of the eight rows, on AVX2, for unsigned
+    /// weights of `bits` bits (a constant where inlined): runs of [`words_in_i16`] words
+    /// summed in 16 bits, each widened by one `vpmaddwd`.
+    #[inline(always)]
+    pub(crate) unsafe fn block_sums_avx2(w: &[__m256i; 8], a: *const i32, bits: u32) -> __m256i {
+        unsafe {
+            let run = words_in_i16(bits);
+            let ones = _mm256_set1_epi16(1);
+            let mut s = _mm256_setzero_si256();
+            for from in (0..8).step_by(run) {
+                s = _mm256_add_epi32(s, _mm256_madd_epi16(maddubs_run(w, a, from, run), ones));
+            }
+            s
+        }
+    }
+
     /// Prefetches the `bytes` that follow `c` by [`PREFETCH_AHEAD`].
     #[inline(always)]
     pub(crate) unsafe fn prefetch(c: *const u8, bytes: usize) {
@@ -317,24 +372,26 @@ pub(crate) mod x86 {
                     for t in 0..tile {
                         let blk = (i0 + t) * nb + b;
                         let a = act.qs.as_ptr().add(blk * CHUNK) as *const i32;
-                        let mut s0 = _mm256_setzero_si256();
-                        let mut s1 = _mm256_setzero_si256();
-                        for k in (0..8).step_by(2) {
-                            let a0 = _mm256_set1_epi32(a.add(k).read_unaligned());
-                            let a1 = _mm256_set1_epi32(a.add(k + 1).read_unaligned());
-                            if signed8 {
-                                s0 = dot::<VNNI, true>(s0, w[k], a0);
-                                s1 = dot::<VNNI, true>(s1, w[k + 1], a1);
-                            } else {
-                                s0 = dot::<VNNI, false>(s0, w[k], a0);
-                                s1 = dot::<VNNI, false>(s1, w[k + 1], a1);
+                        let raw = if VNNI || signed8 {
+                            let mut s0 = _mm256_setzero_si256();
+                            let mut s1 = _mm256_setzero_si256();
+                            for k in (0..8).step_by(2) {
+                                let a0 = _mm256_set1_epi32(a.add(k).read_unaligned());
+                                let a1 = _mm256_set1_epi32(a.add(k + 1).read_unaligned());
+                                if signed8 {
+                                    s0 = dot::<VNNI, true>(s0, w[k], a0);
+                                    s1 = dot::<VNNI, true>(s1, w[k + 1], a1);
+                                } else {
+                                    s0 = dot::<VNNI, false>(s0, w[k], a0);
+                                    s1 = dot::<VNNI, false>(s1, w[k + 1], a1);
+                                }
                             }
-                        }
+                            _mm256_add_epi32(s0, s1)
+                        } else {
+                            block_sums_avx2(&w, a, LO + HI)
+                        };
                         let sum_a = *act.sums.get_unchecked(blk);
-                        let isum = _mm256_sub_epi32(
-                            _mm256_add_epi32(s0, s1),
-                            _mm256_set1_epi32(off * sum_a),
-                        );
+                        let isum = _mm256_sub_epi32(raw, _mm256_set1_epi32(off * sum_a));
                         let da = *act.d.get_unchecked(blk);
                         let ds = _mm256_mul_ps(dw, _mm256_set1_ps(da));
                         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), ds, acc[t]);
@@ -481,6 +538,10 @@ pub(crate) mod x86 {
         unsafe { group::<LO, HI, true, 8>(p, a, g, o) }
     }
 
+    /// Activation rows per tile of the AVX2 kernel (16 registers: the eight weight
+    /// words, one accumulator per row, the products).
+    const AVX2_TILE: usize = 4;
+
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn avx2<const LO: u32, const HI: u32>(
         p: &LegacyMatrix,
@@ -488,7 +549,7 @@ pub(crate) mod x86 {
         g: usize,
         o: &mut GroupOut,
     ) {
-        unsafe { group::<LO, HI, false, 1>(p, a, g, o) }
+        unsafe { group::<LO, HI, false, AVX2_TILE>(p, a, g, o) }
     }
 
     macro_rules! picker {

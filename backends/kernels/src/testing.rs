@@ -60,6 +60,42 @@ pub fn check_format<F: BlockFormat>() {
     check_shape::<F>(151_936, block, &[1], 40);
     check_concat::<F>();
     check_bad_input::<F>();
+    check_extremes::<F>();
+}
+
+/// Every quantized bit set (the largest stored values and scale bytes) against
+/// activations that all quantize to ±127: the 16-bit sums of the AVX2 kernels at their
+/// bound, where one more word per run would overflow.
+fn check_extremes<F: BlockFormat>() {
+    let ty = F::TYPE;
+    let (rows, cols, m) = (16, 2 * ty.block_values(), 5);
+    let mut data = vec![0xFFu8; rows * cols / ty.block_values() * ty.block_bytes()];
+    for block in data.chunks_exact_mut(ty.block_bytes()) {
+        for (i, at) in F::F16_AT.iter().enumerate() {
+            let v = if i == 0 { 0.01 } else { -0.005 };
+            block[*at..*at + 2].copy_from_slice(&::half::f16::from_f32(v).to_le_bytes());
+        }
+    }
+    let p = QuantMatrix::from_gguf(ty, rows, cols, &data).expect("valid blocks");
+    for sign in [1f32, -1.0] {
+        let x = vec![sign; m * cols];
+        let mut scalar = vec![0f32; rows * m];
+        p.matmul_with(Isa::Scalar, &x, m, &mut scalar);
+        let mut w = vec![0f32; cols];
+        p.row_f32(0, &mut w);
+        let magnitude: f32 = w.iter().map(|v| v.abs()).sum();
+        assert!(magnitude > 0.0, "{ty}: the extreme blocks are all zero");
+        for isa in Isa::available().into_iter().filter(|i| *i != Isa::Scalar) {
+            let mut got = vec![0f32; rows * m];
+            p.matmul_with(isa, &x, m, &mut got);
+            for (j, (g, s)) in got.iter().zip(&scalar).enumerate() {
+                assert!(
+                    (g - s).abs() <= 4e-6 * magnitude + 1e-6,
+                    "{ty} {isa:?} extremes, activations {sign}: output {j}: {g} vs scalar {s}"
+                );
+            }
+        }
+    }
 }
 
 /// Checks one [rows, cols] matrix for each activation row count in `ms`; the reference
