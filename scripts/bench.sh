@@ -10,7 +10,8 @@
 #                               (../shared/bench/compare-llama-cpp.sh): the Qwen2-0.5B shape quantized by
 #                               llama.cpp's llama-quantize to Q4_0, Q8_0, Q4_K_M, Q5_K_M, Q6_K, Q3_K_M and
 #                               F16, and the real Qwen2.5-Coder-0.5B-Instruct Q4_K_M; plus a 2048-token
-#                               prompt for Q4_0 and Q4_K_M; and the Qwen3-0.6B shape in Q4_K_M.
+#                               prompt for Q4_0 and Q4_K_M, with llama.cpp's decode at depth 2048;
+#                               and the Qwen3-0.6B shape in Q4_K_M.
 #
 # llama.cpp is built once by ../shared/bench/build-llama-cpp.sh (cached in ~/.cache/gllm-peers), or
 # taken from LLAMA_CPP_DIR. On an Intel CPU that lists AMX but whose kernel does not grant AMX tiles to
@@ -90,6 +91,12 @@ if [ "$part" = all ] || [ "$part" = --peers ]; then
   for q in Q4_0 Q4_K_M; do
     ../shared/bench/compare-llama-cpp.sh "$peers/qwen2-0.5b-$q.gguf" --tokenizer "$tokenizer" \
       --prompt-tokens 2048 --decode-tokens 64 --repeats 1
+  done
+  # In those rows gllm decodes after its 2048-token prompt, llama-bench's tg test from an empty
+  # context: llama.cpp's decode at the same depth (-d 2048) is the figure to set gllm's beside.
+  for q in Q4_0 Q4_K_M; do
+    "$llama/bin/llama-bench" -m "$peers/qwen2-0.5b-$q.gguf" -p 0 -n 64 -d 2048 -t 2 -r 2 2>/dev/null |
+      grep -E '^\| (model|.*d2048)'
   done
   # Qwen3: the Qwen3-0.6B shape, synthesized as F16 and quantized to Qwen's Q4_K_M.
   qwen3="$GLLM_BENCH_DIR/qwen3-0.6b"
