@@ -23,7 +23,7 @@
 //! The kernels are picked at run time by [`Isa`] (AVX-512, AVX2 + FMA + F16C, or the
 //! scalar loop).
 
-use crate::grouped::{GROUP, GroupOut, concat, par_groups, stackable};
+use crate::grouped::{GROUP, GroupOut, concat, par_groups_or_pairs, stackable};
 use crate::isa::Isa;
 
 /// Which 16-bit float a half matrix holds.
@@ -154,9 +154,27 @@ impl PackedHalf {
             return;
         }
         let min_groups = 8192 / (self.cols * m).max(1);
-        par_groups(out, self.rows, m, min_groups, |g, o| {
-            self.group(isa, x, m, g, o)
-        });
+        // AVX2 prefill of f16: two groups (sixteen rows) per activation broadcast. Not
+        // bf16, whose pair layout takes a shift or a mask per position: there the
+        // one-group tile measured faster.
+        #[cfg(target_arch = "x86_64")]
+        let pair = (isa == Isa::Avx2 && m > 1 && self.kind == HalfKind::F16).then_some(
+            |g, o0: &mut GroupOut, o1: &mut GroupOut| {
+                // SAFETY: `Isa` saw AVX2 + FMA + F16C; it reads groups `g` and `g + 1`
+                // (both exist when a pair is handed over) and `x`'s m rows only.
+                unsafe { x86::group_pair(self, x, m, g, o0, o1) }
+            },
+        );
+        #[cfg(not(target_arch = "x86_64"))]
+        let pair: Option<fn(usize, &mut GroupOut, &mut GroupOut)> = None;
+        par_groups_or_pairs(
+            out,
+            self.rows,
+            m,
+            min_groups,
+            |g, o| self.group(isa, x, m, g, o),
+            pair,
+        );
     }
 
     fn group(&self, isa: Isa, x: &[f32], m: usize, g: usize, out: &mut GroupOut) {
@@ -306,6 +324,94 @@ mod x86 {
         }
     }
 
+    /// [`tile`] for two groups of f16 at once (`g` and `g + 1`): each broadcast activation
+    /// feeds sixteen rows, so a prompt's rows need fewer loads per FMA (AVX2 can load
+    /// two registers a cycle and issue two FMAs). Each (row, group) keeps `tile`'s two
+    /// chains and their order, so the bits are `tile`'s.
+    // Register arrays are indexed by tile row on purpose.
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn tile_pair<const T: usize>(
+        w: &PackedHalf,
+        x: &[f32],
+        g: usize,
+        i0: usize,
+        out0: &mut GroupOut,
+        out1: &mut GroupOut,
+    ) {
+        unsafe {
+            // The kind as a constant, so that no load branches on it.
+            let kind = HalfKind::F16;
+            let cols = w.cols;
+            let p0 = w.data.as_ptr().add(g * w.group_len());
+            let p1 = p0.add(w.group_len());
+            let xs: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((i0 + t) * cols));
+            // [row][group][position parity]
+            let mut acc = [[[_mm256_setzero_ps(); 2]; 2]; T];
+            let c4 = cols - cols % 4;
+            let mut c = 0;
+            while c < c4 {
+                for p in [p0, p1] {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        (p.add(c * GROUP) as *const i8).wrapping_add(PREFETCH_AHEAD),
+                    );
+                }
+                for j in 0..4 {
+                    let w0 = load1(p0, kind, c + j);
+                    let w1 = load1(p1, kind, c + j);
+                    for t in 0..T {
+                        let xv = _mm256_broadcast_ss(&*xs[t].add(c + j));
+                        acc[t][0][j % 2] = _mm256_fmadd_ps(w0, xv, acc[t][0][j % 2]);
+                        acc[t][1][j % 2] = _mm256_fmadd_ps(w1, xv, acc[t][1][j % 2]);
+                    }
+                }
+                c += 4;
+            }
+            while c < cols {
+                let w0 = load1(p0, kind, c);
+                let w1 = load1(p1, kind, c);
+                for t in 0..T {
+                    let xv = _mm256_broadcast_ss(&*xs[t].add(c));
+                    acc[t][0][0] = _mm256_fmadd_ps(w0, xv, acc[t][0][0]);
+                    acc[t][1][0] = _mm256_fmadd_ps(w1, xv, acc[t][1][0]);
+                }
+                c += 1;
+            }
+            for (t, a) in acc.iter().enumerate() {
+                for (o, ag) in [&mut *out0, &mut *out1].into_iter().zip(a) {
+                    let mut v = [0f32; GROUP];
+                    _mm256_storeu_ps(v.as_mut_ptr(), _mm256_add_ps(ag[0], ag[1]));
+                    o.store(i0 + t, &v);
+                }
+            }
+        }
+    }
+
+    /// Groups `g` and `g + 1` of an f16 matrix for every activation row.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group_pair(
+        w: &PackedHalf,
+        x: &[f32],
+        m: usize,
+        g: usize,
+        out0: &mut GroupOut,
+        out1: &mut GroupOut,
+    ) {
+        unsafe {
+            // Three activation rows share each pair of weight loads: twelve
+            // accumulators, two weight registers and a broadcast, within AVX2's sixteen.
+            let mut i0 = 0;
+            while i0 + 3 <= m {
+                tile_pair::<3>(w, x, g, i0, out0, out1);
+                i0 += 3;
+            }
+            while i0 < m {
+                tile_pair::<1>(w, x, g, i0, out0, out1);
+                i0 += 1;
+            }
+        }
+    }
+
     /// Lane `l` of the widened f16 pair takes lane `(l % 2) · 8 + l / 2`: from
     /// [position][row] to [row][position], the bf16 order.
     const F16_TO_ROW_PAIRS: [i32; 16] = [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15];
@@ -441,6 +547,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grouped::par_groups;
 
     #[test]
     fn packed_rows_read_back_and_multiply_like_the_plain_matrix() {
