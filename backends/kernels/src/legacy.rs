@@ -549,7 +549,14 @@ pub(crate) mod x86 {
         g: usize,
         o: &mut GroupOut,
     ) {
-        unsafe { group::<LO, HI, false, AVX2_TILE>(p, a, g, o) }
+        // One row (decode) with a constant tile, so that its accumulators are registers.
+        unsafe {
+            if a.m == 1 {
+                group::<LO, HI, false, 1>(p, a, g, o)
+            } else {
+                group::<LO, HI, false, AVX2_TILE>(p, a, g, o)
+            }
+        }
     }
 
     macro_rules! picker {
