@@ -259,48 +259,77 @@ mod x86 {
         }
     }
 
-    /// Rows `i0..i0 + T` of `x` times the group's eight rows, with two accumulators
-    /// per activation row (even and odd positions), the same for every `T`.
+    /// Rows `i0..i0 + T` of `x` times the eight rows of each of `N` consecutive groups
+    /// from `g` (one output each), with two accumulators per activation row and group
+    /// (even and odd positions), summed in the same order for every `T` and `N`.
+    ///
+    /// One group loads four positions' weights at once. Two groups (f16 prefill) load
+    /// a position of both and feed each broadcast activation to sixteen rows, so a
+    /// prompt's rows need fewer loads per FMA; `kind` is then a constant, so that no
+    /// load branches on it.
+    // Register arrays are indexed by tile row and group on purpose.
+    #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    unsafe fn tile<const T: usize>(
+    unsafe fn tile<const T: usize, const N: usize>(
         w: &PackedHalf,
+        kind: HalfKind,
         x: &[f32],
         g: usize,
         i0: usize,
-        out: &mut GroupOut,
+        outs: [&mut GroupOut; N],
     ) {
         unsafe {
             let cols = w.cols;
-            let p = w.data.as_ptr().add(g * w.group_len());
+            let ps: [*const u16; N] =
+                std::array::from_fn(|n| w.data.as_ptr().add((g + n) * w.group_len()));
             let xs: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((i0 + t) * cols));
-            let mut acc = [[_mm256_setzero_ps(); 2]; T];
+            // [row][group][position parity]
+            let mut acc = [[[_mm256_setzero_ps(); 2]; N]; T];
             let c4 = cols - cols % 4;
             let mut c = 0;
             while c < c4 {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    (p.add(c * GROUP) as *const i8).wrapping_add(PREFETCH_AHEAD),
-                );
-                let wv = load4(p, w.kind, c);
-                for t in 0..T {
-                    for (j, wj) in wv.iter().enumerate() {
-                        let xv = _mm256_broadcast_ss(&*xs[t].add(c + j));
-                        acc[t][j % 2] = _mm256_fmadd_ps(*wj, xv, acc[t][j % 2]);
+                for p in ps {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        (p.add(c * GROUP) as *const i8).wrapping_add(PREFETCH_AHEAD),
+                    );
+                }
+                if N == 1 {
+                    let wv = load4(ps[0], kind, c);
+                    for t in 0..T {
+                        for (j, wj) in wv.iter().enumerate() {
+                            let xv = _mm256_broadcast_ss(&*xs[t].add(c + j));
+                            acc[t][0][j % 2] = _mm256_fmadd_ps(*wj, xv, acc[t][0][j % 2]);
+                        }
+                    }
+                } else {
+                    for j in 0..4 {
+                        let wn: [__m256; N] = std::array::from_fn(|n| load1(ps[n], kind, c + j));
+                        for t in 0..T {
+                            let xv = _mm256_broadcast_ss(&*xs[t].add(c + j));
+                            for n in 0..N {
+                                acc[t][n][j % 2] = _mm256_fmadd_ps(wn[n], xv, acc[t][n][j % 2]);
+                            }
+                        }
                     }
                 }
                 c += 4;
             }
             while c < cols {
-                let wv = load1(p, w.kind, c);
+                let wn: [__m256; N] = std::array::from_fn(|n| load1(ps[n], kind, c));
                 for t in 0..T {
                     let xv = _mm256_broadcast_ss(&*xs[t].add(c));
-                    acc[t][0] = _mm256_fmadd_ps(wv, xv, acc[t][0]);
+                    for n in 0..N {
+                        acc[t][n][0] = _mm256_fmadd_ps(wn[n], xv, acc[t][n][0]);
+                    }
                 }
                 c += 1;
             }
-            for (t, a) in acc.iter().enumerate() {
-                let mut v = [0f32; GROUP];
-                _mm256_storeu_ps(v.as_mut_ptr(), _mm256_add_ps(a[0], a[1]));
-                out.store(i0 + t, &v);
+            for (o, n) in outs.into_iter().zip(0..N) {
+                for t in 0..T {
+                    let mut v = [0f32; GROUP];
+                    _mm256_storeu_ps(v.as_mut_ptr(), _mm256_add_ps(acc[t][n][0], acc[t][n][1]));
+                    o.store(i0 + t, &v);
+                }
             }
         }
     }
@@ -314,75 +343,12 @@ mod x86 {
             // row's sum has one order whatever `m` is.
             let mut i0 = 0;
             while i0 + 4 <= m {
-                tile::<4>(w, x, g, i0, out);
+                tile::<4, 1>(w, w.kind, x, g, i0, [&mut *out]);
                 i0 += 4;
             }
             while i0 < m {
-                tile::<1>(w, x, g, i0, out);
+                tile::<1, 1>(w, w.kind, x, g, i0, [&mut *out]);
                 i0 += 1;
-            }
-        }
-    }
-
-    /// [`tile`] for two groups of f16 at once (`g` and `g + 1`): each broadcast activation
-    /// feeds sixteen rows, so a prompt's rows need fewer loads per FMA (AVX2 can load
-    /// two registers a cycle and issue two FMAs). Each (row, group) keeps `tile`'s two
-    /// chains and their order, so the bits are `tile`'s.
-    // Register arrays are indexed by tile row on purpose.
-    #[allow(clippy::needless_range_loop)]
-    #[inline(always)]
-    unsafe fn tile_pair<const T: usize>(
-        w: &PackedHalf,
-        x: &[f32],
-        g: usize,
-        i0: usize,
-        out0: &mut GroupOut,
-        out1: &mut GroupOut,
-    ) {
-        unsafe {
-            // The kind as a constant, so that no load branches on it.
-            let kind = HalfKind::F16;
-            let cols = w.cols;
-            let p0 = w.data.as_ptr().add(g * w.group_len());
-            let p1 = p0.add(w.group_len());
-            let xs: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((i0 + t) * cols));
-            // [row][group][position parity]
-            let mut acc = [[[_mm256_setzero_ps(); 2]; 2]; T];
-            let c4 = cols - cols % 4;
-            let mut c = 0;
-            while c < c4 {
-                for p in [p0, p1] {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        (p.add(c * GROUP) as *const i8).wrapping_add(PREFETCH_AHEAD),
-                    );
-                }
-                for j in 0..4 {
-                    let w0 = load1(p0, kind, c + j);
-                    let w1 = load1(p1, kind, c + j);
-                    for t in 0..T {
-                        let xv = _mm256_broadcast_ss(&*xs[t].add(c + j));
-                        acc[t][0][j % 2] = _mm256_fmadd_ps(w0, xv, acc[t][0][j % 2]);
-                        acc[t][1][j % 2] = _mm256_fmadd_ps(w1, xv, acc[t][1][j % 2]);
-                    }
-                }
-                c += 4;
-            }
-            while c < cols {
-                let w0 = load1(p0, kind, c);
-                let w1 = load1(p1, kind, c);
-                for t in 0..T {
-                    let xv = _mm256_broadcast_ss(&*xs[t].add(c));
-                    acc[t][0][0] = _mm256_fmadd_ps(w0, xv, acc[t][0][0]);
-                    acc[t][1][0] = _mm256_fmadd_ps(w1, xv, acc[t][1][0]);
-                }
-                c += 1;
-            }
-            for (t, a) in acc.iter().enumerate() {
-                for (o, ag) in [&mut *out0, &mut *out1].into_iter().zip(a) {
-                    let mut v = [0f32; GROUP];
-                    _mm256_storeu_ps(v.as_mut_ptr(), _mm256_add_ps(ag[0], ag[1]));
-                    o.store(i0 + t, &v);
-                }
             }
         }
     }
@@ -402,11 +368,11 @@ mod x86 {
             // accumulators, two weight registers and a broadcast, within AVX2's sixteen.
             let mut i0 = 0;
             while i0 + 3 <= m {
-                tile_pair::<3>(w, x, g, i0, out0, out1);
+                tile::<3, 2>(w, HalfKind::F16, x, g, i0, [&mut *out0, &mut *out1]);
                 i0 += 3;
             }
             while i0 < m {
-                tile_pair::<1>(w, x, g, i0, out0, out1);
+                tile::<1, 2>(w, HalfKind::F16, x, g, i0, [&mut *out0, &mut *out1]);
                 i0 += 1;
             }
         }

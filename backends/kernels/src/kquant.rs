@@ -292,7 +292,9 @@ mod x86 {
 
     use super::{GROUP, GroupKernel, GroupOut, KMatrix, PairKernel, QK_K};
     use crate::act::Q8K;
-    use crate::legacy::x86::{dot, join, maddubs_run, prefetch, store_pair, words_in_i16};
+    use crate::legacy::x86::{
+        AVX2_TILE, dot, join, maddubs_run, prefetch, store_pair, words_in_i16,
+    };
     use crate::planes::x86::unpack;
     use crate::planes::{CHUNK, chunk_bytes};
 
@@ -601,9 +603,6 @@ mod x86 {
     ) {
         unsafe { group::<LO, HI, SUB, true, 8>(p, a, g, o) }
     }
-
-    /// Activation rows per tile of the AVX2 kernel.
-    const AVX2_TILE: usize = 4;
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn avx2<const LO: u32, const HI: u32, const SUB: usize>(

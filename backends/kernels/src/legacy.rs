@@ -538,9 +538,9 @@ pub(crate) mod x86 {
         unsafe { group::<LO, HI, true, 8>(p, a, g, o) }
     }
 
-    /// Activation rows per tile of the AVX2 kernel (16 registers: the eight weight
-    /// words, one accumulator per row, the products).
-    const AVX2_TILE: usize = 4;
+    /// Activation rows per tile of the AVX2 kernels, legacy and k-quant (16 registers:
+    /// the eight weight words, the rows' accumulators, the products).
+    pub(crate) const AVX2_TILE: usize = 4;
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn avx2<const LO: u32, const HI: u32>(
