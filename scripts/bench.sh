@@ -44,7 +44,12 @@ peer_python() {
 cargo build --release --bin gllm
 gllm="${CARGO_TARGET_DIR:-target}/release/gllm"
 tokenizer=../shared/fixtures/tiny-qwen2/tokenizer.json
-if [ ! -f "$GLLM_BENCH_DIR/model-f16.gguf" ]; then
+# bench/models.toml names every one of these files: synthesize when any is missing.
+synth_missing=0
+for f in model.safetensors model-f16.gguf model-q8_0.gguf model-q4_0.gguf; do
+  [ -f "$GLLM_BENCH_DIR/$f" ] || synth_missing=1
+done
+if [ "$synth_missing" = 1 ]; then
   "$gllm" synth --config ../shared/bench/qwen2-0.5b.config.json --out "$GLLM_BENCH_DIR" \
     --formats safetensors,f16,q8_0,q4_0 --tokenizer "$tokenizer"
 fi

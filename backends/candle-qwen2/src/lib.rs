@@ -15,7 +15,10 @@
 //! Manifest options: `dequantize = "true"` widens GGUF block-quantized weights to f32
 //! at load (exact float32 arithmetic on the dequantized weights, slower);
 //! `candle_qmatmul = "true"` multiplies GGUF block-quantized weights with candle's own
-//! quantized kernels instead of gllm-kernels' repacked ones, for comparison.
+//! quantized kernels instead of gllm-kernels' repacked ones, for comparison;
+//! `cpu_tensor_ops = "true"` runs the layers on the CPU with candle's tensor ops, the
+//! path other devices take, rather than over plain rows (see [`model`]), so that the
+//! CPU can test that path.
 
 pub mod attention;
 pub mod cache;
@@ -24,6 +27,7 @@ pub mod error;
 pub mod gguf;
 pub mod gguf_scan;
 pub mod hf;
+mod host;
 pub mod linear;
 pub mod loader;
 pub mod model;
@@ -154,12 +158,13 @@ pub fn load_with_progress(
     let dev = candle_device(device)?;
     let dequantize = option_flag(spec, "dequantize")?;
     let candle_qmatmul = option_flag(spec, "candle_qmatmul")?;
-    let model = match spec.format {
+    let mut model = match spec.format {
         WeightFormat::Safetensors => hf::load_dir(&spec.path, spec.dtype, dev, &progress)?,
         WeightFormat::Gguf => {
             gguf::load_gguf(&spec.path, dev, dequantize, candle_qmatmul, &progress)?
         }
     };
+    model.tensor_ops = option_flag(spec, "cpu_tensor_ops")?;
     let dtype = match spec.format {
         WeightFormat::Safetensors => spec.dtype.unwrap_or(DType::F32),
         WeightFormat::Gguf => DType::F32,

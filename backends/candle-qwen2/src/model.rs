@@ -4,7 +4,6 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::attention::{AttentionShape, attend, rope_in_place};
 use crate::cache::{LayerKv, Qwen2Cache};
 use crate::error::{Result, internal, invalid_input};
 use crate::linear::{Linear, Matrix, Projections};
@@ -51,6 +50,10 @@ pub struct Qwen2Model {
     pub norm: Tensor,
     /// Output projection [vocab, hidden]; `None` when tied to the embeddings.
     pub lm_head: Option<Matrix>,
+    /// On the CPU, run the layers with candle's tensor ops (the path of other devices)
+    /// rather than over plain rows ([`crate::host`]): option `cpu_tensor_ops`, which
+    /// lets the CPU test that path.
+    pub tensor_ops: bool,
     inv_freq: Vec<f32>,
 }
 
@@ -76,6 +79,7 @@ impl Qwen2Model {
             layers,
             norm,
             lm_head,
+            tensor_ops: false,
             inv_freq,
         }
     }
@@ -86,7 +90,7 @@ impl Qwen2Model {
     }
 
     /// Cosines and sines of positions `offset..offset + n`, each [n, head_dim / 2].
-    fn rope_tables(&self, offset: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn rope_tables(&self, offset: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
@@ -177,8 +181,12 @@ impl Qwen2Model {
         Ok(Tensor::cat(&all, 0)?)
     }
 
-    /// One pass of [`Self::forward_segments`] over segments already checked.
+    /// One pass of [`Self::forward_segments`] over segments already checked: on the
+    /// CPU over plain rows ([`crate::host`]), elsewhere with candle's tensor ops.
     fn forward_round(&self, segments: &mut [Segment<'_>]) -> Result<Tensor> {
+        if self.device.is_cpu() && !self.tensor_ops {
+            return self.forward_round_host(segments);
+        }
         let all: Vec<u32> = segments
             .iter()
             .flat_map(|s| s.tokens.iter().copied())
@@ -198,22 +206,19 @@ impl Qwen2Model {
         Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
     }
 
-    /// The rotary tables (and off the CPU the causal mask) for `n` positions from `offset`.
+    /// The rotary tables and, for more than one position, the causal mask for `n`
+    /// positions from `offset`, as tensors.
     fn rope_for(&self, offset: usize, n: usize) -> Result<Rope> {
         let (cos, sin) = self.rope_tables(offset, n);
-        Ok(if self.device.is_cpu() {
-            Rope::Host { cos, sin }
-        } else {
-            let half = self.inv_freq.len();
-            Rope::Tensors {
-                cos: Tensor::from_vec(cos, (n, half), &self.device)?,
-                sin: Tensor::from_vec(sin, (n, half), &self.device)?,
-                mask: if n > 1 {
-                    Some(causal_mask(offset, n, &self.device)?)
-                } else {
-                    None
-                },
-            }
+        let half = self.inv_freq.len();
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (n, half), &self.device)?,
+            sin: Tensor::from_vec(sin, (n, half), &self.device)?,
+            mask: if n > 1 {
+                Some(causal_mask(offset, n, &self.device)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -269,12 +274,14 @@ impl Qwen2Model {
                 .ok_or_else(|| internal("KV cache has the wrong number of layers"))?;
             let part = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(0, row, n)?) };
             let qkv = [part(&q)?, part(&k)?, part(&v)?];
-            atts.push(match rope {
-                Rope::Host { cos, sin } => self.attention_host(kv, qkv, offset, cos, sin)?,
-                Rope::Tensors { cos, sin, mask } => {
-                    self.attention_tensors(kv, qkv, offset, cos, sin, mask.as_ref())?
-                }
-            });
+            atts.push(self.attention_tensors(
+                kv,
+                qkv,
+                offset,
+                &rope.cos,
+                &rope.sin,
+                rope.mask.as_ref(),
+            )?);
             row += n;
         }
         let att = if atts.len() == 1 {
@@ -285,49 +292,14 @@ impl Qwen2Model {
         let x = (x + l.o.forward(&att)?)?;
 
         let h = candle_nn::ops::rms_norm(&x, &l.post_norm, eps)?;
-        let act = match l.gate_up.fused() {
-            Some((fused, &[gw, uw])) if self.device.is_cpu() && gw == uw => {
-                swiglu_host(&fused.forward(&h)?, gw)?
-            }
-            _ => {
-                let [gate, up]: [Tensor; 2] = l
-                    .gate_up
-                    .forward(&h)?
-                    .try_into()
-                    .map_err(|_| internal("gate/up projections did not give two outputs"))?;
-                (candle_nn::ops::silu(&gate)? * up)?
-            }
-        };
+        let [gate, up]: [Tensor; 2] = l
+            .gate_up
+            .forward(&h)?
+            .try_into()
+            .map_err(|_| internal("gate/up projections did not give two outputs"))?;
+        let act = (candle_nn::ops::silu(&gate)? * up)?;
         let mlp = l.down.forward(&act)?;
         Ok((x + mlp)?)
-    }
-
-    /// Attention on the CPU (see [`crate::attention`]): [n, hq · d].
-    fn attention_host(
-        &self,
-        kv: &mut LayerKv,
-        [q, k, v]: [Tensor; 3],
-        offset: usize,
-        cos: &[f32],
-        sin: &[f32],
-    ) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let shape = AttentionShape {
-            heads: cfg.num_attention_heads,
-            kv_heads: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
-        };
-        let d = cfg.head_dim;
-        let host =
-            |t: Tensor| -> Result<Vec<f32>> { Ok(t.contiguous()?.flatten_all()?.to_vec1()?) };
-        let (mut q, mut k, v) = (host(q)?, host(k)?, host(v)?);
-        let n = q.len() / (shape.heads * d);
-        rope_in_place(&mut q, shape.heads, d, cos, sin, cfg.rope_style);
-        rope_in_place(&mut k, shape.kv_heads, d, cos, sin, cfg.rope_style);
-        let (k_all, v_all) = kv.append_host(offset, shape.kv_heads, d, &k, &v);
-        let mut out = vec![0f32; q.len()];
-        attend(&q, k_all, v_all, offset, shape, &mut out);
-        Ok(Tensor::from_vec(out, (n, shape.heads * d), &self.device)?)
     }
 
     /// Attention with candle tensor ops (devices other than the CPU): [n, hq · d].
@@ -387,16 +359,11 @@ pub struct Segment<'a> {
     pub tokens: &'a [u32],
 }
 
-/// Rotary tables (and, off the CPU, the causal mask) of one segment.
-enum Rope {
-    /// Plain cosines and sines, [n, head_dim / 2] each.
-    Host { cos: Vec<f32>, sin: Vec<f32> },
-    /// The same as tensors, with the mask for n > 1.
-    Tensors {
-        cos: Tensor,
-        sin: Tensor,
-        mask: Option<Tensor>,
-    },
+/// Rotary tables [n, head_dim / 2] and, for n > 1, the causal mask of one segment.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
 }
 
 /// RMSNorm over each head of `x` ([rows, heads · d]) with `weight` [d], when given.
@@ -407,25 +374,6 @@ fn head_norm(x: Tensor, weight: Option<&Tensor>, d: usize, eps: f32) -> Result<T
     let (rows, width) = x.dims2()?;
     let per_head = x.reshape((rows * (width / d), d))?;
     Ok(candle_nn::ops::rms_norm(&per_head, w, eps)?.reshape((rows, width))?)
-}
-
-/// SwiGLU on the CPU from the fused gate/up product `y` ([m, 2 · w]: each row's gate,
-/// then its up): `silu(gate) · up`, [m, w], in one pass with the SIMD exponential.
-fn swiglu_host(y: &Tensor, w: usize) -> Result<Tensor> {
-    let (m, cols) = y.dims2()?;
-    if cols != 2 * w {
-        return Err(internal(format!(
-            "gate/up product is {cols} wide, not 2 x {w}"
-        )));
-    }
-    let mut out = vec![0f32; m * w];
-    crate::linear::on_host(y, |ys| {
-        for (row, o) in ys.chunks_exact(cols).zip(out.chunks_exact_mut(w)) {
-            let (gate, up) = row.split_at(w);
-            gllm_kernels::exp::silu_mul(gate, up, o);
-        }
-    })?;
-    Ok(Tensor::from_vec(out, (m, w), y.device())?)
 }
 
 /// [n, offset + n]: 0 where query `i` (at position `offset + i`) may attend, -inf after it.

@@ -32,6 +32,20 @@ fn qwen3_conformance_suite_through_the_factory() -> Result<()> {
     generate::run_all_for(&FACTORY, Device::CPU, TINY_QWEN3)
 }
 
+/// The CPU computes over plain rows; other devices take candle's tensor ops. That path
+/// runs here on the CPU (option `cpu_tensor_ops`) through the same suite.
+#[test]
+fn tensor_ops_path_passes_the_conformance_suite() -> Result<()> {
+    for fx in [TINY_QWEN2, TINY_QWEN3] {
+        let mut spec = fx.spec();
+        spec.options.insert("cpu_tensor_ops".into(), "true".into());
+        let b = candle_qwen2::load(&spec, Device::CPU)?;
+        anyhow::ensure!(b.model().tensor_ops, "option not applied");
+        generate::run_all(&b, fx)?;
+    }
+    Ok(())
+}
+
 #[test]
 fn final_hidden_within_1e_4() -> Result<()> {
     for fx in [TINY_QWEN2, TINY_QWEN3] {
