@@ -56,11 +56,14 @@ impl GroupOut {
         assert!(i < self.m);
         // SAFETY: as in `set`: `lanes` values from column `col` of row `i`.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                v.as_ptr(),
-                self.ptr.add(i * self.rows + self.col),
-                self.lanes,
-            )
+            let dst = self.ptr.add(i * self.rows + self.col);
+            if self.lanes == GROUP {
+                // A whole group: one fixed-size move, not a call to `memcpy` (which a
+                // copy of a run-time length becomes) for every row of every group.
+                (dst as *mut [f32; GROUP]).write_unaligned(*v);
+            } else {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), dst, self.lanes);
+            }
         }
     }
 }
