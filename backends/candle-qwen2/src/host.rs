@@ -20,6 +20,24 @@ use crate::model::{Layer, Qwen2Model, Segment};
 /// Rows above which the norms run on rayon (candle-nn's threshold).
 const PAR_ROWS: usize = 32;
 
+/// The buffers of one pass, reused by every layer: after the first layer no
+/// intermediate is allocated (or zeroed) again.
+#[derive(Default)]
+struct Scratch {
+    /// A norm's output, [rows, hidden].
+    h: Vec<f32>,
+    /// The q/k/v projections side by side, [rows, q + k + v].
+    qkv: Vec<f32>,
+    /// The attention output, [rows, heads · d].
+    att: Vec<f32>,
+    /// The attention-output or down projection, [rows, hidden].
+    out: Vec<f32>,
+    /// Gate and up side by side, [rows, 2 · intermediate].
+    ffn: Vec<f32>,
+    /// SwiGLU, [rows, intermediate].
+    act: Vec<f32>,
+}
+
 impl Qwen2Model {
     /// [`Qwen2Model::forward_segments`]'s pass on the CPU: the final hidden states of
     /// every segment's new positions, [rows, hidden].
@@ -34,13 +52,15 @@ impl Qwen2Model {
             .iter()
             .map(|s| self.rope_tables(s.cache.len, s.tokens.len()))
             .collect();
+        let mut scratch = Scratch::default();
         for (li, layer) in self.layers.iter().enumerate() {
-            self.layer_host(layer, li, segments, &mut x, &ropes)?;
+            self.layer_host(layer, li, segments, &mut x, &ropes, &mut scratch)?;
         }
         for s in segments.iter_mut() {
             s.cache.len += s.tokens.len();
         }
-        let out = rms_norm(&x, &self.norm, hidden, self.eps())?;
+        let mut out = Vec::new();
+        rms_norm(&x, &self.norm, hidden, self.eps(), &mut out)?;
         Ok(Tensor::from_vec(out, (all.len(), hidden), &Device::Cpu)?)
     }
 
@@ -56,6 +76,7 @@ impl Qwen2Model {
         segments: &mut [Segment<'_>],
         x: &mut [f32],
         ropes: &[(Vec<f32>, Vec<f32>)],
+        sc: &mut Scratch,
     ) -> Result<()> {
         let (hidden, eps, d) = (self.cfg.hidden_size, self.eps(), self.cfg.head_dim);
         let shape = AttentionShape {
@@ -64,20 +85,17 @@ impl Qwen2Model {
             head_dim: d,
         };
         let rows = x.len() / hidden;
-        let h = rms_norm(x, &l.input_norm, hidden, eps)?;
-        let [mut q, mut k, v]: [Vec<f32>; 3] = l
-            .qkv
-            .forward_host(&h, rows)?
-            .try_into()
-            .map_err(|_| internal("q/k/v projections did not give three outputs"))?;
-        if let Some(w) = &l.q_norm {
-            q = rms_norm(&q, w, d, eps)?;
-        }
-        if let Some(w) = &l.k_norm {
-            k = rms_norm(&k, w, d, eps)?;
-        }
+        rms_norm(x, &l.input_norm, hidden, eps, &mut sc.h)?;
+        l.qkv.forward_host(&sc.h, rows, &mut sc.qkv)?;
         let (qw, kw) = (shape.heads * d, shape.kv_heads * d);
-        let mut att = Vec::with_capacity(rows * qw);
+        let width = qw + 2 * kw;
+        if sc.qkv.len() != rows * width {
+            return Err(internal(format!(
+                "q/k/v projections are {} wide, not {width}",
+                sc.qkv.len() / rows.max(1)
+            )));
+        }
+        sc.att.clear();
         let mut row = 0;
         for (s, (cos, sin)) in segments.iter_mut().zip(ropes) {
             let n = s.tokens.len();
@@ -87,31 +105,31 @@ impl Qwen2Model {
                 .layers
                 .get_mut(li)
                 .ok_or_else(|| internal("KV cache has the wrong number of layers"))?;
-            let q = q[row * qw..(row + n) * qw].to_vec();
-            let k = k[row * kw..(row + n) * kw].to_vec();
-            let v = &v[row * kw..(row + n) * kw];
-            att.extend(self.attend_rows(kv, shape, [q, k], v, offset, cos, sin));
+            let seg = &sc.qkv[row * width..(row + n) * width];
+            let [mut q, mut k, v] = [(0, qw), (qw, kw), (qw + kw, kw)].map(|(from, w)| {
+                seg.chunks_exact(width)
+                    .flat_map(|r| &r[from..from + w])
+                    .copied()
+                    .collect::<Vec<f32>>()
+            });
+            if let Some(w) = &l.q_norm {
+                q = rms_norm_owned(&q, w, d, eps)?;
+            }
+            if let Some(w) = &l.k_norm {
+                k = rms_norm_owned(&k, w, d, eps)?;
+            }
+            sc.att
+                .extend(self.attend_rows(kv, shape, [q, k], &v, offset, cos, sin));
             row += n;
         }
-        add_into(x, &l.o.forward_host(&att, rows)?);
+        l.o.forward_host(&sc.att, rows, &mut sc.out)?;
+        add_into(x, &sc.out);
 
-        let h = rms_norm(x, &l.post_norm, hidden, eps)?;
-        let act = match l.gate_up.fused() {
-            Some((fused, &[gw, uw])) if gw == uw => {
-                swiglu_fused(&fused.forward_host(&h, rows)?, rows, gw)
-            }
-            _ => {
-                let [gate, up]: [Vec<f32>; 2] = l
-                    .gate_up
-                    .forward_host(&h, rows)?
-                    .try_into()
-                    .map_err(|_| internal("gate/up projections did not give two outputs"))?;
-                let mut act = vec![0f32; gate.len()];
-                gllm_kernels::exp::silu_mul(&gate, &up, &mut act);
-                act
-            }
-        };
-        add_into(x, &l.down.forward_host(&act, rows)?);
+        rms_norm(x, &l.post_norm, hidden, eps, &mut sc.h)?;
+        l.gate_up.forward_host(&sc.h, rows, &mut sc.ffn)?;
+        swiglu(&sc.ffn, rows, &mut sc.act)?;
+        l.down.forward_host(&sc.act, rows, &mut sc.out)?;
+        add_into(x, &sc.out);
         Ok(())
     }
 
@@ -140,8 +158,8 @@ impl Qwen2Model {
 
 /// RMSNorm of every `width`-wide row of `x` with `weight` [width], as candle-nn's
 /// `rms_norm` computes it on the CPU: `x / sqrt(mean(x²) + eps) · weight`.
-fn rms_norm(x: &[f32], weight: &Tensor, width: usize, eps: f32) -> Result<Vec<f32>> {
-    let mut out = vec![0f32; x.len()];
+fn rms_norm(x: &[f32], weight: &Tensor, width: usize, eps: f32, out: &mut Vec<f32>) -> Result<()> {
+    out.resize(x.len(), 0.0);
     on_host(weight, |w| {
         if w.len() != width {
             return Err(internal(format!(
@@ -166,7 +184,13 @@ fn rms_norm(x: &[f32], weight: &Tensor, width: usize, eps: f32) -> Result<Vec<f3
                 .for_each(row);
         }
         Ok(())
-    })??;
+    })?
+}
+
+/// [`rms_norm`] into a new vector.
+fn rms_norm_owned(x: &[f32], weight: &Tensor, width: usize, eps: f32) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    rms_norm(x, weight, width, eps, &mut out)?;
     Ok(out)
 }
 
@@ -177,21 +201,31 @@ fn add_into(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// SwiGLU from the fused gate/up product `y` ([rows, 2 · w]: each row's gate, then its
-/// up): `silu(gate) · up`, [rows, w].
-fn swiglu_fused(y: &[f32], rows: usize, w: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows * w];
-    for (row, o) in y.chunks_exact(2 * w).zip(out.chunks_exact_mut(w)) {
+/// SwiGLU from the gate/up product `y` ([rows, 2 · w]: each row's gate, then its up):
+/// `silu(gate) · up` into `out`, [rows, w].
+fn swiglu(y: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<()> {
+    let w = y.len() / rows.max(1) / 2;
+    if y.len() != rows * 2 * w {
+        return Err(internal(format!(
+            "gate/up product of {} values is not [{rows}, 2 x width]",
+            y.len()
+        )));
+    }
+    out.resize(rows * w, 0.0);
+    for (row, o) in y
+        .chunks_exact(2 * w.max(1))
+        .zip(out.chunks_exact_mut(w.max(1)))
+    {
         let (gate, up) = row.split_at(w);
         gllm_kernels::exp::silu_mul(gate, up, o);
     }
-    out
+    Ok(())
 }
 
 impl Matrix {
     /// `x` [m, cols] times the transpose, on the host: [m, rows]. The repacked
     /// matrices run their kernels on the slice; the others go through candle.
-    pub fn matmul_t_host(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    pub fn matmul_t_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
         let (rows, cols) = self.dims();
         if x.len() != m * cols {
             return Err(internal(format!(
@@ -199,16 +233,17 @@ impl Matrix {
                 x.len()
             )));
         }
-        let mut out = vec![0f32; m * rows];
+        // The kernels write every output: `resize` only zeroes a buffer's growth.
+        out.resize(m * rows, 0.0);
         match self {
-            Matrix::Half(h) => h.matmul(x, m, &mut out),
-            Matrix::Packed(p) => p.matmul(x, m, &mut out),
+            Matrix::Half(h) => h.matmul(x, m, out),
+            Matrix::Packed(p) => p.matmul(x, m, out),
             Matrix::F32(_) | Matrix::Quant(_) => {
                 let t = Tensor::from_slice(x, (m, cols), &Device::Cpu)?;
-                out = self.matmul_t(&t)?.flatten_all()?.to_vec1()?;
+                *out = self.matmul_t(&t)?.flatten_all()?.to_vec1()?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Rows `ids` as f32 on the host: [ids.len() · cols]. Ids must be checked by the
@@ -219,39 +254,43 @@ impl Matrix {
 }
 
 impl Linear {
-    /// [`Linear::forward`] on the host: `x` [m, in] → [m, out].
-    pub fn forward_host(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        let mut y = self.weight.matmul_t_host(x, m)?;
+    /// [`Linear::forward`] on the host: `x` [m, in] → `out` [m, out].
+    pub fn forward_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
+        self.weight.matmul_t_host(x, m, out)?;
         if let Some(b) = &self.bias {
             let width = self.weight.dims().0;
             on_host(b, |b| {
-                for row in y.chunks_exact_mut(width) {
+                for row in out.chunks_exact_mut(width.max(1)) {
                     add_into(row, b);
                 }
             })?;
         }
-        Ok(y)
+        Ok(())
     }
 }
 
 impl Projections {
-    /// [`Projections::forward`] on the host: each part's output [m, width].
-    pub fn forward_host(&self, x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+    /// [`Projections::forward`] on the host: the parts' outputs side by side in each
+    /// row of `out`, [m, Σ widths].
+    pub fn forward_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
         match self {
-            Projections::Separate(ls) => ls.iter().map(|l| l.forward_host(x, m)).collect(),
-            Projections::Fused(l, widths) => {
-                let y = l.forward_host(x, m)?;
-                let total: usize = widths.iter().sum();
-                let mut parts: Vec<Vec<f32>> =
-                    widths.iter().map(|w| Vec::with_capacity(m * w)).collect();
-                for row in y.chunks_exact(total.max(1)) {
-                    let mut off = 0;
-                    for (part, w) in parts.iter_mut().zip(widths) {
-                        part.extend_from_slice(&row[off..off + w]);
-                        off += w;
+            Projections::Fused(l, _) => l.forward_host(x, m, out),
+            Projections::Separate(ls) => {
+                let parts = ls
+                    .iter()
+                    .map(|l| {
+                        let mut y = Vec::new();
+                        l.forward_host(x, m, &mut y)?;
+                        Ok((y, l.weight.dims().0.max(1)))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                out.clear();
+                for i in 0..m {
+                    for (y, w) in &parts {
+                        out.extend_from_slice(&y[i * w..(i + 1) * w]);
                     }
                 }
-                Ok(parts)
+                Ok(())
             }
         }
     }
