@@ -1,12 +1,57 @@
 //! The caller-owned KV cache of one sequence: per layer, keys and values that grow as
 //! positions are appended. On the CPU they are plain buffers that [`crate::attention`]
-//! reads in place (keys in blocks of sixteen positions, values position-major); on other
-//! devices, tensors [kv_heads, capacity, head_dim] that grow in chunks.
+//! reads in place (keys in blocks of sixteen positions, values position-major), f32 or
+//! f16 (option `kv_cache`); on other devices, tensors [kv_heads, capacity, head_dim]
+//! that grow in chunks.
 
 use candle_core::{DType, Tensor};
 use gllm_api::{BackendError, KvCache};
+use half::f16;
 
+use crate::attention::KvElem;
 use crate::error::Result;
+
+/// Keys and values of one layer on the CPU, in elements of type `T`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct HostKv<T> {
+    k: Vec<T>,
+    v: Vec<T>,
+}
+
+impl<T: KvElem> HostKv<T> {
+    /// Writes `k`, `v` ([n, kv_heads, head_dim], position-major) at positions
+    /// `len..len + n` and returns the key cache (the block layout of
+    /// [`crate::attention::key_index`]) and the values ([positions, kv_heads, head_dim])
+    /// of positions `0..len + n`.
+    pub(crate) fn append(
+        &mut self,
+        len: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> (&[T], &[T]) {
+        let width = kv_heads * head_dim;
+        let n = k.len() / width.max(1);
+        let keys = crate::attention::key_cache_len(len + n, kv_heads, head_dim);
+        if self.k.len() < keys {
+            self.k.resize(keys, T::default());
+        }
+        crate::attention::store_keys(&mut self.k, len, k, kv_heads, head_dim);
+        let end = len * width + v.len();
+        if self.v.len() < end {
+            self.v.resize(end, T::default());
+        }
+        for (dst, src) in self.v[len * width..end].iter_mut().zip(v) {
+            *dst = T::from_f32(*src);
+        }
+        (&self.k[..keys], &self.v[..end])
+    }
+
+    fn bytes(&self) -> usize {
+        (self.k.capacity() + self.v.capacity()) * std::mem::size_of::<T>()
+    }
+}
 
 /// Positions added at a time when a layer's buffers fill up.
 const CHUNK: usize = 256;
@@ -16,52 +61,27 @@ const CHUNK: usize = 256;
 pub(crate) struct LayerKv {
     k: Option<Tensor>,
     v: Option<Tensor>,
-    host_k: Vec<f32>,
-    host_v: Vec<f32>,
+    /// The CPU cache in f32 (the default).
+    pub(crate) host: HostKv<f32>,
+    /// The CPU cache in f16 (`kv_cache = "f16"`); a model uses one of the two.
+    pub(crate) host16: HostKv<f16>,
 }
 
 impl LayerKv {
-    /// Writes `k`, `v` ([n, kv_heads, head_dim], position-major) at positions
-    /// `len..len + n` of the CPU buffers and returns the key cache (the block layout of
-    /// [`crate::attention::key_index`]) and the values ([positions, kv_heads, head_dim])
-    /// of positions `0..len + n`.
-    pub(crate) fn append_host(
-        &mut self,
-        len: usize,
-        kv_heads: usize,
-        head_dim: usize,
-        k: &[f32],
-        v: &[f32],
-    ) -> (&[f32], &[f32]) {
-        let width = kv_heads * head_dim;
-        let n = k.len() / width.max(1);
-        let keys = crate::attention::key_cache_len(len + n, kv_heads, head_dim);
-        if self.host_k.len() < keys {
-            self.host_k.resize(keys, 0.0);
-        }
-        crate::attention::store_keys(&mut self.host_k, len, k, kv_heads, head_dim);
-        let end = len * width + v.len();
-        if self.host_v.len() < end {
-            self.host_v.resize(end, 0.0);
-        }
-        self.host_v[len * width..end].copy_from_slice(v);
-        (&self.host_k[..keys], &self.host_v[..end])
-    }
-
     /// A deep copy (device tensors copied too: appends write into them in place).
     fn deep_copy(&self) -> Result<Self> {
         let copy = |t: &Option<Tensor>| t.as_ref().map(Tensor::copy).transpose();
         Ok(Self {
             k: copy(&self.k)?,
             v: copy(&self.v)?,
-            host_k: self.host_k.clone(),
-            host_v: self.host_v.clone(),
+            host: self.host.clone(),
+            host16: self.host16.clone(),
         })
     }
 
     fn bytes(&self) -> usize {
         let tensor = |t: &Option<Tensor>| t.as_ref().map_or(0, |t| t.elem_count() * 4);
-        (self.host_k.capacity() + self.host_v.capacity()) * 4 + tensor(&self.k) + tensor(&self.v)
+        self.host.bytes() + self.host16.bytes() + tensor(&self.k) + tensor(&self.v)
     }
 
     fn capacity(&self) -> usize {

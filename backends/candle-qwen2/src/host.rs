@@ -149,9 +149,14 @@ impl Qwen2Model {
         let d = shape.head_dim;
         rope_in_place(&mut q, shape.heads, d, cos, sin, self.cfg.rope_style);
         rope_in_place(&mut k, shape.kv_heads, d, cos, sin, self.cfg.rope_style);
-        let (k_all, v_all) = kv.append_host(offset, shape.kv_heads, d, &k, v);
         let mut out = vec![0f32; q.len()];
-        attend(&q, k_all, v_all, offset, shape, &mut out);
+        if self.kv_f16 {
+            let (k_all, v_all) = kv.host16.append(offset, shape.kv_heads, d, &k, v);
+            attend(&q, k_all, v_all, offset, shape, &mut out);
+        } else {
+            let (k_all, v_all) = kv.host.append(offset, shape.kv_heads, d, &k, v);
+            attend(&q, k_all, v_all, offset, shape, &mut out);
+        }
         out
     }
 }

@@ -18,7 +18,9 @@
 //! quantized kernels instead of gllm-kernels' repacked ones, for comparison;
 //! `cpu_tensor_ops = "true"` runs the layers on the CPU with candle's tensor ops, the
 //! path other devices take, rather than over plain rows (see [`model`]), so that the
-//! CPU can test that path.
+//! CPU can test that path; `kv_cache = "f16"` keeps the CPU KV cache in f16 (half the
+//! memory, and half the bytes each decode step reads from it, as llama.cpp does), where
+//! the default `f32` is exact.
 
 pub mod attention;
 pub mod cache;
@@ -165,6 +167,25 @@ pub fn load_with_progress(
         }
     };
     model.tensor_ops = option_flag(spec, "cpu_tensor_ops")?;
+    model.kv_f16 = match spec
+        .options
+        .get("kv_cache")
+        .map(|s| s.trim().to_ascii_lowercase())
+    {
+        None => false,
+        Some(v) if v == "f32" => false,
+        Some(v) if v == "f16" && device.kind == DeviceKind::Cpu && !model.tensor_ops => true,
+        Some(v) if v == "f16" => {
+            return Err(BackendError::unsupported(format!(
+                "option `kv_cache` = `f16` is for the CPU; on {device} {NAME} keeps an f32 cache"
+            )));
+        }
+        Some(v) => {
+            return Err(BackendError::invalid_input(format!(
+                "option `kv_cache` must be `f32` or `f16`, not `{v}`"
+            )));
+        }
+    };
     let dtype = match spec.format {
         WeightFormat::Safetensors => spec.dtype.unwrap_or(DType::F32),
         WeightFormat::Gguf => DType::F32,

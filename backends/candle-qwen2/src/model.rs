@@ -54,6 +54,8 @@ pub struct Qwen2Model {
     /// rather than over plain rows ([`crate::host`]): option `cpu_tensor_ops`, which
     /// lets the CPU test that path.
     pub tensor_ops: bool,
+    /// The CPU KV cache holds f16 rather than f32 (option `kv_cache = "f16"`).
+    pub kv_f16: bool,
     inv_freq: Vec<f32>,
 }
 
@@ -80,6 +82,7 @@ impl Qwen2Model {
             norm,
             lm_head,
             tensor_ops: false,
+            kv_f16: false,
             inv_freq,
         }
     }

@@ -46,6 +46,41 @@ fn tensor_ops_path_passes_the_conformance_suite() -> Result<()> {
     Ok(())
 }
 
+/// An f16 KV cache (option `kv_cache`) rounds keys and values, nothing else.
+#[test]
+fn f16_kv_cache_passes_the_conformance_suite() -> Result<()> {
+    for fx in [TINY_QWEN2, TINY_QWEN3] {
+        let mut spec = fx.spec();
+        spec.options.insert("kv_cache".into(), "f16".into());
+        let b = candle_qwen2::load(&spec, Device::CPU)?;
+        anyhow::ensure!(b.model().kv_f16, "option not applied");
+        generate::run_all_within(&b, fx, generate::F16_KV_LOGITS_TOL)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn kv_cache_option_values_are_checked() -> Result<()> {
+    let load_with = |opts: &[(&str, &str)]| {
+        let mut spec = TINY_QWEN2.spec();
+        for (k, v) in opts {
+            spec.options.insert(k.to_string(), v.to_string());
+        }
+        candle_qwen2::load(&spec, Device::CPU)
+    };
+    let err = load_with(&[("kv_cache", "f8")]).expect_err("f8 is no cache type");
+    anyhow::ensure!(
+        err.to_string()
+            .contains("`kv_cache` must be `f32` or `f16`, not `f8`"),
+        "{err}"
+    );
+    let err = load_with(&[("kv_cache", "f16"), ("cpu_tensor_ops", "true")])
+        .expect_err("the tensor path keeps an f32 cache");
+    anyhow::ensure!(err.to_string().contains("`kv_cache` = `f16`"), "{err}");
+    anyhow::ensure!(!load_with(&[("kv_cache", "f32")])?.model().kv_f16);
+    Ok(())
+}
+
 #[test]
 fn final_hidden_within_1e_4() -> Result<()> {
     for fx in [TINY_QWEN2, TINY_QWEN3] {

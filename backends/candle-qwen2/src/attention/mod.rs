@@ -62,6 +62,41 @@ pub fn rope_in_place(
     }
 }
 
+/// What the KV cache holds: f32 (exact), or f16 (half the memory and half the bytes
+/// a decode step reads, as llama.cpp keeps it), widened to f32 as the kernels load it.
+pub trait KvElem: Copy + Default + Send + Sync + 'static {
+    /// Whether the values are f16 bits (`half::f16`), else f32.
+    const F16: bool;
+    /// The value as f32.
+    fn to_f32(self) -> f32;
+    /// `v` rounded to this type.
+    fn from_f32(v: f32) -> Self;
+}
+
+impl KvElem for f32 {
+    const F16: bool = false;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl KvElem for half::f16 {
+    const F16: bool = true;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        half::f16::from_f32(v)
+    }
+}
+
 /// The shape of one attention call.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {
@@ -91,11 +126,11 @@ pub fn key_cache_len(positions: usize, kv_heads: usize, d: usize) -> usize {
 
 /// Writes keys `k` ([n, kv_heads, d], position-major) of positions `from..from + n`
 /// into the key cache `cache` (long enough).
-pub fn store_keys(cache: &mut [f32], from: usize, k: &[f32], kv_heads: usize, d: usize) {
+pub fn store_keys<T: KvElem>(cache: &mut [T], from: usize, k: &[f32], kv_heads: usize, d: usize) {
     for (i, row) in k.chunks_exact(kv_heads * d).enumerate() {
         for (kh, head) in row.chunks_exact(d).enumerate() {
             for (c, v) in head.iter().enumerate() {
-                cache[key_index(from + i, kh, c, kv_heads, d)] = *v;
+                cache[key_index(from + i, kh, c, kv_heads, d)] = T::from_f32(*v);
             }
         }
     }
@@ -126,10 +161,10 @@ struct Scratch {
 /// maximum and sum of each query head rescale its partial output when the maximum
 /// grows), so a task's memory does not grow with the context and every score is read
 /// from L1 right after it is computed.
-pub fn attend(
+pub fn attend<T: KvElem>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     offset: usize,
     shape: AttentionShape,
     out: &mut [f32],
@@ -138,11 +173,11 @@ pub fn attend(
 }
 
 /// [`attend`] with the kernels of `isa` (which the CPU must support).
-pub fn attend_with(
+pub fn attend_with<T: KvElem>(
     isa: Isa,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     offset: usize,
     shape: AttentionShape,
     out: &mut [f32],
@@ -173,11 +208,11 @@ pub fn attend_with(
 /// Attention of the query heads `qs` ([group, d]) sharing KV head `kh` over cached
 /// positions `0..t`, written to `o` ([group, d]).
 #[allow(clippy::too_many_arguments)]
-fn attend_group(
+fn attend_group<T: KvElem>(
     isa: Isa,
     qs: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     t: usize,
     kh: usize,
     shape: AttentionShape,
@@ -303,6 +338,29 @@ mod tests {
                     );
                 }
             }
+            // An f16 cache: the attention of the keys and values rounded to f16, to
+            // the same tolerance (the kernels widen them exactly).
+            let round = |x: &[f32]| -> Vec<f32> {
+                x.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect()
+            };
+            let want16 = naive(&q, &round(&k), &round(&v), offset, s);
+            let mut cache16 = vec![half::f16::ZERO; cache.len()];
+            store_keys(&mut cache16, 0, &k, s.kv_heads, s.head_dim);
+            let v16: Vec<half::f16> = v.iter().map(|x| half::f16::from_f32(*x)).collect();
+            for isa in Isa::available() {
+                attend_with(isa, &q, &cache16, &v16, offset, s, &mut out);
+                for (j, (a, b)) in out.iter().zip(&want16).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "f16 cache, {isa:?} {s:?} offset {offset} n {n} [{j}]: {a} vs {b}"
+                    );
+                }
+            }
+            let rounding = want16
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(rounding > 0.0, "the f16 case must round something");
         }
     }
 

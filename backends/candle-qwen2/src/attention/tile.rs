@@ -12,7 +12,7 @@
 
 use gllm_kernels::Isa;
 
-use super::{KEY_BLOCK, TILE};
+use super::{KEY_BLOCK, KvElem, TILE};
 
 /// Query heads per pass of [`scores`].
 const SCORE_HEADS: usize = 4;
@@ -20,11 +20,11 @@ const SCORE_HEADS: usize = 4;
 /// `out[j * TILE + 16 b + l] = q_j · key l of block b` for the `q.len() / d` query
 /// heads `q` ([heads, d]) and the `blocks` key blocks starting at `kb` (block `b` at
 /// `kb[b * block_stride..][..d * 16]`, [d, 16] each).
-pub(super) fn scores(
+pub(super) fn scores<T: KvElem>(
     isa: Isa,
     q: &[f32],
     d: usize,
-    kb: &[f32],
+    kb: &[T],
     blocks: usize,
     block_stride: usize,
     out: &mut [f32],
@@ -69,7 +69,7 @@ pub(super) fn scores(
             let kc = &kb[b * block_stride..][..d * KEY_BLOCK];
             for (qv, row) in qj.iter().zip(kc.chunks_exact(KEY_BLOCK)) {
                 for (x, kv) in o.iter_mut().zip(row) {
-                    *x = qv.mul_add(*kv, *x);
+                    *x = qv.mul_add(kv.to_f32(), *x);
                 }
             }
         }
@@ -79,12 +79,12 @@ pub(super) fn scores(
 /// `o_j += Σ_p w[j * w_stride + p] · v[p * v_stride..][..d]` for each head `j` of `o`
 /// ([heads, d]) over the tile's first `len` positions.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn values(
+pub(super) fn values<T: KvElem>(
     isa: Isa,
     w: &[f32],
     w_stride: usize,
     len: usize,
-    v: &[f32],
+    v: &[T],
     v_stride: usize,
     o: &mut [f32],
     d: usize,
@@ -128,7 +128,7 @@ pub(super) fn values(
     for (j, oj) in o.chunks_exact_mut(d).enumerate() {
         for (p, s) in w[j * w_stride..][..len].iter().enumerate() {
             for (a, b) in oj.iter_mut().zip(&v[p * v_stride..][..d]) {
-                *a = s.mul_add(*b, *a);
+                *a = s.mul_add(b.to_f32(), *a);
             }
         }
     }
@@ -142,7 +142,7 @@ mod x86 {
 
     use std::arch::x86_64::*;
 
-    use super::super::{KEY_BLOCK, TILE};
+    use super::super::{KEY_BLOCK, KvElem, TILE};
 
     /// A register of `N` f32 lanes: what the kernels need of it.
     pub(super) trait Lanes: Copy {
@@ -150,6 +150,8 @@ mod x86 {
         const N: usize;
         unsafe fn zero() -> Self;
         unsafe fn load(p: *const f32) -> Self;
+        /// `N` f16 values widened.
+        unsafe fn load_f16(p: *const u16) -> Self;
         unsafe fn store(self, p: *mut f32);
         unsafe fn splat(x: f32) -> Self;
         /// `a · b + c`.
@@ -165,6 +167,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
             unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn load_f16(p: *const u16) -> Self {
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
@@ -191,6 +197,10 @@ mod x86 {
             unsafe { _mm512_loadu_ps(p) }
         }
         #[inline(always)]
+        unsafe fn load_f16(p: *const u16) -> Self {
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+        }
+        #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             unsafe { _mm512_storeu_ps(p, self) }
         }
@@ -204,43 +214,56 @@ mod x86 {
         }
     }
 
+    /// `N` cached values from `p`, widened when the cache is f16 (`half::f16` is its
+    /// bits).
+    #[inline(always)]
+    unsafe fn load_kv<V: Lanes, T: KvElem>(p: *const T) -> V {
+        unsafe {
+            if T::F16 {
+                V::load_f16(p as *const u16)
+            } else {
+                V::load(p as *const f32)
+            }
+        }
+    }
+
     /// Scores of `h` (1..=4) heads against `blocks` key blocks, output rows [`TILE`]
     /// apart, in eight-lane registers.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores256(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scores256<T: KvElem>(
         h: usize,
         q: *const f32,
         d: usize,
-        k: *const f32,
+        k: *const T,
         blocks: usize,
         block_stride: usize,
         out: *mut f32,
     ) {
-        unsafe { scores_with::<__m256>(h, q, d, k, blocks, block_stride, out) }
+        unsafe { scores_with::<__m256, T>(h, q, d, k, blocks, block_stride, out) }
     }
 
     /// [`scores256`] in sixteen-lane registers.
-    #[target_feature(enable = "avx2,fma,avx512f")]
-    pub(super) unsafe fn scores512(
+    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    pub(super) unsafe fn scores512<T: KvElem>(
         h: usize,
         q: *const f32,
         d: usize,
-        k: *const f32,
+        k: *const T,
         blocks: usize,
         block_stride: usize,
         out: *mut f32,
     ) {
-        unsafe { scores_with::<__m512>(h, q, d, k, blocks, block_stride, out) }
+        unsafe { scores_with::<__m512, T>(h, q, d, k, blocks, block_stride, out) }
     }
 
     /// Calls `$f::<V, H, $r>` for the `$h` (1..=4) heads of a pass.
     macro_rules! for_heads {
         ($h:expr, $f:ident::<$v:ty, $r:literal>($($a:expr),*)) => {
             match $h {
-                4 => $f::<$v, 4, $r>($($a),*),
-                3 => $f::<$v, 3, $r>($($a),*),
-                2 => $f::<$v, 2, $r>($($a),*),
-                _ => $f::<$v, 1, $r>($($a),*),
+                4 => $f::<$v, T, 4, $r>($($a),*),
+                3 => $f::<$v, T, 3, $r>($($a),*),
+                2 => $f::<$v, T, 2, $r>($($a),*),
+                _ => $f::<$v, T, 1, $r>($($a),*),
             }
         };
     }
@@ -248,11 +271,11 @@ mod x86 {
     /// The scores in passes of two registers (one block of two eight-lane halves, or
     /// two blocks of sixteen lanes), and a last block alone when a register holds one.
     #[inline(always)]
-    unsafe fn scores_with<V: Lanes>(
+    unsafe fn scores_with<V: Lanes, T: KvElem>(
         h: usize,
         q: *const f32,
         d: usize,
-        k: *const f32,
+        k: *const T,
         blocks: usize,
         block_stride: usize,
         out: *mut f32,
@@ -278,10 +301,10 @@ mod x86 {
     /// Scores of `H` heads against the `R · N` keys from `k`: register `r` holds keys
     /// `r · N..`, which sit in block `r · N / 16` at column `r · N % 16`.
     #[inline(always)]
-    unsafe fn pass<V: Lanes, const H: usize, const R: usize>(
+    unsafe fn pass<V: Lanes, T: KvElem, const H: usize, const R: usize>(
         q: *const f32,
         d: usize,
-        k: *const f32,
+        k: *const T,
         block_stride: usize,
         out: *mut f32,
     ) {
@@ -289,7 +312,8 @@ mod x86 {
             let at = |r: usize| r * V::N / KEY_BLOCK * block_stride + r * V::N % KEY_BLOCK;
             let mut acc = [[V::zero(); R]; H];
             for c in 0..d {
-                let kc: [V; R] = std::array::from_fn(|r| V::load(k.add(at(r) + c * KEY_BLOCK)));
+                let kc: [V; R] =
+                    std::array::from_fn(|r| load_kv::<V, T>(k.add(at(r) + c * KEY_BLOCK)));
                 for (j, a) in acc.iter_mut().enumerate() {
                     let qv = V::splat(*q.add(j * d + c));
                     for (x, kr) in a.iter_mut().zip(&kc) {
@@ -306,62 +330,62 @@ mod x86 {
     }
 
     /// 32 columns of `values` for `h` (1 or 2) heads, in eight-lane registers.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn values256(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn values256<T: KvElem>(
         h: usize,
         w: *const f32,
         w_stride: usize,
         len: usize,
-        v: *const f32,
+        v: *const T,
         v_stride: usize,
         o: *mut f32,
         o_stride: usize,
     ) {
-        unsafe { values_with::<__m256>(h, w, w_stride, len, v, v_stride, o, o_stride) }
+        unsafe { values_with::<__m256, T>(h, w, w_stride, len, v, v_stride, o, o_stride) }
     }
 
     /// 64 columns of `values` for `h` (1 or 2) heads, in sixteen-lane registers.
-    #[target_feature(enable = "avx2,fma,avx512f")]
-    pub(super) unsafe fn values512(
+    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    pub(super) unsafe fn values512<T: KvElem>(
         h: usize,
         w: *const f32,
         w_stride: usize,
         len: usize,
-        v: *const f32,
+        v: *const T,
         v_stride: usize,
         o: *mut f32,
         o_stride: usize,
     ) {
-        unsafe { values_with::<__m512>(h, w, w_stride, len, v, v_stride, o, o_stride) }
+        unsafe { values_with::<__m512, T>(h, w, w_stride, len, v, v_stride, o, o_stride) }
     }
 
     #[inline(always)]
-    unsafe fn values_with<V: Lanes>(
+    unsafe fn values_with<V: Lanes, T: KvElem>(
         h: usize,
         w: *const f32,
         w_stride: usize,
         len: usize,
-        v: *const f32,
+        v: *const T,
         v_stride: usize,
         o: *mut f32,
         o_stride: usize,
     ) {
         unsafe {
             if h == 2 {
-                sums::<V, 2>(w, w_stride, len, v, v_stride, o, o_stride)
+                sums::<V, T, 2>(w, w_stride, len, v, v_stride, o, o_stride)
             } else {
-                sums::<V, 1>(w, w_stride, len, v, v_stride, o, o_stride)
+                sums::<V, T, 1>(w, w_stride, len, v, v_stride, o, o_stride)
             }
         }
     }
 
     /// `4 · N` columns of `H` heads' value sums, the accumulators in registers.
     #[inline(always)]
-    unsafe fn sums<V: Lanes, const H: usize>(
+    unsafe fn sums<V: Lanes, T: KvElem, const H: usize>(
         w: *const f32,
         w_stride: usize,
         len: usize,
-        v: *const f32,
+        v: *const T,
         v_stride: usize,
         o: *mut f32,
         o_stride: usize,
@@ -375,7 +399,7 @@ mod x86 {
             }
             for p in 0..len {
                 let row = v.add(p * v_stride);
-                let vv: [V; 4] = std::array::from_fn(|i| V::load(row.add(V::N * i)));
+                let vv: [V; 4] = std::array::from_fn(|i| load_kv::<V, T>(row.add(V::N * i)));
                 for (j, accj) in acc.iter_mut().enumerate() {
                     let s = V::splat(*w.add(j * w_stride + p));
                     for (a, x) in accj.iter_mut().zip(&vv) {
