@@ -11,7 +11,7 @@ use burn::tensor::module::{attention, layer_norm, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use gllm_api::BackendError;
-use gllm_kernels::{BlockType, KernelError, QuantMatrix, q8_0};
+use gllm_kernels::{BlockType, KernelError, PackedF32, QuantMatrix, q8_0};
 
 use crate::attention;
 use crate::config::{Activation, BertConfig, Family};
@@ -27,6 +27,10 @@ enum Weight {
     /// `[out, in]` int8 on the host: Q8_0 blocks of 32 values with an f16 scale each,
     /// multiplied by int8 activations (option `quantize = "int8"`).
     Int8(Arc<QuantMatrix>),
+    /// `[out, in]` f32 on the host in gllm-kernels' groups of eight rows (the CPU
+    /// path): a product of a few rows (one short query) costs its arithmetic, where a
+    /// GEMM library packs the weights on every call.
+    Packed(Arc<PackedF32>),
 }
 
 /// A dense layer.
@@ -43,7 +47,7 @@ impl Dense {
     fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>, BackendError> {
         match &self.weight {
             Weight::F32(w) => Ok(linear(x, w.clone(), Some(self.bias.clone()))),
-            Weight::Int8(_) => {
+            Weight::Int8(_) | Weight::Packed(_) => {
                 let device = x.device();
                 let mut y = self.product(x)?;
                 let out = self.bias_host.len();
@@ -67,14 +71,26 @@ impl Dense {
             Weight::F32(w) => data(x.matmul(w.clone())),
             Weight::Int8(q) => {
                 let (rows, cols) = q.dims();
-                let x = data(x)?;
-                let xs = x.as_slice::<f32>().map_err(internal)?;
-                let m = xs.len() / cols;
-                let mut out = vec![0f32; m * rows];
-                q.matmul(xs, m, &mut out);
-                Ok(TensorData::new(out, [m, rows]))
+                host_product(x, rows, cols, |xs, m, out| q.matmul(xs, m, out))
             }
+            Weight::Packed(p) => host_product(x, p.rows, p.cols, |xs, m, out| p.matmul(xs, m, out)),
         }
+    }
+
+    /// The same layer with an f32 weight repacked for the host kernels (int8 ones
+    /// stay as they are).
+    fn to_packed(&self, name: &str) -> Result<Self, BackendError> {
+        let Weight::F32(w) = &self.weight else {
+            return Ok(self.clone());
+        };
+        let [inp, out] = w.dims();
+        let p = PackedF32::from_transposed(out, inp, &host(w.clone())?).ok_or_else(|| {
+            BackendError::internal(format!("repacking `{name}`: not [{inp}, {out}]"))
+        })?;
+        Ok(Self {
+            weight: Weight::Packed(Arc::new(p)),
+            ..self.clone()
+        })
     }
 
     /// The same layer with its weight quantized to int8 (`name` for messages).
@@ -435,6 +451,21 @@ impl BertEncoder {
                 layer.output = layer.output.to_int8(&format!("{p}.output.dense"))?;
             }
         }
+        if packed {
+            // The host path multiplies by gllm-kernels: the f32 weights are repacked
+            // (and the device copies dropped).
+            for (i, layer) in layers.iter_mut().enumerate() {
+                let p = format!("encoder.layer.{i}");
+                layer.qkv = layer.qkv.to_packed(&format!("{p}.attention.self"))?;
+                layer.attn_out = layer
+                    .attn_out
+                    .to_packed(&format!("{p}.attention.output.dense"))?;
+                layer.intermediate = layer
+                    .intermediate
+                    .to_packed(&format!("{p}.intermediate.dense"))?;
+                layer.output = layer.output.to_packed(&format!("{p}.output.dense"))?;
+            }
+        }
         match (word, position, token_type, embed_norm) {
             (Some(word), Some(position), Some(token_type), Some(embed_norm)) if complete => {
                 Ok(Self {
@@ -714,6 +745,28 @@ fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, BackendError> {
         .map_err(internal)?
         .try_into_vec::<f32>()
         .map_err(internal)
+}
+
+/// `x · Wᵀ` by a host kernel `f(x, m, out)` for a weight of `rows` outputs and `cols`
+/// inputs: [m, rows].
+fn host_product(
+    x: Tensor<2>,
+    rows: usize,
+    cols: usize,
+    f: impl FnOnce(&[f32], usize, &mut [f32]),
+) -> Result<TensorData, BackendError> {
+    let x = data(x)?;
+    let xs = x.as_slice::<f32>().map_err(internal)?;
+    if cols == 0 || !xs.len().is_multiple_of(cols) {
+        return Err(BackendError::internal(format!(
+            "matmul: {} inputs for rows of width {cols}",
+            xs.len()
+        )));
+    }
+    let m = xs.len() / cols;
+    let mut out = vec![0f32; m * rows];
+    f(xs, m, &mut out);
+    Ok(TensorData::new(out, [m, rows]))
 }
 
 /// A tensor's data on the host (moved, not copied, where the backend allows).

@@ -2,7 +2,8 @@
 //!
 //! Every weight format the CPU backends multiply by: GGUF's block types (legacy
 //! 32-value blocks Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; k-quant 256-value super-blocks Q2_K,
-//! Q3_K, Q4_K, Q5_K, Q6_K) and 16-bit floats (bf16, f16). Weights are repacked once at
+//! Q3_K, Q4_K, Q5_K, Q6_K), 16-bit floats (bf16, f16) and f32 ([`packed_f32`], for
+//! products of a few rows). Weights are repacked once at
 //! load into groups of eight interleaved rows ([`grouped`]), so one SIMD instruction
 //! advances eight output rows and the weights stream from memory sequentially.
 //!
@@ -41,6 +42,7 @@ pub mod half;
 pub mod isa;
 pub mod kquant;
 pub mod legacy;
+pub mod packed_f32;
 pub mod planes;
 pub mod q2_k;
 pub mod q3_k;
@@ -62,4 +64,5 @@ pub use error::KernelError;
 pub use format::{BlockFormat, BlockType, Decoded, Layout, Scales};
 pub use half::{HalfKind, PackedHalf};
 pub use isa::Isa;
+pub use packed_f32::PackedF32;
 pub use quant::QuantMatrix;

@@ -1,0 +1,273 @@
+//! f32 weights in groups of eight interleaved rows, for the products a GEMM library
+//! serves badly: a few activation rows (one short query to an encoder), where packing
+//! the weights on every call costs more than the arithmetic.
+//!
+//! The layout is f16's ([`crate::half`]) in f32: [groups, cols, 8], so one load gives
+//! one position of the group's eight rows. The AVX2 kernel (also taken on AVX-512
+//! CPUs) multiplies each load into a tile of four activation rows, with two
+//! accumulation chains per row (even and odd positions) whatever the tile, so a row
+//! gives the same bits alone as in a batch.
+
+use crate::grouped::{GROUP, GroupOut, par_groups_or_pairs};
+use crate::isa::Isa;
+
+/// Activation bytes per block of rows (see [`PackedF32::matmul_with`]).
+const ROW_BLOCK_BYTES: usize = 192 * 1024;
+
+/// A [rows, cols] f32 matrix, repacked in groups of eight rows.
+#[derive(Debug, Clone)]
+pub struct PackedF32 {
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    /// [groups, cols, 8]; padding rows are zero.
+    data: Vec<f32>,
+}
+
+impl PackedF32 {
+    /// Repacks a row-major [rows, cols] matrix; `None` when `values` is not
+    /// `rows * cols` long.
+    pub fn new(rows: usize, cols: usize, values: &[f32]) -> Option<Self> {
+        if values.len() != rows * cols {
+            return None;
+        }
+        let mut data = vec![0f32; rows.div_ceil(GROUP) * cols * GROUP];
+        for (r, row) in values.chunks_exact(cols.max(1)).enumerate().take(rows) {
+            let (g, lane) = (r / GROUP, r % GROUP);
+            for (c, v) in row.iter().enumerate() {
+                data[(g * cols + c) * GROUP + lane] = *v;
+            }
+        }
+        Some(Self { rows, cols, data })
+    }
+
+    /// Repacks the transpose of a row-major [cols, rows] matrix (an `[in, out]`
+    /// weight, as `x · W` takes it); `None` when `values` is not `rows * cols` long.
+    pub fn from_transposed(rows: usize, cols: usize, values: &[f32]) -> Option<Self> {
+        if values.len() != rows * cols {
+            return None;
+        }
+        let mut data = vec![0f32; rows.div_ceil(GROUP) * cols * GROUP];
+        for (c, col) in values.chunks_exact(rows.max(1)).enumerate().take(cols) {
+            for (r, v) in col.iter().enumerate() {
+                data[((r / GROUP) * cols + c) * GROUP + r % GROUP] = *v;
+            }
+        }
+        Some(Self { rows, cols, data })
+    }
+
+    /// `out[i * rows + j] = Σ_k x[i, k] · W[j, k]` for `x` [m, cols] row-major.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_with(Isa::detect(), x, m, out)
+    }
+
+    /// [`Self::matmul`] with the kernels of `isa` (which the CPU must support).
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), m * self.cols, "activations are not [m, cols]");
+        if m == 0 || self.rows == 0 {
+            return;
+        }
+        // Many rows go through in blocks whose activations stay in L2 while every group
+        // reads them (a row's sums do not depend on the blocks).
+        let block = (ROW_BLOCK_BYTES / (4 * self.cols).max(1)).max(4) / 4 * 4;
+        for (xb, ob) in x
+            .chunks(block * self.cols.max(1))
+            .zip(out.chunks_mut(block * self.rows))
+        {
+            let mb = xb.len() / self.cols.max(1);
+            let min_groups = 8192 / (self.cols * mb).max(1);
+            // Several rows: two groups (sixteen weight rows) per broadcast activation.
+            #[cfg(target_arch = "x86_64")]
+            let pair = (isa != Isa::Scalar && mb > 1).then_some(
+                |g, o0: &mut GroupOut, o1: &mut GroupOut| {
+                    // SAFETY: as below, for groups `g` and `g + 1` (both exist when a
+                    // pair is handed over).
+                    unsafe { x86::group_pair(self, xb, mb, g, o0, o1) }
+                },
+            );
+            #[cfg(not(target_arch = "x86_64"))]
+            let pair: Option<fn(usize, &mut GroupOut, &mut GroupOut)> = None;
+            let single = |g, o: &mut GroupOut| {
+                #[cfg(target_arch = "x86_64")]
+                if isa != Isa::Scalar {
+                    // SAFETY: every level but scalar has AVX2 + FMA; the kernel reads
+                    // group `g` and the mb rows of `xb`.
+                    return unsafe { x86::group(self, xb, mb, g, o) };
+                }
+                self.group_scalar(xb, mb, g, o);
+            };
+            par_groups_or_pairs(ob, self.rows, mb, min_groups, single, pair);
+        }
+    }
+
+    fn group_scalar(&self, x: &[f32], m: usize, g: usize, out: &mut GroupOut) {
+        let w = &self.data[g * self.cols * GROUP..][..self.cols * GROUP];
+        for i in 0..m {
+            let xi = &x[i * self.cols..][..self.cols];
+            for lane in 0..out.lanes {
+                let sum = xi
+                    .iter()
+                    .zip(w.chunks_exact(GROUP))
+                    .map(|(a, wc)| a * wc[lane])
+                    .sum();
+                out.set(i, lane, sum);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{GROUP, GroupOut, PackedF32};
+    use crate::legacy::x86::PREFETCH_AHEAD;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn group(w: &PackedF32, x: &[f32], m: usize, g: usize, out: &mut GroupOut) {
+        unsafe {
+            let mut i0 = 0;
+            while i0 + 4 <= m {
+                tile::<4, 1>(w, x, g, i0, [&mut *out]);
+                i0 += 4;
+            }
+            while i0 < m {
+                tile::<1, 1>(w, x, g, i0, [&mut *out]);
+                i0 += 1;
+            }
+        }
+    }
+
+    /// Groups `g` and `g + 1` for every activation row: three rows share each pair of
+    /// weight loads (twelve accumulators, two weight registers and a broadcast).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn group_pair(
+        w: &PackedF32,
+        x: &[f32],
+        m: usize,
+        g: usize,
+        o0: &mut GroupOut,
+        o1: &mut GroupOut,
+    ) {
+        unsafe {
+            let mut i0 = 0;
+            while i0 + 3 <= m {
+                tile::<3, 2>(w, x, g, i0, [&mut *o0, &mut *o1]);
+                i0 += 3;
+            }
+            while i0 < m {
+                tile::<1, 2>(w, x, g, i0, [&mut *o0, &mut *o1]);
+                i0 += 1;
+            }
+        }
+    }
+
+    /// Rows `i0..i0 + T` of `x` times the `N` groups from `g`: per row and group,
+    /// chain 0 sums the even positions (and an odd width's last), chain 1 the odd ones,
+    /// whatever `T` and `N`.
+    // Register arrays are indexed by tile row and group on purpose.
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn tile<const T: usize, const N: usize>(
+        w: &PackedF32,
+        x: &[f32],
+        g: usize,
+        i0: usize,
+        outs: [&mut GroupOut; N],
+    ) {
+        unsafe {
+            let cols = w.cols;
+            let ps: [*const f32; N] =
+                std::array::from_fn(|n| w.data.as_ptr().add((g + n) * cols * GROUP));
+            let xs: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((i0 + t) * cols));
+            // [row][group][position parity]
+            let mut acc = [[[_mm256_setzero_ps(); 2]; N]; T];
+            // Position `c` into chain `j` of every row and group.
+            let step = |acc: &mut [[[__m256; 2]; N]; T], c: usize, j: usize| {
+                let wn: [__m256; N] =
+                    std::array::from_fn(|n| _mm256_loadu_ps(ps[n].add(c * GROUP)));
+                for t in 0..T {
+                    let xv = _mm256_broadcast_ss(&*xs[t].add(c));
+                    for n in 0..N {
+                        acc[t][n][j] = _mm256_fmadd_ps(wn[n], xv, acc[t][n][j]);
+                    }
+                }
+            };
+            let mut c = 0;
+            while c + 2 <= cols {
+                for p in ps {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        (p.add(c * GROUP) as *const i8).wrapping_add(PREFETCH_AHEAD),
+                    );
+                }
+                step(&mut acc, c, 0);
+                step(&mut acc, c + 1, 1);
+                c += 2;
+            }
+            if c < cols {
+                step(&mut acc, c, 0);
+            }
+            for (o, n) in outs.into_iter().zip(0..N) {
+                for t in 0..T {
+                    let mut v = [0f32; GROUP];
+                    _mm256_storeu_ps(v.as_mut_ptr(), _mm256_add_ps(acc[t][n][0], acc[t][n][1]));
+                    o.store(i0 + t, &v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiplies_like_the_plain_matrix_and_rows_alone_like_batched() {
+        for (m, k, n) in [
+            (3, 37, 70),
+            (1, 64, 16),
+            (5, 8, 9),
+            (9, 3, 8),
+            (14, 384, 1536),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 11 % 17) as f32 - 8.0) / 9.0)
+                .collect();
+            let p = PackedF32::new(n, k, &w).expect("sizes match");
+            // The same matrix given as its transpose packs to the same bits.
+            let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+            let pt = PackedF32::from_transposed(n, k, &wt).expect("sizes match");
+            assert_eq!(p.data, pt.data, "{m}x{k}x{n}: transposed packing");
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; n * m];
+                p.matmul_with(isa, &x, m, &mut out);
+                for i in 0..m {
+                    let mut alone = vec![0f32; n];
+                    p.matmul_with(isa, &x[i * k..(i + 1) * k], 1, &mut alone);
+                    assert_eq!(
+                        alone,
+                        out[i * n..(i + 1) * n],
+                        "{isa:?} {m}x{k}x{n}: row {i}"
+                    );
+                    for j in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|c| x[i * k + c] as f64 * w[j * k + c] as f64)
+                            .sum();
+                        let got = out[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{isa:?} {m}x{k}x{n} [{i}, {j}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(PackedF32::new(2, 3, &[0.0; 5]).is_none());
+        assert!(PackedF32::from_transposed(2, 3, &[0.0; 7]).is_none());
+    }
+}
