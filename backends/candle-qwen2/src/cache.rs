@@ -141,6 +141,15 @@ impl Qwen2Cache {
     }
 }
 
+impl Qwen2Cache {
+    /// Layer `li`'s keys and values.
+    pub(crate) fn layer_mut(&mut self, li: usize) -> Result<&mut LayerKv> {
+        self.layers
+            .get_mut(li)
+            .ok_or_else(|| crate::error::internal("KV cache has the wrong number of layers"))
+    }
+}
+
 impl KvCache for Qwen2Cache {
     fn len(&self) -> usize {
         self.len

@@ -100,11 +100,7 @@ impl Qwen2Model {
         for (s, (cos, sin)) in segments.iter_mut().zip(ropes) {
             let n = s.tokens.len();
             let offset = s.cache.len;
-            let kv = s
-                .cache
-                .layers
-                .get_mut(li)
-                .ok_or_else(|| internal("KV cache has the wrong number of layers"))?;
+            let kv = s.cache.layer_mut(li)?;
             let seg = &sc.qkv[row * width..(row + n) * width];
             let [mut q, mut k, v] = [(0, qw), (qw, kw), (qw + kw, kw)].map(|(from, w)| {
                 seg.chunks_exact(width)

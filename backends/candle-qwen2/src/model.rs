@@ -270,11 +270,7 @@ impl Qwen2Model {
         for (s, rope) in segments.iter_mut().zip(ropes) {
             let n = s.tokens.len();
             let offset = s.cache.len;
-            let kv = s
-                .cache
-                .layers
-                .get_mut(li)
-                .ok_or_else(|| internal("KV cache has the wrong number of layers"))?;
+            let kv = s.cache.layer_mut(li)?;
             let part = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(0, row, n)?) };
             let qkv = [part(&q)?, part(&k)?, part(&v)?];
             atts.push(self.attention_tensors(

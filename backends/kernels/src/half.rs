@@ -207,7 +207,7 @@ impl PackedHalf {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{GROUP, GroupOut, HalfKind, PackedHalf};
@@ -324,12 +324,23 @@ mod x86 {
                 }
                 c += 1;
             }
-            for (o, n) in outs.into_iter().zip(0..N) {
-                for t in 0..T {
-                    let mut v = [0f32; GROUP];
-                    _mm256_storeu_ps(v.as_mut_ptr(), _mm256_add_ps(acc[t][n][0], acc[t][n][1]));
-                    o.store(i0 + t, &v);
-                }
+            store_chains(&acc, outs, i0);
+        }
+    }
+
+    /// Stores tile rows `i0..i0 + T` of `N` groups, each the sum of its two chains.
+    #[inline(always)]
+    pub(crate) unsafe fn store_chains<const T: usize, const N: usize>(
+        acc: &[[[__m256; 2]; N]; T],
+        outs: [&mut GroupOut; N],
+        i0: usize,
+    ) {
+        for (o, n) in outs.into_iter().zip(0..N) {
+            for (t, row) in acc.iter().enumerate() {
+                let mut v = [0f32; GROUP];
+                // SAFETY: `v` holds eight f32; the caller has AVX.
+                unsafe { _mm256_storeu_ps(v.as_mut_ptr(), _mm256_add_ps(row[n][0], row[n][1])) };
+                o.store(i0 + t, &v);
             }
         }
     }
@@ -545,34 +556,27 @@ mod tests {
                 }
                 let mut scalar = vec![0f32; n * m];
                 par_groups(&mut scalar, n, m, 1, |g, o| p.group_scalar(&x, m, g, o));
-                for isa in Isa::available() {
-                    let mut out = vec![0f32; n * m];
-                    p.matmul_with(isa, &x, m, &mut out);
-                    for i in 0..m {
-                        // The same row alone gives the same bits (decode == prefill).
-                        let mut alone = vec![0f32; n];
-                        p.matmul_with(isa, &x[i * k..(i + 1) * k], 1, &mut alone);
-                        assert_eq!(
-                            alone,
-                            out[i * n..(i + 1) * n],
-                            "{isa:?} {kind:?} {m}x{k}x{n}: row {i} alone"
-                        );
-                        for j in 0..n {
-                            let want: f32 = (0..k)
-                                .map(|c| x[i * k + c] * kind.to_f32(w[j * k + c]))
-                                .sum();
-                            let got = out[i * n + j];
-                            assert!(
-                                (got - want).abs() < 1e-4,
-                                "{isa:?} {kind:?} {m}x{k}x{n} [{i}, {j}]: {got} vs {want}"
-                            );
-                            assert!(
-                                (scalar[i * n + j] - want).abs() < 1e-4,
-                                "scalar {kind:?} [{i}, {j}]"
-                            );
-                        }
-                    }
+                let want = |i: usize, j: usize| -> f32 {
+                    (0..k)
+                        .map(|c| x[i * k + c] * kind.to_f32(w[j * k + c]))
+                        .sum()
+                };
+                for (j, v) in scalar.iter().enumerate() {
+                    assert!(
+                        (v - want(j / n, j % n)).abs() < 1e-4,
+                        "scalar {kind:?} [{j}]"
+                    );
                 }
+                crate::testing::check_rows_alone_and_values(
+                    &format!("{kind:?}"),
+                    &x,
+                    m,
+                    k,
+                    n,
+                    |isa, x, m, out| p.matmul_with(isa, x, m, out),
+                    want,
+                    1e-4,
+                );
             }
         }
     }

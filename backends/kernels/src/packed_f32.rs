@@ -122,6 +122,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{GROUP, GroupOut, PackedF32};
+    use crate::half::x86::store_chains;
     use crate::legacy::x86::PREFETCH_AHEAD;
 
     #[target_feature(enable = "avx2,fma")]
@@ -208,13 +209,7 @@ mod x86 {
             if c < cols {
                 step(&mut acc, c, 0);
             }
-            for (o, n) in outs.into_iter().zip(0..N) {
-                for t in 0..T {
-                    let mut v = [0f32; GROUP];
-                    _mm256_storeu_ps(v.as_mut_ptr(), _mm256_add_ps(acc[t][n][0], acc[t][n][1]));
-                    o.store(i0 + t, &v);
-                }
-            }
+            store_chains(&acc, outs, i0);
         }
     }
 }
@@ -225,47 +220,38 @@ mod tests {
 
     #[test]
     fn multiplies_like_the_plain_matrix_and_rows_alone_like_batched() {
-        for (m, k, n) in [
+        let mut rng = crate::testdata::Rng::new(5);
+        let shapes = [
             (3, 37, 70),
             (1, 64, 16),
             (5, 8, 9),
             (9, 3, 8),
             (14, 384, 1536),
-        ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 11 % 17) as f32 - 8.0) / 9.0)
-                .collect();
+            (300, 384, 40),
+        ];
+        for (m, k, n) in shapes {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.2, 1.2)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rng.uniform(-0.9, 0.9)).collect();
             let p = PackedF32::new(n, k, &w).expect("sizes match");
             // The same matrix given as its transpose packs to the same bits.
             let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
             let pt = PackedF32::from_transposed(n, k, &wt).expect("sizes match");
             assert_eq!(p.data, pt.data, "{m}x{k}x{n}: transposed packing");
-            for isa in Isa::available() {
-                let mut out = vec![f32::NAN; n * m];
-                p.matmul_with(isa, &x, m, &mut out);
-                for i in 0..m {
-                    let mut alone = vec![0f32; n];
-                    p.matmul_with(isa, &x[i * k..(i + 1) * k], 1, &mut alone);
-                    assert_eq!(
-                        alone,
-                        out[i * n..(i + 1) * n],
-                        "{isa:?} {m}x{k}x{n}: row {i}"
-                    );
-                    for j in 0..n {
-                        let want: f64 = (0..k)
-                            .map(|c| x[i * k + c] as f64 * w[j * k + c] as f64)
-                            .sum();
-                        let got = out[i * n + j] as f64;
-                        assert!(
-                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                            "{isa:?} {m}x{k}x{n} [{i}, {j}]: {got} vs {want}"
-                        );
-                    }
-                }
-            }
+            let want = |i: usize, j: usize| -> f32 {
+                (0..k)
+                    .map(|c| x[i * k + c] as f64 * w[j * k + c] as f64)
+                    .sum::<f64>() as f32
+            };
+            crate::testing::check_rows_alone_and_values(
+                "f32",
+                &x,
+                m,
+                k,
+                n,
+                |isa, x, m, out| p.matmul_with(isa, x, m, out),
+                want,
+                1e-4 * (k as f32).sqrt(),
+            );
         }
         assert!(PackedF32::new(2, 3, &[0.0; 5]).is_none());
         assert!(PackedF32::from_transposed(2, 3, &[0.0; 7]).is_none());

@@ -220,3 +220,39 @@ fn check_bad_input<F: BlockFormat>() {
     assert!(matches!(err, KernelError::Length { .. }), "{err}");
     assert!(err.to_string().contains(ty.name()), "{err}");
 }
+
+/// For every kernel level this CPU has: `matmul(isa, x, m, out)` of `x` [m, k] by an
+/// [n, k] matrix gives each row alone the bits it gives in the batch (decode ==
+/// prefill), and every output within `tol` of `want(i, j)`.
+#[allow(clippy::too_many_arguments)]
+pub fn check_rows_alone_and_values(
+    what: &str,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    matmul: impl Fn(Isa, &[f32], usize, &mut [f32]),
+    want: impl Fn(usize, usize) -> f32,
+    tol: f32,
+) {
+    for isa in Isa::available() {
+        let mut out = vec![f32::NAN; n * m];
+        matmul(isa, x, m, &mut out);
+        for i in 0..m {
+            let mut alone = vec![0f32; n];
+            matmul(isa, &x[i * k..(i + 1) * k], 1, &mut alone);
+            assert_eq!(
+                alone,
+                out[i * n..(i + 1) * n],
+                "{isa:?} {what}: row {i} alone"
+            );
+            for j in 0..n {
+                let (got, want) = (out[i * n + j], want(i, j));
+                assert!(
+                    (got - want).abs() < tol,
+                    "{isa:?} {what} {m}x{k}x{n} [{i}, {j}]: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
