@@ -139,9 +139,7 @@ impl Qwen2Cache {
             layers: (0..layers).map(|_| LayerKv::default()).collect(),
         }
     }
-}
 
-impl Qwen2Cache {
     /// Layer `li`'s keys and values.
     pub(crate) fn layer_mut(&mut self, li: usize) -> Result<&mut LayerKv> {
         self.layers

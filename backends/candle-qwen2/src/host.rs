@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::attention::{AttentionShape, attend, rope_in_place};
 use crate::cache::LayerKv;
 use crate::error::{Result, internal};
-use crate::linear::{Linear, Matrix, Projections, on_host};
+use crate::linear::on_host;
 use crate::model::{Layer, Qwen2Model, Segment};
 
 /// Rows above which the norms run on rayon (candle-nn's threshold).
@@ -95,7 +95,8 @@ impl Qwen2Model {
                 sc.qkv.len() / rows.max(1)
             )));
         }
-        sc.att.clear();
+        // The kernels and `attend` write every value: `resize` only zeroes growth.
+        sc.att.resize(rows * qw, 0.0);
         let mut row = 0;
         for (s, (cos, sin)) in segments.iter_mut().zip(ropes) {
             let n = s.tokens.len();
@@ -114,8 +115,8 @@ impl Qwen2Model {
             if let Some(w) = &l.k_norm {
                 k = rms_norm_owned(&k, w, d, eps)?;
             }
-            sc.att
-                .extend(self.attend_rows(kv, shape, [q, k], &v, offset, cos, sin));
+            let out = &mut sc.att[row * qw..(row + n) * qw];
+            self.attend_rows(kv, shape, [q, k], &v, offset, cos, sin, out);
             row += n;
         }
         l.o.forward_host(&sc.att, rows, &mut sc.out)?;
@@ -130,7 +131,8 @@ impl Qwen2Model {
     }
 
     /// Attention of one segment's `n` new rows: RoPE on `q` and `k`, `k` and `v`
-    /// appended to the layer's cache, every query head over its KV head: [n, heads · d].
+    /// appended to the layer's cache, every query head over its KV head, written to
+    /// `out`: [n, heads · d].
     #[allow(clippy::too_many_arguments)]
     fn attend_rows(
         &self,
@@ -141,19 +143,18 @@ impl Qwen2Model {
         offset: usize,
         cos: &[f32],
         sin: &[f32],
-    ) -> Vec<f32> {
+        out: &mut [f32],
+    ) {
         let d = shape.head_dim;
         rope_in_place(&mut q, shape.heads, d, cos, sin, self.cfg.rope_style);
         rope_in_place(&mut k, shape.kv_heads, d, cos, sin, self.cfg.rope_style);
-        let mut out = vec![0f32; q.len()];
         if self.kv_f16 {
             let (k_all, v_all) = kv.host16.append(offset, shape.kv_heads, d, &k, v);
-            attend(&q, k_all, v_all, offset, shape, &mut out);
+            attend(&q, k_all, v_all, offset, shape, out);
         } else {
             let (k_all, v_all) = kv.host.append(offset, shape.kv_heads, d, &k, v);
-            attend(&q, k_all, v_all, offset, shape, &mut out);
+            attend(&q, k_all, v_all, offset, shape, out);
         }
-        out
     }
 }
 
@@ -196,7 +197,7 @@ fn rms_norm_owned(x: &[f32], weight: &Tensor, width: usize, eps: f32) -> Result<
 }
 
 /// `x += y`, element by element.
-fn add_into(x: &mut [f32], y: &[f32]) {
+pub(crate) fn add_into(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
@@ -221,78 +222,4 @@ fn swiglu(y: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<()> {
         gllm_kernels::exp::silu_mul(gate, up, o);
     }
     Ok(())
-}
-
-impl Matrix {
-    /// `x` [m, cols] times the transpose, on the host: [m, rows]. The repacked
-    /// matrices run their kernels on the slice; the others go through candle.
-    pub fn matmul_t_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
-        let (rows, cols) = self.dims();
-        if x.len() != m * cols {
-            return Err(internal(format!(
-                "matmul: {} inputs for {m} rows of width {cols}",
-                x.len()
-            )));
-        }
-        // The kernels write every output: `resize` only zeroes a buffer's growth.
-        out.resize(m * rows, 0.0);
-        match self {
-            Matrix::Half(h) => h.matmul(x, m, out),
-            Matrix::Packed(p) => p.matmul(x, m, out),
-            Matrix::F32(_) | Matrix::Quant(_) => {
-                let t = Tensor::from_slice(x, (m, cols), &Device::Cpu)?;
-                *out = self.matmul_t(&t)?.flatten_all()?.to_vec1()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Rows `ids` as f32 on the host: [ids.len() · cols]. Ids must be checked by the
-    /// caller.
-    pub fn rows_host(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        on_host(&self.rows_f32(ids, &Device::Cpu)?, <[f32]>::to_vec)
-    }
-}
-
-impl Linear {
-    /// [`Linear::forward`] on the host: `x` [m, in] → `out` [m, out].
-    pub fn forward_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
-        self.weight.matmul_t_host(x, m, out)?;
-        if let Some(b) = &self.bias {
-            let width = self.weight.dims().0;
-            on_host(b, |b| {
-                for row in out.chunks_exact_mut(width.max(1)) {
-                    add_into(row, b);
-                }
-            })?;
-        }
-        Ok(())
-    }
-}
-
-impl Projections {
-    /// [`Projections::forward`] on the host: the parts' outputs side by side in each
-    /// row of `out`, [m, Σ widths].
-    pub fn forward_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
-        match self {
-            Projections::Fused(l, _) => l.forward_host(x, m, out),
-            Projections::Separate(ls) => {
-                let parts = ls
-                    .iter()
-                    .map(|l| {
-                        let mut y = Vec::new();
-                        l.forward_host(x, m, &mut y)?;
-                        Ok((y, l.weight.dims().0.max(1)))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                out.clear();
-                for i in 0..m {
-                    for (y, w) in &parts {
-                        out.extend_from_slice(&y[i * w..(i + 1) * w]);
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
 }

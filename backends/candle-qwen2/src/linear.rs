@@ -69,12 +69,13 @@ impl Matrix {
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Matrix::F32(w) => Ok(x.matmul(&w.t()?)?),
-            Matrix::Half(h) => host_matmul(x, h.rows, h.cols, |xs, m, out| h.matmul(xs, m, out)),
-            Matrix::Quant(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?),
-            Matrix::Packed(p) => {
-                let (rows, cols) = p.dims();
-                host_matmul(x, rows, cols, |xs, m, out| p.matmul(xs, m, out))
+            Matrix::Half(_) | Matrix::Packed(_) => {
+                let (m, rows) = (x.dims2()?.0, self.dims().0);
+                let mut out = Vec::new();
+                on_host(x, |xs| self.matmul_t_host(xs, m, &mut out))??;
+                Ok(Tensor::from_vec(out, (m, rows), x.device())?)
             }
+            Matrix::Quant(q) => Ok(x.contiguous()?.apply_op1_no_bwd(q.as_ref())?),
         }
     }
 
@@ -129,25 +130,6 @@ impl Matrix {
             }
         }
     }
-}
-
-/// Runs a host kernel `f(x, m, out)` that writes the product [m, rows] for `x`
-/// [m, cols], and returns `x · Wᵀ` on `x`'s device.
-fn host_matmul(
-    x: &Tensor,
-    rows: usize,
-    cols: usize,
-    f: impl FnOnce(&[f32], usize, &mut [f32]),
-) -> Result<Tensor> {
-    let (m, k) = x.dims2()?;
-    if k != cols {
-        return Err(internal(format!(
-            "matmul: input width {k} != weight width {cols}"
-        )));
-    }
-    let mut out = vec![0f32; m * rows];
-    on_host(x, |xs| f(xs, m, &mut out))?;
-    Ok(Tensor::from_vec(out, (m, rows), x.device())?)
 }
 
 /// Runs `f` on the f32 values of `x` in row-major order: in place for a CPU tensor,
@@ -282,6 +264,80 @@ impl Linear {
         match &self.bias {
             Some(b) => Ok(y.broadcast_add(b)?),
             None => Ok(y),
+        }
+    }
+}
+
+impl Matrix {
+    /// `x` [m, cols] times the transpose, on the host: [m, rows]. The repacked
+    /// matrices run their kernels on the slice; the others go through candle.
+    pub fn matmul_t_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
+        let (rows, cols) = self.dims();
+        if x.len() != m * cols {
+            return Err(internal(format!(
+                "matmul: {} inputs for {m} rows of width {cols}",
+                x.len()
+            )));
+        }
+        // The kernels write every output: `resize` only zeroes a buffer's growth.
+        out.resize(m * rows, 0.0);
+        match self {
+            Matrix::Half(h) => h.matmul(x, m, out),
+            Matrix::Packed(p) => p.matmul(x, m, out),
+            Matrix::F32(_) | Matrix::Quant(_) => {
+                let t = Tensor::from_slice(x, (m, cols), &Device::Cpu)?;
+                *out = self.matmul_t(&t)?.flatten_all()?.to_vec1()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows `ids` as f32 on the host: [ids.len() · cols]. Ids must be checked by the
+    /// caller.
+    pub fn rows_host(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        on_host(&self.rows_f32(ids, &Device::Cpu)?, <[f32]>::to_vec)
+    }
+}
+
+impl Linear {
+    /// [`Linear::forward`] on the host: `x` [m, in] → `out` [m, out].
+    pub fn forward_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
+        self.weight.matmul_t_host(x, m, out)?;
+        if let Some(b) = &self.bias {
+            let width = self.weight.dims().0;
+            on_host(b, |b| {
+                for row in out.chunks_exact_mut(width.max(1)) {
+                    crate::host::add_into(row, b);
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Projections {
+    /// [`Projections::forward`] on the host: the parts' outputs side by side in each
+    /// row of `out`, [m, Σ widths].
+    pub fn forward_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
+        match self {
+            Projections::Fused(l, _) => l.forward_host(x, m, out),
+            Projections::Separate(ls) => {
+                let parts = ls
+                    .iter()
+                    .map(|l| {
+                        let mut y = Vec::new();
+                        l.forward_host(x, m, &mut y)?;
+                        Ok((y, l.weight.dims().0.max(1)))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                out.clear();
+                for i in 0..m {
+                    for (y, w) in &parts {
+                        out.extend_from_slice(&y[i * w..(i + 1) * w]);
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
