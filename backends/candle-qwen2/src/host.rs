@@ -104,10 +104,11 @@ impl Qwen2Model {
             let kv = s.cache.layer_mut(li)?;
             let seg = &sc.qkv[row * width..(row + n) * width];
             let [mut q, mut k, v] = [(0, qw), (qw, kw), (qw + kw, kw)].map(|(from, w)| {
-                seg.chunks_exact(width)
-                    .flat_map(|r| &r[from..from + w])
-                    .copied()
-                    .collect::<Vec<f32>>()
+                let mut part = Vec::with_capacity(n * w);
+                for r in seg.chunks_exact(width) {
+                    part.extend_from_slice(&r[from..from + w]);
+                }
+                part
             });
             if let Some(w) = &l.q_norm {
                 q = rms_norm_owned(&q, w, d, eps)?;
@@ -214,12 +215,6 @@ fn swiglu(y: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<()> {
         )));
     }
     out.resize(rows * w, 0.0);
-    for (row, o) in y
-        .chunks_exact(2 * w.max(1))
-        .zip(out.chunks_exact_mut(w.max(1)))
-    {
-        let (gate, up) = row.split_at(w);
-        gllm_kernels::exp::silu_mul(gate, up, o);
-    }
+    gllm_kernels::exp::swiglu(y, w, out);
     Ok(())
 }

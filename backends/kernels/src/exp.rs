@@ -156,20 +156,41 @@ unsafe fn exp_poly_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m2
 }
 
 /// SwiGLU's product, `out = silu(gate) · up` element by element, with
-/// `silu(g) = g / (1 + exp(-g))` (candle's and PyTorch's formula). Rows of 4096 values
-/// go to the thread pool.
+/// `silu(g) = g / (1 + exp(-g))` (candle's and PyTorch's formula), on the calling
+/// thread.
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(
         gate.len() == out.len() && up.len() == out.len(),
         "silu_mul: lengths"
     );
-    const PART: usize = 4096;
-    out.par_chunks_mut(PART)
-        .zip(gate.par_chunks(PART).zip(up.par_chunks(PART)))
-        .for_each(|(o, (g, u))| {
-            let done = silu_mul_lanes(g, u, o);
-            for ((o, g), u) in o[done..].iter_mut().zip(&g[done..]).zip(&u[done..]) {
-                *o = g / (1.0 + exp_poly(-g)) * u;
+    let done = silu_mul_lanes(gate, up, out);
+    for ((o, g), u) in out[done..].iter_mut().zip(&gate[done..]).zip(&up[done..]) {
+        *o = g / (1.0 + exp_poly(-g)) * u;
+    }
+}
+
+/// Values per task of [`swiglu`]: enough work to pay for handing it to a thread.
+const SWIGLU_TASK: usize = 16 * 1024;
+
+/// [`silu_mul`] of every row of a gate/up product `y` ([rows, 2 · width]: each row's
+/// gate, then its up) into `out` ([rows, width]), whole rows per task on the thread
+/// pool. Each value's bits are [`silu_mul`]'s, whatever the split.
+pub fn swiglu(y: &[f32], width: usize, out: &mut [f32]) {
+    let rows = out.len() / width.max(1);
+    assert!(
+        y.len() == 2 * out.len() && out.len() == rows * width,
+        "swiglu: lengths"
+    );
+    if width == 0 {
+        return;
+    }
+    let per_task = SWIGLU_TASK.div_ceil(width);
+    out.par_chunks_mut(per_task * width)
+        .zip(y.par_chunks(2 * per_task * width))
+        .for_each(|(o, y)| {
+            for (o, row) in o.chunks_exact_mut(width).zip(y.chunks_exact(2 * width)) {
+                let (gate, up) = row.split_at(width);
+                silu_mul(gate, up, o);
             }
         });
 }
@@ -285,5 +306,26 @@ mod tests {
         let mut tail = vec![0f32; 5];
         silu_mul(&g[8..13], &u[8..13], &mut tail);
         assert_eq!(tail, out[8..13]);
+    }
+
+    #[test]
+    fn swiglu_takes_each_rows_gate_then_up_and_gives_silu_muls_bits() {
+        for (rows, width) in [(1, 13), (7, 1000), (40, 4864)] {
+            let y: Vec<f32> = (0..rows * 2 * width)
+                .map(|i| ((i * 37 % 1001) as f32 - 500.0) / 50.0)
+                .collect();
+            let mut out = vec![f32::NAN; rows * width];
+            swiglu(&y, width, &mut out);
+            for r in 0..rows {
+                let row = &y[r * 2 * width..][..2 * width];
+                let mut want = vec![0f32; width];
+                silu_mul(&row[..width], &row[width..], &mut want);
+                assert_eq!(
+                    out[r * width..][..width],
+                    want[..],
+                    "{rows}x{width}: row {r}"
+                );
+            }
+        }
     }
 }
