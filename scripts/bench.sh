@@ -87,12 +87,14 @@ if [ "$part" = all ] || [ "$part" = --peers ]; then
     [ -f "$f" ] || "$llama/bin/llama-quantize" "$src" "$f" "$q" >/dev/null
     files+=("$f")
   done
+  # Five rounds per file (each engine's best of five): on a shared 2-core VM both engines move by
+  # ±10% from one round to the next, and three rounds left the F16 ratio at the mercy of one.
   header=--header
   for f in "${files[@]}"; do
-    ../shared/bench/compare-llama-cpp.sh "$f" --tokenizer "$tokenizer" $header
+    ../shared/bench/compare-llama-cpp.sh "$f" --tokenizer "$tokenizer" --repeats 5 $header
     header=""
   done
-  ../shared/bench/compare-llama-cpp.sh "$GLLM_TEST_MODELS/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+  ../shared/bench/compare-llama-cpp.sh "$GLLM_TEST_MODELS/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" --repeats 5
   for q in Q4_0 Q4_K_M; do
     ../shared/bench/compare-llama-cpp.sh "$peers/qwen2-0.5b-$q.gguf" --tokenizer "$tokenizer" \
       --prompt-tokens 2048 --decode-tokens 64 --repeats 1
@@ -110,5 +112,5 @@ if [ "$part" = all ] || [ "$part" = --peers ]; then
     --out "$qwen3" --formats f16 --tokenizer "$qwen3_tokenizer"
   [ -f "$qwen3/qwen3-0.6b-Q4_K_M.gguf" ] ||
     "$llama/bin/llama-quantize" "$qwen3/model-f16.gguf" "$qwen3/qwen3-0.6b-Q4_K_M.gguf" Q4_K_M >/dev/null
-  ../shared/bench/compare-llama-cpp.sh "$qwen3/qwen3-0.6b-Q4_K_M.gguf" --tokenizer "$qwen3_tokenizer"
+  ../shared/bench/compare-llama-cpp.sh "$qwen3/qwen3-0.6b-Q4_K_M.gguf" --tokenizer "$qwen3_tokenizer" --repeats 5
 fi
