@@ -193,58 +193,52 @@ fn each<'a, T>(
     parts.iter().map(|p| pick(p)).collect()
 }
 
-/// Projections of one input: either separate layers or one fused layer whose output
-/// columns are the parts' outputs side by side.
+/// Projections of one input, their outputs side by side. Consecutive parts whose
+/// weights (and biases) stack run as one matmul: q, k and v of one type are one
+/// product, and where v alone has another type (llama.cpp's Q4_K_M gives v Q6_K),
+/// q and k still are.
 #[derive(Debug)]
-pub enum Projections {
-    /// One layer per output.
-    Separate(Vec<Linear>),
-    /// One stacked layer, and the width of each part.
-    Fused(Linear, Vec<usize>),
+pub struct Projections {
+    /// One layer per run of stacked parts, and the width of each part in it.
+    runs: Vec<(Linear, Vec<usize>)>,
 }
 
 impl Projections {
-    /// Fuses `parts` when their weights (and biases) can be stacked.
+    /// Stacks each part onto the run before it where their weights (and biases) can
+    /// be stacked.
     pub fn new(parts: Vec<Linear>) -> Self {
-        let widths: Vec<usize> = parts.iter().map(|l| l.weight.dims().0).collect();
-        let weights: Vec<&Matrix> = parts.iter().map(|l| &l.weight).collect();
-        let bias = if parts.iter().all(|l| l.bias.is_none()) {
-            Some(None)
-        } else {
-            let bs: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
-            bs.and_then(|b| Tensor::cat(&b, 0).ok()).map(Some)
-        };
-        match (Matrix::concat_rows(&weights), bias) {
-            (Some(weight), Some(bias)) if parts.len() > 1 => {
-                Projections::Fused(Linear { weight, bias }, widths)
+        let mut runs: Vec<(Linear, Vec<usize>)> = Vec::new();
+        for part in parts {
+            let width = part.weight.dims().0;
+            if let Some((run, widths)) = runs.last_mut()
+                && let Some(stacked) = run.stack(&part)
+            {
+                *run = stacked;
+                widths.push(width);
+                continue;
             }
-            _ => Projections::Separate(parts),
+            runs.push((part, vec![width]));
         }
+        Self { runs }
     }
 
-    /// The fused projection and its parts' widths, when the parts were fused.
-    pub fn fused(&self) -> Option<(&Linear, &[usize])> {
-        match self {
-            Projections::Fused(l, widths) => Some((l, widths)),
-            Projections::Separate(_) => None,
-        }
+    /// How many matmuls a forward pass takes: one per run of stacked parts.
+    pub fn matmuls(&self) -> usize {
+        self.runs.len()
     }
 
     /// The outputs of every part for `x` [m, in].
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        match self {
-            Projections::Separate(ls) => ls.iter().map(|l| l.forward(x)).collect(),
-            Projections::Fused(l, widths) => {
-                let y = l.forward(x)?;
-                let mut out = Vec::with_capacity(widths.len());
-                let mut off = 0;
-                for w in widths {
-                    out.push(y.narrow(1, off, *w)?);
-                    off += w;
-                }
-                Ok(out)
+        let mut out = Vec::new();
+        for (l, widths) in &self.runs {
+            let y = l.forward(x)?;
+            let mut off = 0;
+            for w in widths {
+                out.push(y.narrow(1, off, *w)?);
+                off += w;
             }
         }
+        Ok(out)
     }
 }
 
@@ -258,6 +252,18 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// `self` with `next`'s rows after its own, when their weights stack and both or
+    /// neither have a bias.
+    fn stack(&self, next: &Linear) -> Option<Linear> {
+        let weight = Matrix::concat_rows(&[&self.weight, &next.weight])?;
+        let bias = match (&self.bias, &next.bias) {
+            (None, None) => None,
+            (Some(a), Some(b)) => Some(Tensor::cat(&[a, b], 0).ok()?),
+            _ => return None,
+        };
+        Some(Linear { weight, bias })
+    }
+
     /// Applies the layer to `x` [m, in].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.weight.matmul_t(x)?;
@@ -319,25 +325,87 @@ impl Projections {
     /// [`Projections::forward`] on the host: the parts' outputs side by side in each
     /// row of `out`, [m, Σ widths].
     pub fn forward_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
-        match self {
-            Projections::Fused(l, _) => l.forward_host(x, m, out),
-            Projections::Separate(ls) => {
-                let parts = ls
-                    .iter()
-                    .map(|l| {
-                        let mut y = Vec::new();
-                        l.forward_host(x, m, &mut y)?;
-                        Ok((y, l.weight.dims().0.max(1)))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                out.clear();
-                for i in 0..m {
-                    for (y, w) in &parts {
-                        out.extend_from_slice(&y[i * w..(i + 1) * w]);
-                    }
-                }
-                Ok(())
+        if let [(l, _)] = self.runs.as_slice() {
+            return l.forward_host(x, m, out);
+        }
+        let runs = self
+            .runs
+            .iter()
+            .map(|(l, _)| {
+                let mut y = Vec::new();
+                l.forward_host(x, m, &mut y)?;
+                Ok((y, l.weight.dims().0.max(1)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.clear();
+        for i in 0..m {
+            for (y, w) in &runs {
+                out.extend_from_slice(&y[i * w..(i + 1) * w]);
             }
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gllm_kernels::BlockType;
+    use gllm_kernels::testdata::random_blocks;
+
+    use super::*;
+
+    fn packed(ty: BlockType, rows: usize, seed: u64) -> Linear {
+        let data = random_blocks(ty, rows, 256, seed);
+        let q = QuantMatrix::from_gguf(ty, rows, 256, &data).expect("whole blocks");
+        Linear {
+            weight: Matrix::Packed(q),
+            bias: None,
+        }
+    }
+
+    #[test]
+    fn parts_that_stack_share_a_matmul_and_every_part_keeps_its_columns() -> Result<()> {
+        // Q4_K_M's q, k and v: q and k stack, v (Q6_K) runs alone.
+        let parts = || {
+            vec![
+                packed(BlockType::Q4_K, 16, 1),
+                packed(BlockType::Q4_K, 8, 2),
+                packed(BlockType::Q6_K, 8, 3),
+            ]
+        };
+        let alone = parts();
+        let p = Projections::new(parts());
+        assert_eq!(p.matmuls(), 2);
+        let m = 3;
+        let x: Vec<f32> = (0..m * 256)
+            .map(|i| ((i * 7 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let mut got = Vec::new();
+        p.forward_host(&x, m, &mut got)?;
+        let mut want = vec![Vec::new(); m];
+        for l in &alone {
+            let mut y = Vec::new();
+            l.forward_host(&x, m, &mut y)?;
+            let w = l.weight.dims().0;
+            for (i, row) in want.iter_mut().enumerate() {
+                row.extend_from_slice(&y[i * w..(i + 1) * w]);
+            }
+        }
+        assert_eq!(got, want.concat(), "stacked outputs are the parts' bits");
+        let t = Tensor::from_slice(&x, (m, 256), &Device::Cpu)?;
+        let outs = p.forward(&t)?;
+        let widths: Vec<usize> = outs.iter().map(|o| o.dims()[1]).collect();
+        assert_eq!(widths, [16, 8, 8]);
+
+        let same = Projections::new(vec![
+            packed(BlockType::Q4_K, 16, 1),
+            packed(BlockType::Q4_K, 8, 2),
+        ]);
+        assert_eq!(same.matmuls(), 1);
+        // A bias on one part only: nothing stacks.
+        let mut biased = parts();
+        biased[1].bias = Some(Tensor::zeros(8, DType::F32, &Device::Cpu)?);
+        assert_eq!(Projections::new(biased).matmuls(), 3);
+        Ok(())
     }
 }
