@@ -3,9 +3,15 @@
 //!
 //! `cargo run --release -p gllm-kernels --example kernel_bench [-- M [TYPE,...]]`
 //! Threads: `RAYON_NUM_THREADS` (default: all cores); `GLLM_KERNELS=avx2|scalar` caps
-//! the kernels. Prints GB/s of weights read, GMAC/s and the time per call (best of five rounds): the figures
-//! to compare kernel changes by.
+//! the kernels. Prints GB/s of weights read, GMAC/s and the time per call (best of five
+//! rounds): the figures to compare kernel changes by.
+//!
+//! By default one matrix per shape is multiplied again and again, so the smaller ones
+//! are read from the CPU's caches. `GLLM_BENCH_COLD=1` cycles through copies of each
+//! matrix (96 MiB in all), so that every call reads its weights from memory, as a
+//! decode step does.
 
+use std::cell::Cell;
 use std::time::Instant;
 
 use gllm_kernels::testdata::{Rng, random_blocks};
@@ -40,10 +46,14 @@ fn main() -> anyhow::Result<()> {
         for (name, rows, cols) in shapes {
             // k-quants need widths that are multiples of 256: 896 becomes 1024.
             let cols = cols.next_multiple_of(ty.block_values());
-            let data = random_blocks(ty, rows, cols, 7);
-            let p = QuantMatrix::from_gguf(ty, rows, cols, &data)?;
-            measure(ty.name(), name, rows, cols, data.len(), m, |x, out| {
-                p.matmul(x, m, out)
+            let bytes = rows * cols / ty.block_values() * ty.block_bytes();
+            let ps = (0..copies(bytes))
+                .map(|i| QuantMatrix::from_gguf(ty, rows, cols, &random_blocks(ty, rows, cols, i)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = Cell::new(0);
+            measure(ty.name(), name, rows, cols, bytes, m, |x, out| {
+                next.set((next.get() + 1) % ps.len());
+                ps[next.get()].matmul(x, m, out)
             });
         }
     }
@@ -80,6 +90,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How many copies of a matrix of `bytes` the run cycles through: one, or with
+/// `GLLM_BENCH_COLD` set, enough to fill 96 MiB (more than any L3 cache here).
+fn copies(bytes: usize) -> u64 {
+    if std::env::var_os("GLLM_BENCH_COLD").is_some() {
+        ((96 << 20) / bytes.max(1)).max(1) as u64
+    } else {
+        1
+    }
 }
 
 fn measure(
