@@ -23,14 +23,28 @@ fn main() -> anyhow::Result<()> {
     let only: Option<Vec<String>> = args
         .next()
         .map(|s| s.split(',').map(|t| t.to_ascii_uppercase()).collect());
-    // (name, rows, cols): fused qkv, o, fused gate/up, down, lm_head.
-    let shapes: [(&str, usize, usize); 5] = [
-        ("qkv", 1152, 896),
-        ("o", 896, 896),
-        ("gate_up", 9728, 896),
-        ("down", 896, 4864),
-        ("lm_head", 151936, 896),
-    ];
+    // (name, rows, cols): fused qkv, o, fused gate/up, down, lm_head of Qwen2-0.5B, or
+    // with GLLM_BENCH_MODEL=qwen3-0.6b Qwen3-0.6B's (q and k fused: Q4_K_M gives v
+    // another type).
+    let qwen3 = std::env::var("GLLM_BENCH_MODEL").is_ok_and(|m| m == "qwen3-0.6b");
+    let shapes: &[(&str, usize, usize)] = if qwen3 {
+        &[
+            ("qk", 3072, 1024),
+            ("v", 1024, 1024),
+            ("o", 1024, 2048),
+            ("gate_up", 6144, 1024),
+            ("down", 1024, 3072),
+            ("lm_head", 151936, 1024),
+        ]
+    } else {
+        &[
+            ("qkv", 1152, 896),
+            ("o", 896, 896),
+            ("gate_up", 9728, 896),
+            ("down", 896, 4864),
+            ("lm_head", 151936, 896),
+        ]
+    };
     println!(
         "m = {m}, threads = {}, kernels {:?}",
         rayon::current_num_threads(),
@@ -43,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         {
             continue;
         }
-        for (name, rows, cols) in shapes {
+        for &(name, rows, cols) in shapes {
             // k-quants need widths that are multiples of 256: 896 becomes 1024.
             let cols = cols.next_multiple_of(ty.block_values());
             let bytes = rows * cols / ty.block_values() * ty.block_bytes();
@@ -65,7 +79,7 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         let mut rng = Rng::new(3);
-        for (name, rows, cols) in shapes {
+        for &(name, rows, cols) in shapes {
             let w: Vec<u16> = (0..rows * cols)
                 .map(|_| kind.from_f32(rng.uniform(-0.05, 0.05)))
                 .collect();
@@ -81,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         .is_none_or(|o| o.iter().any(|t| t.eq_ignore_ascii_case("f32")))
     {
         let mut rng = Rng::new(3);
-        for (name, rows, cols) in shapes {
+        for &(name, rows, cols) in shapes {
             let w: Vec<f32> = (0..rows * cols).map(|_| rng.uniform(-0.05, 0.05)).collect();
             let p = PackedF32::new(rows, cols, &w).ok_or_else(|| anyhow::anyhow!("sizes"))?;
             measure("f32", name, rows, cols, w.len() * 4, m, |x, out| {
