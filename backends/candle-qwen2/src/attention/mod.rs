@@ -192,9 +192,13 @@ pub fn attend_with<T: KvElem>(
     // One task per (position, KV head): the `group` query heads that share the KV
     // head are scored together, so each cached key and value is read once per group,
     // not once per query head. Enough tasks per hand-off to pay for it, counted by the
-    // mean number of keys a task reads (causal: half the prompt on average).
+    // mean number of keys a task reads (causal: half the prompt on average) times the
+    // query heads that score them. A decode step of Qwen3-0.6B (8 KV heads of 128) at
+    // 150 cached positions has eight tasks of 300: split in two. It had run on one
+    // thread (at 8192), and reading its 1.2 MB of keys and values from memory with
+    // one core made attention 17% of the step; split, decode measured 15% faster.
     let mean_keys = offset + n.div_ceil(2);
-    let min_len = (8192 / (mean_keys * group).max(d)).max(1);
+    let min_len = (1024 / (mean_keys * group).max(d)).max(1);
     out.par_chunks_mut(group * d)
         .with_min_len(min_len)
         .enumerate()
