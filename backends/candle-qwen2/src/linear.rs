@@ -79,6 +79,29 @@ impl Matrix {
         }
     }
 
+    /// `x` [m, cols] times the transpose, on the host: [m, rows]. The repacked
+    /// matrices run their kernels on the slice; the others go through candle.
+    pub fn matmul_t_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
+        let (rows, cols) = self.dims();
+        if x.len() != m * cols {
+            return Err(internal(format!(
+                "matmul: {} inputs for {m} rows of width {cols}",
+                x.len()
+            )));
+        }
+        // The kernels write every output: `resize` only zeroes a buffer's growth.
+        out.resize(m * rows, 0.0);
+        match self {
+            Matrix::Half(h) => h.matmul(x, m, out),
+            Matrix::Packed(p) => p.matmul(x, m, out),
+            Matrix::F32(_) | Matrix::Quant(_) => {
+                let t = Tensor::from_slice(x, (m, cols), &Device::Cpu)?;
+                *out = self.matmul_t(&t)?.flatten_all()?.to_vec1()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Rows `ids` as f32: [ids.len(), cols]. Ids must be checked by the caller.
     pub fn rows_f32(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
         match self {
@@ -108,6 +131,12 @@ impl Matrix {
         }
     }
 
+    /// Rows `ids` as f32 on the host: [ids.len() · cols]. Ids must be checked by the
+    /// caller.
+    pub fn rows_host(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        on_host(&self.rows_f32(ids, &Device::Cpu)?, <[f32]>::to_vec)
+    }
+
     /// The whole matrix as an f32 tensor.
     pub fn to_f32(&self, device: &Device) -> Result<Tensor> {
         match self {
@@ -130,27 +159,7 @@ impl Matrix {
             }
         }
     }
-}
 
-/// Runs `f` on the f32 values of `x` in row-major order: in place for a CPU tensor,
-/// copied to the host from other devices.
-pub(crate) fn on_host<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => {
-            let xs = cpu.as_slice::<f32>()?;
-            let start = layout.start_offset();
-            Ok(f(&xs[start..start + x.elem_count()]))
-        }
-        _ => {
-            drop(storage);
-            Ok(f(&x.flatten_all()?.to_vec1::<f32>()?))
-        }
-    }
-}
-
-impl Matrix {
     /// Stacks matrices of one storage kind and width into one (rows in order), so that
     /// projections sharing an input run as one matmul; `None` when they differ.
     pub fn concat_rows(parts: &[&Matrix]) -> Option<Matrix> {
@@ -181,6 +190,24 @@ impl Matrix {
                 QuantMatrix::concat_rows(&ps).map(Matrix::Packed)
             }
             Matrix::Quant(_) => None,
+        }
+    }
+}
+
+/// Runs `f` on the f32 values of `x` in row-major order: in place for a CPU tensor,
+/// copied to the host from other devices.
+pub(crate) fn on_host<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let xs = cpu.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            Ok(f(&xs[start..start + x.elem_count()]))
+        }
+        _ => {
+            drop(storage);
+            Ok(f(&x.flatten_all()?.to_vec1::<f32>()?))
         }
     }
 }
@@ -240,6 +267,30 @@ impl Projections {
         }
         Ok(out)
     }
+
+    /// [`Projections::forward`] on the host: the parts' outputs side by side in each
+    /// row of `out`, [m, Σ widths].
+    pub fn forward_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
+        if let [(l, _)] = self.runs.as_slice() {
+            return l.forward_host(x, m, out);
+        }
+        let runs = self
+            .runs
+            .iter()
+            .map(|(l, _)| {
+                let mut y = Vec::new();
+                l.forward_host(x, m, &mut y)?;
+                Ok((y, l.weight.dims().0.max(1)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.clear();
+        for i in 0..m {
+            for (y, w) in &runs {
+                out.extend_from_slice(&y[i * w..(i + 1) * w]);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `y = x · Wᵀ (+ b)`.
@@ -272,40 +323,7 @@ impl Linear {
             None => Ok(y),
         }
     }
-}
 
-impl Matrix {
-    /// `x` [m, cols] times the transpose, on the host: [m, rows]. The repacked
-    /// matrices run their kernels on the slice; the others go through candle.
-    pub fn matmul_t_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
-        let (rows, cols) = self.dims();
-        if x.len() != m * cols {
-            return Err(internal(format!(
-                "matmul: {} inputs for {m} rows of width {cols}",
-                x.len()
-            )));
-        }
-        // The kernels write every output: `resize` only zeroes a buffer's growth.
-        out.resize(m * rows, 0.0);
-        match self {
-            Matrix::Half(h) => h.matmul(x, m, out),
-            Matrix::Packed(p) => p.matmul(x, m, out),
-            Matrix::F32(_) | Matrix::Quant(_) => {
-                let t = Tensor::from_slice(x, (m, cols), &Device::Cpu)?;
-                *out = self.matmul_t(&t)?.flatten_all()?.to_vec1()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Rows `ids` as f32 on the host: [ids.len() · cols]. Ids must be checked by the
-    /// caller.
-    pub fn rows_host(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        on_host(&self.rows_f32(ids, &Device::Cpu)?, <[f32]>::to_vec)
-    }
-}
-
-impl Linear {
     /// [`Linear::forward`] on the host: `x` [m, in] → `out` [m, out].
     pub fn forward_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
         self.weight.matmul_t_host(x, m, out)?;
@@ -316,32 +334,6 @@ impl Linear {
                     crate::host::add_into(row, b);
                 }
             })?;
-        }
-        Ok(())
-    }
-}
-
-impl Projections {
-    /// [`Projections::forward`] on the host: the parts' outputs side by side in each
-    /// row of `out`, [m, Σ widths].
-    pub fn forward_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
-        if let [(l, _)] = self.runs.as_slice() {
-            return l.forward_host(x, m, out);
-        }
-        let runs = self
-            .runs
-            .iter()
-            .map(|(l, _)| {
-                let mut y = Vec::new();
-                l.forward_host(x, m, &mut y)?;
-                Ok((y, l.weight.dims().0.max(1)))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        out.clear();
-        for i in 0..m {
-            for (y, w) in &runs {
-                out.extend_from_slice(&y[i * w..(i + 1) * w]);
-            }
         }
         Ok(())
     }
