@@ -36,6 +36,9 @@ struct Scratch {
     ffn: Vec<f32>,
     /// SwiGLU, [rows, intermediate].
     act: Vec<f32>,
+    /// One run's product where projections run as several matmuls (see
+    /// [`crate::linear::Projections::forward_host`]).
+    part: Vec<f32>,
 }
 
 impl Qwen2Model {
@@ -86,7 +89,7 @@ impl Qwen2Model {
         };
         let rows = x.len() / hidden;
         rms_norm(x, &l.input_norm, hidden, eps, &mut sc.h)?;
-        l.qkv.forward_host(&sc.h, rows, &mut sc.qkv)?;
+        l.qkv.forward_host(&sc.h, rows, &mut sc.qkv, &mut sc.part)?;
         let (qw, kw) = (shape.heads * d, shape.kv_heads * d);
         let width = qw + 2 * kw;
         if sc.qkv.len() != rows * width {
@@ -124,7 +127,8 @@ impl Qwen2Model {
         add_into(x, &sc.out);
 
         rms_norm(x, &l.post_norm, hidden, eps, &mut sc.h)?;
-        l.gate_up.forward_host(&sc.h, rows, &mut sc.ffn)?;
+        l.gate_up
+            .forward_host(&sc.h, rows, &mut sc.ffn, &mut sc.part)?;
         swiglu(&sc.ffn, rows, &mut sc.act)?;
         l.down.forward_host(&sc.act, rows, &mut sc.out)?;
         add_into(x, &sc.out);

@@ -269,25 +269,29 @@ impl Projections {
     }
 
     /// [`Projections::forward`] on the host: the parts' outputs side by side in each
-    /// row of `out`, [m, Σ widths].
-    pub fn forward_host(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
+    /// row of `out`, [m, Σ widths]. With more than one run, each run's product goes
+    /// through `part` (the caller's buffer, reused from call to call) into its columns.
+    pub fn forward_host(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut Vec<f32>,
+        part: &mut Vec<f32>,
+    ) -> Result<()> {
         if let [(l, _)] = self.runs.as_slice() {
             return l.forward_host(x, m, out);
         }
-        let runs = self
-            .runs
-            .iter()
-            .map(|(l, _)| {
-                let mut y = Vec::new();
-                l.forward_host(x, m, &mut y)?;
-                Ok((y, l.weight.dims().0.max(1)))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        out.clear();
-        for i in 0..m {
-            for (y, w) in &runs {
-                out.extend_from_slice(&y[i * w..(i + 1) * w]);
+        let width: usize = self.runs.iter().map(|(l, _)| l.weight.dims().0).sum();
+        // Every column is written below: `resize` only zeroes a buffer's growth.
+        out.resize(m * width, 0.0);
+        let mut col = 0;
+        for (l, _) in &self.runs {
+            let w = l.weight.dims().0;
+            l.forward_host(x, m, part)?;
+            for (dst, src) in out.chunks_exact_mut(width).zip(part.chunks_exact(w.max(1))) {
+                dst[col..col + w].copy_from_slice(src);
             }
+            col += w;
         }
         Ok(())
     }
@@ -372,8 +376,8 @@ mod tests {
         let x: Vec<f32> = (0..m * 256)
             .map(|i| ((i * 7 % 23) as f32 - 11.0) / 7.0)
             .collect();
-        let mut got = Vec::new();
-        p.forward_host(&x, m, &mut got)?;
+        let (mut got, mut part) = (Vec::new(), Vec::new());
+        p.forward_host(&x, m, &mut got, &mut part)?;
         let mut want = vec![Vec::new(); m];
         for l in &alone {
             let mut y = Vec::new();
