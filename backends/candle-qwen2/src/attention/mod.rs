@@ -302,6 +302,33 @@ mod tests {
         out
     }
 
+    /// Attention over a cache of `T` holding keys `k` and values `v`, with every kernel
+    /// level this CPU has (the scalar loops included): within 1e-5 of `want`.
+    fn check_cache<T: KvElem>(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        offset: usize,
+        s: AttentionShape,
+        want: &[f32],
+    ) {
+        let t = k.len() / (s.kv_heads * s.head_dim);
+        let mut cache = vec![T::default(); key_cache_len(t, s.kv_heads, s.head_dim)];
+        store_keys(&mut cache, 0, k, s.kv_heads, s.head_dim);
+        let v: Vec<T> = v.iter().map(|x| T::from_f32(*x)).collect();
+        let mut out = vec![0f32; q.len()];
+        let cache_type = if T::F16 { "f16" } else { "f32" };
+        for isa in Isa::available() {
+            attend_with(isa, q, &cache, &v, offset, s, &mut out);
+            for (j, (a, b)) in out.iter().zip(want).enumerate() {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "{cache_type} cache, {isa:?} {s:?} offset {offset} [{j}]: {a} vs {b}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn matches_the_written_out_attention() {
         // An odd head width (scalar value sums), Qwen2-0.5B's groups of seven heads of
@@ -328,38 +355,15 @@ mod tests {
             let v: Vec<f32> = (0..t * s.kv_heads * s.head_dim)
                 .map(|i| val(i, 11))
                 .collect();
-            let mut cache = vec![0f32; key_cache_len(t, s.kv_heads, s.head_dim)];
-            store_keys(&mut cache, 0, &k, s.kv_heads, s.head_dim);
-            let mut out = vec![0f32; q.len()];
             let want = naive(&q, &k, &v, offset, s);
-            // Every kernel level this CPU has, the scalar loops included.
-            for isa in Isa::available() {
-                attend_with(isa, &q, &cache, &v, offset, s, &mut out);
-                for (j, (a, b)) in out.iter().zip(&want).enumerate() {
-                    assert!(
-                        (a - b).abs() < 1e-5,
-                        "{isa:?} {s:?} offset {offset} n {n} [{j}]: {a} vs {b}"
-                    );
-                }
-            }
+            check_cache::<f32>(&q, &k, &v, offset, s, &want);
             // An f16 cache: the attention of the keys and values rounded to f16, to
             // the same tolerance (the kernels widen them exactly).
             let round = |x: &[f32]| -> Vec<f32> {
                 x.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect()
             };
             let want16 = naive(&q, &round(&k), &round(&v), offset, s);
-            let mut cache16 = vec![half::f16::ZERO; cache.len()];
-            store_keys(&mut cache16, 0, &k, s.kv_heads, s.head_dim);
-            let v16: Vec<half::f16> = v.iter().map(|x| half::f16::from_f32(*x)).collect();
-            for isa in Isa::available() {
-                attend_with(isa, &q, &cache16, &v16, offset, s, &mut out);
-                for (j, (a, b)) in out.iter().zip(&want16).enumerate() {
-                    assert!(
-                        (a - b).abs() < 1e-5,
-                        "f16 cache, {isa:?} {s:?} offset {offset} n {n} [{j}]: {a} vs {b}"
-                    );
-                }
-            }
+            check_cache::<half::f16>(&q, &k, &v, offset, s, &want16);
             let rounding = want16
                 .iter()
                 .zip(&want)
