@@ -237,7 +237,8 @@ fn with_tensor_type(src: &Path, name: &str, ty: u32, tag: &str) -> Result<std::p
 }
 
 #[test]
-fn unknown_and_truncated_tensors_are_invalid_model_errors_naming_them() -> Result<()> {
+fn unknown_types_bad_widths_and_truncated_tensors_are_invalid_model_errors_naming_them()
+-> Result<()> {
     let src = fixture("gguf/tiny-qwen2-q8_0.gguf");
     // IQ4_NL (20): a block type gllm has no kernel for.
     let path = with_tensor_type(&src, "blk.1.attn_q.weight", 20, "iq4nl")?;
@@ -250,6 +251,20 @@ fn unknown_and_truncated_tensors_are_invalid_model_errors_naming_them() -> Resul
     ensure!(err.kind == gllm_api::ErrorKind::InvalidModel, "{msg}");
     ensure!(
         msg.contains("blk.1.attn_q.weight") && msg.contains("IQ4_NL"),
+        "{msg}"
+    );
+
+    // Q4_K (12) on a row narrower than its 256-value super-block.
+    let path = with_tensor_type(&src, "blk.1.attn_q.weight", 12, "q4k-width")?;
+    let err = FACTORY
+        .load(&spec(&path, "qwen2", &[]), Device::CPU)
+        .err()
+        .context("a width that is no whole number of blocks loads")?;
+    let _ = std::fs::remove_file(&path);
+    let msg = err.to_string();
+    ensure!(err.kind == gllm_api::ErrorKind::InvalidModel, "{msg}");
+    ensure!(
+        msg.contains("blk.1.attn_q.weight") && msg.contains("Q4K"),
         "{msg}"
     );
 
