@@ -240,45 +240,34 @@ fn with_tensor_type(src: &Path, name: &str, ty: u32, tag: &str) -> Result<std::p
 fn unknown_types_bad_widths_and_truncated_tensors_are_invalid_model_errors_naming_them()
 -> Result<()> {
     let src = fixture("gguf/tiny-qwen2-q8_0.gguf");
-    // IQ4_NL (20): a block type gllm has no kernel for.
-    let path = with_tensor_type(&src, "blk.1.attn_q.weight", 20, "iq4nl")?;
-    let err = FACTORY
-        .load(&spec(&path, "qwen2", &[]), Device::CPU)
-        .err()
-        .context("an unknown type loads")?;
-    let _ = std::fs::remove_file(&path);
-    let msg = err.to_string();
-    ensure!(err.kind == gllm_api::ErrorKind::InvalidModel, "{msg}");
-    ensure!(
-        msg.contains("blk.1.attn_q.weight") && msg.contains("IQ4_NL"),
-        "{msg}"
-    );
-
-    // Q4_K (12) on a row narrower than its 256-value super-block.
-    let path = with_tensor_type(&src, "blk.1.attn_q.weight", 12, "q4k-width")?;
-    let err = FACTORY
-        .load(&spec(&path, "qwen2", &[]), Device::CPU)
-        .err()
-        .context("a width that is no whole number of blocks loads")?;
-    let _ = std::fs::remove_file(&path);
-    let msg = err.to_string();
-    ensure!(err.kind == gllm_api::ErrorKind::InvalidModel, "{msg}");
-    ensure!(
-        msg.contains("blk.1.attn_q.weight") && msg.contains("Q4K"),
-        "{msg}"
-    );
+    // Loads `path` (then removes it): an invalid-model error, whose message is returned.
+    let invalid_model = |path: &Path, what: &str| -> Result<String> {
+        let err = FACTORY
+            .load(&spec(path, "qwen2", &[]), Device::CPU)
+            .err()
+            .with_context(|| format!("{what} loads"));
+        let _ = std::fs::remove_file(path);
+        let err = err?;
+        let msg = err.to_string();
+        ensure!(err.kind == gllm_api::ErrorKind::InvalidModel, "{msg}");
+        Ok(msg)
+    };
+    // IQ4_NL (20): a block type gllm has no kernel for; Q4_K (12) on tiny-qwen2's
+    // 32-wide rows, no whole 256-value super-block.
+    for (ty, tag, type_name) in [(20, "iq4nl", "IQ4_NL"), (12, "q4k-width", "Q4K")] {
+        let path = with_tensor_type(&src, "blk.1.attn_q.weight", ty, tag)?;
+        let msg = invalid_model(&path, tag)?;
+        ensure!(
+            msg.contains("blk.1.attn_q.weight") && msg.contains(type_name),
+            "{msg}"
+        );
+    }
 
     // Truncated tensor data: the last tensor's bytes are cut short.
     let bytes = std::fs::read(&src)?;
     let cut = std::env::temp_dir().join(format!("gllm-gguf-cut-{}.gguf", std::process::id()));
     std::fs::write(&cut, &bytes[..bytes.len() - 100])?;
-    let err = FACTORY
-        .load(&spec(&cut, "qwen2", &[]), Device::CPU)
-        .err()
-        .context("a truncated file loads")?;
-    let _ = std::fs::remove_file(&cut);
-    let msg = err.to_string();
-    ensure!(err.kind == gllm_api::ErrorKind::InvalidModel, "{msg}");
+    let msg = invalid_model(&cut, "a truncated file")?;
     ensure!(msg.contains("tensor `output_norm.weight` (F32)"), "{msg}");
     Ok(())
 }
