@@ -25,9 +25,17 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.split(',').map(|t| t.to_ascii_uppercase()).collect());
     // (name, rows, cols): fused qkv, o, fused gate/up, down, lm_head of Qwen2-0.5B, or
     // with GLLM_BENCH_MODEL=qwen3-0.6b Qwen3-0.6B's (q and k fused: Q4_K_M gives v
-    // another type).
-    let qwen3 = std::env::var("GLLM_BENCH_MODEL").is_ok_and(|m| m == "qwen3-0.6b");
-    let shapes: &[(&str, usize, usize)] = if qwen3 {
+    // another type), or with GLLM_BENCH_MODEL=minilm all-MiniLM-L6-v2's.
+    let model = std::env::var("GLLM_BENCH_MODEL").unwrap_or_default();
+    let shapes: &[(&str, usize, usize)] = if model == "minilm" {
+        // all-MiniLM-L6-v2's encoder layer (f32 and int8 encoders).
+        &[
+            ("qkv", 1152, 384),
+            ("o", 384, 384),
+            ("inter", 1536, 384),
+            ("output", 384, 1536),
+        ]
+    } else if model == "qwen3-0.6b" {
         &[
             ("qk", 3072, 1024),
             ("v", 1024, 1024),

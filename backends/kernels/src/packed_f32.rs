@@ -4,9 +4,9 @@
 //!
 //! The layout is f16's ([`crate::half`]) in f32: [groups, cols, 8], so one load gives
 //! one position of the group's eight rows. The AVX2 kernel (also taken on AVX-512
-//! CPUs) multiplies each load into a tile of four activation rows, with two
-//! accumulation chains per row (even and odd positions) whatever the tile, so a row
-//! gives the same bits alone as in a batch.
+//! CPUs) multiplies each pair of group loads into a tile of six activation rows, with
+//! one accumulation chain per row and group whatever the tile, so a row gives the
+//! same bits alone as in a batch.
 
 use crate::grouped::{GROUP, GroupOut, par_groups_or_pairs};
 use crate::isa::Isa;
@@ -70,22 +70,20 @@ impl PackedF32 {
         }
         // Many rows go through in blocks whose activations stay in L2 while every group
         // reads them (a row's sums do not depend on the blocks).
-        let block = (ROW_BLOCK_BYTES / (4 * self.cols).max(1)).max(4) / 4 * 4;
+        let block = (ROW_BLOCK_BYTES / (4 * self.cols).max(1)).max(6) / 6 * 6;
         for (xb, ob) in x
             .chunks(block * self.cols.max(1))
             .zip(out.chunks_mut(block * self.rows))
         {
             let mb = xb.len() / self.cols.max(1);
             let min_groups = 8192 / (self.cols * mb).max(1);
-            // Several rows: two groups (sixteen weight rows) per broadcast activation.
+            // Two groups (sixteen weight rows) per broadcast activation.
             #[cfg(target_arch = "x86_64")]
-            let pair = (isa != Isa::Scalar && mb > 1).then_some(
-                |g, o0: &mut GroupOut, o1: &mut GroupOut| {
-                    // SAFETY: as below, for groups `g` and `g + 1` (both exist when a
-                    // pair is handed over).
-                    unsafe { x86::group_pair(self, xb, mb, g, o0, o1) }
-                },
-            );
+            let pair = (isa != Isa::Scalar).then_some(|g, o0: &mut GroupOut, o1: &mut GroupOut| {
+                // SAFETY: as below, for groups `g` and `g + 1` (both exist when a
+                // pair is handed over).
+                unsafe { x86::group_pair(self, xb, mb, g, o0, o1) }
+            });
             #[cfg(not(target_arch = "x86_64"))]
             let pair: Option<fn(usize, &mut GroupOut, &mut GroupOut)> = None;
             let single = |g, o: &mut GroupOut| {
@@ -122,26 +120,19 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{GROUP, GroupOut, PackedF32};
-    use crate::half::x86::store_chains;
     use crate::legacy::x86::PREFETCH_AHEAD;
 
+    /// Rows per tile: six rows by two groups are twelve accumulators, with two weight
+    /// registers and a broadcast (of AVX2's sixteen).
+    const ROWS: usize = 6;
+
+    /// Group `g` alone (the last of an odd number) for every activation row.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn group(w: &PackedF32, x: &[f32], m: usize, g: usize, out: &mut GroupOut) {
-        unsafe {
-            let mut i0 = 0;
-            while i0 + 4 <= m {
-                tile::<4, 1>(w, x, g, i0, [&mut *out]);
-                i0 += 4;
-            }
-            while i0 < m {
-                tile::<1, 1>(w, x, g, i0, [&mut *out]);
-                i0 += 1;
-            }
-        }
+        unsafe { rows::<1>(w, x, m, g, [out]) }
     }
 
-    /// Groups `g` and `g + 1` for every activation row: three rows share each pair of
-    /// weight loads (twelve accumulators, two weight registers and a broadcast).
+    /// Groups `g` and `g + 1` for every activation row.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn group_pair(
         w: &PackedF32,
@@ -151,22 +142,38 @@ mod x86 {
         o0: &mut GroupOut,
         o1: &mut GroupOut,
     ) {
+        unsafe { rows::<2>(w, x, m, g, [o0, o1]) }
+    }
+
+    /// Every row of `x` times the `N` groups from `g`, in tiles of [`ROWS`] rows and
+    /// one tile of the rows left.
+    #[inline(always)]
+    unsafe fn rows<const N: usize>(
+        w: &PackedF32,
+        x: &[f32],
+        m: usize,
+        g: usize,
+        mut outs: [&mut GroupOut; N],
+    ) {
         unsafe {
             let mut i0 = 0;
-            while i0 + 3 <= m {
-                tile::<3, 2>(w, x, g, i0, [&mut *o0, &mut *o1]);
-                i0 += 3;
+            while i0 + ROWS <= m {
+                tile::<ROWS, N>(w, x, g, i0, &mut outs);
+                i0 += ROWS;
             }
-            while i0 < m {
-                tile::<1, 2>(w, x, g, i0, [&mut *o0, &mut *o1]);
-                i0 += 1;
+            match m - i0 {
+                5 => tile::<5, N>(w, x, g, i0, &mut outs),
+                4 => tile::<4, N>(w, x, g, i0, &mut outs),
+                3 => tile::<3, N>(w, x, g, i0, &mut outs),
+                2 => tile::<2, N>(w, x, g, i0, &mut outs),
+                1 => tile::<1, N>(w, x, g, i0, &mut outs),
+                _ => {}
             }
         }
     }
 
-    /// Rows `i0..i0 + T` of `x` times the `N` groups from `g`: per row and group,
-    /// chain 0 sums the even positions (and an odd width's last), chain 1 the odd ones,
-    /// whatever `T` and `N`.
+    /// Rows `i0..i0 + T` of `x` times the `N` groups from `g`: one accumulation chain
+    /// per row and group, over the positions in order, whatever `T` and `N`.
     // Register arrays are indexed by tile row and group on purpose.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
@@ -175,41 +182,47 @@ mod x86 {
         x: &[f32],
         g: usize,
         i0: usize,
-        outs: [&mut GroupOut; N],
+        outs: &mut [&mut GroupOut; N],
     ) {
         unsafe {
             let cols = w.cols;
             let ps: [*const f32; N] =
                 std::array::from_fn(|n| w.data.as_ptr().add((g + n) * cols * GROUP));
             let xs: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((i0 + t) * cols));
-            // [row][group][position parity]
-            let mut acc = [[[_mm256_setzero_ps(); 2]; N]; T];
-            // Position `c` into chain `j` of every row and group.
-            let step = |acc: &mut [[[__m256; 2]; N]; T], c: usize, j: usize| {
+            // [row][group]
+            let mut acc = [[_mm256_setzero_ps(); N]; T];
+            let step = |acc: &mut [[__m256; N]; T], c: usize| {
                 let wn: [__m256; N] =
                     std::array::from_fn(|n| _mm256_loadu_ps(ps[n].add(c * GROUP)));
                 for t in 0..T {
                     let xv = _mm256_broadcast_ss(&*xs[t].add(c));
                     for n in 0..N {
-                        acc[t][n][j] = _mm256_fmadd_ps(wn[n], xv, acc[t][n][j]);
+                        acc[t][n] = _mm256_fmadd_ps(wn[n], xv, acc[t][n]);
                     }
                 }
             };
             let mut c = 0;
+            // Two positions of a group are one cache line.
             while c + 2 <= cols {
                 for p in ps {
                     _mm_prefetch::<_MM_HINT_T0>(
                         (p.add(c * GROUP) as *const i8).wrapping_add(PREFETCH_AHEAD),
                     );
                 }
-                step(&mut acc, c, 0);
-                step(&mut acc, c + 1, 1);
+                step(&mut acc, c);
+                step(&mut acc, c + 1);
                 c += 2;
             }
             if c < cols {
-                step(&mut acc, c, 0);
+                step(&mut acc, c);
             }
-            store_chains(&acc, outs, i0);
+            for (n, o) in outs.iter_mut().enumerate() {
+                for (t, row) in acc.iter().enumerate() {
+                    let mut v = [0f32; GROUP];
+                    _mm256_storeu_ps(v.as_mut_ptr(), row[n]);
+                    o.store(i0 + t, &v);
+                }
+            }
         }
     }
 }
