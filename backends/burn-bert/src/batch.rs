@@ -127,7 +127,8 @@ fn plan(lengths: &[usize], p: Plan) -> Vec<Vec<usize>> {
     batches.into_iter().map(|(b, _)| b).collect()
 }
 
-/// Runs `f` on every batch (on up to `threads` threads) and returns its rows in input order.
+/// Runs `f` on every batch (on up to `threads` threads, each with its share of the
+/// thread pool's cores for the kernels inside `f`) and returns its rows in input order.
 pub fn run_batches<F>(inputs: &[Checked], p: Plan, f: F) -> Result<Vec<Vec<f32>>, BackendError>
 where
     F: Fn(&Batch) -> Result<Vec<Vec<f32>>, BackendError> + Sync,
@@ -142,6 +143,7 @@ where
         f(&b)
     };
     let workers = p.threads.min(batches.len());
+    let share = (rayon::current_num_threads() / workers.max(1)).max(1);
     let results: Vec<(usize, Rows)> = if workers <= 1 {
         batches.iter().map(|m| run(m)).enumerate().collect()
     } else {
@@ -150,11 +152,22 @@ where
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
                     scope.spawn(|| {
+                        // Each worker's kernels get their share of the cores in a pool of
+                        // their own: with the shared pool, two batches' matmuls (and the
+                        // threads waiting on them) took turns on the same cores.
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(share)
+                            .build()
+                            .ok();
                         let mut done = Vec::new();
                         loop {
                             let k = next.fetch_add(1, Ordering::Relaxed);
                             let Some(members) = batches.get(k) else { break };
-                            done.push((k, run(members)));
+                            let rows = match &pool {
+                                Some(pool) => pool.install(|| run(members)),
+                                None => run(members),
+                            };
+                            done.push((k, rows));
                         }
                         done
                     })
