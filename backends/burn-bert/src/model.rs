@@ -130,6 +130,9 @@ struct Norm {
     beta_host: Vec<f32>,
 }
 
+/// The query/key/value projection's name in a layer (its three tensors' prefix).
+const QKV: &str = "attention.self";
+
 #[derive(Clone)]
 struct Layer {
     /// Query, key and value fused into one `[hidden, 3 * hidden]` projection.
@@ -139,6 +142,18 @@ struct Layer {
     intermediate: Dense,
     output: Dense,
     output_norm: Norm,
+}
+
+impl Layer {
+    /// The dense layers with their names within the layer (as checkpoints name them).
+    fn denses_mut(&mut self) -> [(&'static str, &mut Dense); 4] {
+        [
+            (QKV, &mut self.qkv),
+            ("attention.output.dense", &mut self.attn_out),
+            ("intermediate.dense", &mut self.intermediate),
+            ("output.dense", &mut self.output),
+        ]
+    }
 }
 
 /// The sequence-classification head: `out(tanh(dense(first token)))`. In
@@ -374,7 +389,7 @@ impl BertEncoder {
         let mut complete = true;
         for i in 0..c.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
-            let qkv = l.qkv(&format!("{p}.attention.self"), h);
+            let qkv = l.qkv(&format!("{p}.{QKV}"), h);
             let attn_out = l.dense(&format!("{p}.attention.output.dense"), h, h);
             let attn_norm = l.norm(&format!("{p}.attention.output.LayerNorm"), h);
             let intermediate = l.dense(&format!("{p}.intermediate.dense"), c.intermediate_size, h);
@@ -435,35 +450,23 @@ impl BertEncoder {
             store.ignore(&format!("{prefix}{buffer}"));
         }
         store.finish(dir)?;
-        if int8 {
-            // The query/key/value projection stays f32: errors in q and k are
-            // amplified by the softmax over their products. With all four in int8,
-            // all-MiniLM-L6-v2's reference sentences fall to cosine 0.9983; with
-            // this one in f32 they keep ≥ 0.9993 (tiny-bert ≥ 0.9998).
+        // int8: every dense layer but the query/key/value projection, which stays f32:
+        // errors in q and k are amplified by the softmax over their products. With all
+        // four in int8, all-MiniLM-L6-v2's reference sentences fall to cosine 0.9983;
+        // with this one in f32 they keep ≥ 0.9993 (tiny-bert ≥ 0.9998).
+        // Packed: the host path multiplies by gllm-kernels, so the f32 weights left are
+        // repacked (and the device copies dropped).
+        if int8 || packed {
             for (i, layer) in layers.iter_mut().enumerate() {
-                let p = format!("encoder.layer.{i}");
-                layer.attn_out = layer
-                    .attn_out
-                    .to_int8(&format!("{p}.attention.output.dense"))?;
-                layer.intermediate = layer
-                    .intermediate
-                    .to_int8(&format!("{p}.intermediate.dense"))?;
-                layer.output = layer.output.to_int8(&format!("{p}.output.dense"))?;
-            }
-        }
-        if packed {
-            // The host path multiplies by gllm-kernels: the f32 weights are repacked
-            // (and the device copies dropped).
-            for (i, layer) in layers.iter_mut().enumerate() {
-                let p = format!("encoder.layer.{i}");
-                layer.qkv = layer.qkv.to_packed(&format!("{p}.attention.self"))?;
-                layer.attn_out = layer
-                    .attn_out
-                    .to_packed(&format!("{p}.attention.output.dense"))?;
-                layer.intermediate = layer
-                    .intermediate
-                    .to_packed(&format!("{p}.intermediate.dense"))?;
-                layer.output = layer.output.to_packed(&format!("{p}.output.dense"))?;
+                for (part, dense) in layer.denses_mut() {
+                    let name = format!("encoder.layer.{i}.{part}");
+                    if int8 && part != QKV {
+                        *dense = dense.to_int8(&name)?;
+                    }
+                    if packed {
+                        *dense = dense.to_packed(&name)?;
+                    }
+                }
             }
         }
         match (word, position, token_type, embed_norm) {
