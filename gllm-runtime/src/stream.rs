@@ -67,6 +67,12 @@ impl IncrementalDecoder {
 
 /// Finds stop strings in streamed text. Text that could still become a stop
 /// string is held back; the stop string itself is never emitted.
+///
+/// The stop string that completes first ends the text, as it would end a
+/// generation read character by character: of stops `["a", "caé"]` in "caé…",
+/// "a" (complete at "ca") wins over "caé", which starts earlier but completes
+/// later. Of stops completing at the same character, the longer (earlier-starting)
+/// one is cut. So the result does not depend on how the text arrives in pieces.
 #[derive(Debug, Clone, Default)]
 pub struct StopMatcher {
     stops: Vec<String>,
@@ -89,12 +95,13 @@ impl StopMatcher {
             return (delta.to_string(), false);
         }
         self.pending.push_str(delta);
+        // (end, start) of each stop's first occurrence; the first to complete wins.
         let hit = self
             .stops
             .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
+            .filter_map(|s| self.pending.find(s.as_str()).map(|at| (at + s.len(), at)))
             .min();
-        if let Some(pos) = hit {
+        if let Some((_, pos)) = hit {
             let out = self.pending[..pos].to_string();
             self.pending.clear();
             return (out, true);
@@ -183,6 +190,26 @@ mod tests {
         assert_eq!(m.push("ay"), ("STay".to_string(), false));
         assert_eq!(m.push("S"), (String::new(), false));
         assert_eq!(m.finish(), "S");
+    }
+
+    #[test]
+    fn the_stop_string_completed_first_wins_however_the_text_arrives() {
+        // "caé" starts first but "a" completes first (proptest's counterexample).
+        for pieces in [&["caéaaaaaaa"][..], &["ca", "éaaaaaaa"], &["c", "a", "é"]] {
+            let mut m = StopMatcher::new(vec!["a".into(), "caé".into()]);
+            let mut out = String::new();
+            for p in pieces {
+                let (o, stop) = m.push(p);
+                out.push_str(&o);
+                if stop {
+                    break;
+                }
+            }
+            assert_eq!(out, "c", "{pieces:?}");
+        }
+        // Completing together, the longer stop is cut whole.
+        let mut m = StopMatcher::new(vec!["b".into(), "ab".into()]);
+        assert_eq!(m.push("xab"), ("x".to_string(), true));
     }
 
     #[test]
