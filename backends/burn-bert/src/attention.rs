@@ -57,15 +57,17 @@ pub fn packed_attention(
 ///
 /// Two small products, each through [`matmul_rows`]: the scores `q · kᵀ` (`[len, d]`
 /// by `[d, keys]`, keys padded to a multiple of eight) and, after each row's softmax,
-/// the context `p · v` (`[len, len]` by `[len, d8]`, d padded likewise).
+/// the context `p · v` (`[len, keys]` by `[keys, d8]`, d padded likewise). The padded
+/// keys' scores are exact zeros (zero columns of kᵀ), left out of the softmax, and
+/// meet zero rows of v, so they add nothing.
 fn one_head(rows: &[f32], bias: &[f32], head: usize, h: usize, d: usize, scale: f32) -> Vec<f32> {
     let len = rows.len() / (3 * h);
     let o = head * d;
     let (keys, d8) = (len.next_multiple_of(LANES), d.next_multiple_of(LANES));
-    // q scaled, [len, d]; k transposed, [d, keys]; v, [len, d8]; padding is zero.
+    // q scaled, [len, d]; k transposed, [d, keys]; v, [keys, d8]; padding is zero.
     let mut q = vec![0f32; len * d];
     let mut kt = vec![0f32; d * keys];
-    let mut v = vec![0f32; len * d8];
+    let mut v = vec![0f32; keys * d8];
     let (bq, bk, bv) = (
         &bias[o..][..d],
         &bias[h + o..][..d],
@@ -94,21 +96,17 @@ fn one_head(rows: &[f32], bias: &[f32], head: usize, h: usize, d: usize, scale: 
     }
     let mut p = vec![0f32; len * keys];
     matmul_rows(&q, len, d, &kt, keys, &mut p);
-    // Softmax over each row's real keys; the padded keys' zero scores are dropped by
-    // taking `len` columns only (the context product reads `len` of each row).
-    let mut pl = vec![0f32; len * len];
-    for (s, dst) in p.chunks_exact(keys).zip(pl.chunks_exact_mut(len.max(1))) {
-        let s = &s[..len];
-        dst.copy_from_slice(s);
-        let m = exp::row_max(dst);
-        let inv = 1.0 / exp::exp_sub_sum(dst, m);
-        for w in dst.iter_mut() {
+    // Softmax over each row's real keys, in place.
+    for row in p.chunks_exact_mut(keys) {
+        let s = &mut row[..len];
+        let m = exp::row_max(s);
+        let inv = 1.0 / exp::exp_sub_sum(s, m);
+        for w in s.iter_mut() {
             *w *= inv;
         }
     }
-    drop(p);
     let mut ctx = vec![0f32; len * d8];
-    matmul_rows(&pl, len, len, &v, d8, &mut ctx);
+    matmul_rows(&p, len, keys, &v, d8, &mut ctx);
     if d8 == d {
         return ctx;
     }
