@@ -130,8 +130,13 @@ struct Norm {
     beta_host: Vec<f32>,
 }
 
-/// The query/key/value projection's name in a layer (its three tensors' prefix).
+// The dense layers' names within an encoder layer, as checkpoints name them: the
+// query/key/value projection (its three tensors' prefix), the attention output, the
+// intermediate and the output.
 const QKV: &str = "attention.self";
+const ATTN_OUT: &str = "attention.output.dense";
+const INTERMEDIATE: &str = "intermediate.dense";
+const OUTPUT: &str = "output.dense";
 
 #[derive(Clone)]
 struct Layer {
@@ -149,9 +154,9 @@ impl Layer {
     fn denses_mut(&mut self) -> [(&'static str, &mut Dense); 4] {
         [
             (QKV, &mut self.qkv),
-            ("attention.output.dense", &mut self.attn_out),
-            ("intermediate.dense", &mut self.intermediate),
-            ("output.dense", &mut self.output),
+            (ATTN_OUT, &mut self.attn_out),
+            (INTERMEDIATE, &mut self.intermediate),
+            (OUTPUT, &mut self.output),
         ]
     }
 }
@@ -390,10 +395,10 @@ impl BertEncoder {
         for i in 0..c.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             let qkv = l.qkv(&format!("{p}.{QKV}"), h);
-            let attn_out = l.dense(&format!("{p}.attention.output.dense"), h, h);
+            let attn_out = l.dense(&format!("{p}.{ATTN_OUT}"), h, h);
             let attn_norm = l.norm(&format!("{p}.attention.output.LayerNorm"), h);
-            let intermediate = l.dense(&format!("{p}.intermediate.dense"), c.intermediate_size, h);
-            let output = l.dense(&format!("{p}.output.dense"), h, c.intermediate_size);
+            let intermediate = l.dense(&format!("{p}.{INTERMEDIATE}"), c.intermediate_size, h);
+            let output = l.dense(&format!("{p}.{OUTPUT}"), h, c.intermediate_size);
             let output_norm = l.norm(&format!("{p}.output.LayerNorm"), h);
             match (qkv, attn_out, attn_norm, intermediate, output, output_norm) {
                 (
